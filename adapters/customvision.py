@@ -1,0 +1,357 @@
+"""Microsoft Custom Vision prediction (classify image, no store) as an oracle.
+
+One image per request through the official SDK (msrest over requests). The adapter turns
+the SDK's answers and exceptions into ``adapters.errors``; retries, rate limiting and
+accounting belong to the layer above, so msrest's own retry policy is switched off.
+
+The prediction API cannot list a project's tags, so unless ``labels`` are given the
+adapter learns them from the first successful answer (sorted by tag name, then tag id) and
+holds every later answer to exactly that set.
+"""
+
+from __future__ import annotations
+
+import io
+import math
+import threading
+from collections.abc import Callable, Mapping, Sequence
+from datetime import UTC, datetime
+from email.utils import parsedate_to_datetime
+from typing import Any
+from urllib.parse import urlsplit
+
+import numpy as np
+from azure.cognitiveservices.vision.customvision.prediction import CustomVisionPredictionClient
+from azure.cognitiveservices.vision.customvision.prediction.models import (
+    CustomVisionErrorException,
+)
+from msrest.authentication import ApiKeyCredentials
+from msrest.exceptions import ClientRequestError, DeserializationError
+from PIL import Image
+
+from adapters.base import Answer, Oracle, to_uint8, validate_images
+from adapters.errors import (
+    AuthFailed,
+    BadInput,
+    ConfigurationError,
+    MalformedAnswer,
+    NotFound,
+    OracleError,
+    Throttled,
+    TransientUpstreamError,
+)
+
+PROVIDER = "customvision"
+#: the longest wait we believe from a Retry-After header; longer ones are capped
+MAX_RETRY_AFTER_S = 300.0
+#: where Azure front doors put the request id, most specific first
+REQUEST_ID_HEADERS = ("apim-request-id", "x-ms-request-id", "request-id", "x-request-id")
+
+
+def encode_png(image: np.ndarray) -> bytes:
+    """Lossless PNG bytes of one uint8 H×W×3 image (the fastest zlib level: size hardly
+    matters under the 4 MB limit, CPU time does)."""
+    buf = io.BytesIO()
+    Image.fromarray(np.ascontiguousarray(image)).save(buf, format="PNG", compress_level=1)
+    return buf.getvalue()
+
+
+def parse_retry_after(value: str | None, *, now: datetime | None = None) -> float | None:
+    """Seconds to wait from a ``Retry-After`` value (delay-seconds or an HTTP date), capped
+    at ``MAX_RETRY_AFTER_S``; a date in the past gives 0. None when absent or invalid."""
+    if value is None or not value.strip():
+        return None
+    text = value.strip()
+    try:
+        seconds = float(text)
+    except ValueError:
+        try:
+            when = parsedate_to_datetime(text)
+        except (TypeError, ValueError, IndexError):
+            return None
+        if when.tzinfo is None:  # RFC 9110 dates are GMT even when they fail to say so
+            when = when.replace(tzinfo=UTC)
+        seconds = max(0.0, (when - (now or datetime.now(UTC))).total_seconds())
+    if not math.isfinite(seconds) or seconds < 0:
+        return None
+    return min(seconds, MAX_RETRY_AFTER_S)
+
+
+def _retry_after(headers: Mapping[str, str]) -> float | None:
+    # Azure sometimes adds a millisecond variant; it is more precise than Retry-After.
+    for name in ("retry-after-ms", "x-ms-retry-after-ms"):
+        ms = parse_retry_after(headers.get(name))
+        if ms is not None:
+            return min(ms / 1000.0, MAX_RETRY_AFTER_S)
+    return parse_retry_after(headers.get("Retry-After"))
+
+
+def _request_id(headers: Mapping[str, str] | None) -> str | None:
+    for name in REQUEST_ID_HEADERS:
+        if headers and headers.get(name):
+            return str(headers[name])
+    return None
+
+
+def _normalise_endpoint(endpoint: str) -> str:
+    """``https://host[:port][/prefix]`` or ``http://host:port[/prefix]``, without a trailing
+    slash (the SDK appends ``/customvision/...`` and would double it)."""
+    try:
+        parts = urlsplit(str(endpoint).strip())
+        port = parts.port
+    except ValueError as err:
+        raise ConfigurationError(f"Custom Vision endpoint {endpoint!r} is not a URL") from err
+    problem = None
+    if parts.scheme not in ("https", "http") or not parts.hostname:
+        problem = "must be https://host (as Azure serves it) or http://host:port"
+    elif parts.scheme == "http" and port is None:
+        problem = "plaintext endpoints must name their port (http://host:port)"
+    elif parts.username or parts.password or parts.query or parts.fragment:
+        problem = "must not carry credentials, a query or a fragment"
+    if problem:
+        raise ConfigurationError(f"Custom Vision endpoint {endpoint!r} {problem}")
+    return f"{parts.scheme}://{parts.netloc}{parts.path.rstrip('/')}"
+
+
+def _disable_retries(config: Any) -> None:
+    """Leave every retry to our own layer. ``retries = 0`` zeroes total/connect/read of the
+    urllib3 ``Retry`` that msrest mounts on each requests session; the status list must go
+    too, because msrest allows POST retries under urllib3 1.x, where a 429 or 5xx would then
+    surface as a ``RetryError`` instead of the status (and lose Retry-After). Redirects are
+    followed by requests, not retried; ApiKeyCredentials never triggers msrest's token-refresh
+    resend."""
+    config.retry_policy.retries = 0
+    retry = config.retry_policy.policy
+    retry.status = 0
+    retry.status_forcelist = frozenset()
+    retry.raise_on_status = False
+    retry.respect_retry_after_header = False
+
+
+class _ClientPerThread:
+    """One SDK client per calling thread.
+
+    msrest keeps its requests session in a thread-local, so a client closed from another
+    thread would close the wrong session; each entry therefore keeps the session its own
+    thread created. Entries of finished threads are closed when the next thread arrives, so
+    short-lived pools do not leak connections."""
+
+    def __init__(self, factory: Callable[[], CustomVisionPredictionClient]) -> None:
+        self._factory = factory
+        self._local = threading.local()
+        self._lock = threading.Lock()
+        self._entries: list[tuple[threading.Thread, Any]] = []  # (owner, requests session)
+        self.closed = False
+
+    def get(self) -> CustomVisionPredictionClient:
+        client = getattr(self._local, "client", None)
+        if client is not None:
+            return client
+        client = self._factory()
+        # The sender's session property builds this thread's session (retry policy applied
+        # now, so _disable_retries must already have run); msrest itself reaches it this way.
+        session = client.config.pipeline._sender.driver.session
+        with self._lock:
+            if self.closed:
+                session.close()
+                raise RuntimeError("the Custom Vision oracle is closed")
+            for entry in [e for e in self._entries if not e[0].is_alive()]:
+                entry[1].close()
+                self._entries.remove(entry)
+            self._entries.append((threading.current_thread(), session))
+        self._local.client = client
+        return client
+
+    def close(self) -> None:
+        with self._lock:
+            self.closed = True
+            entries, self._entries = self._entries, []
+        for _, session in entries:
+            session.close()
+
+
+class CustomVisionOracle(Oracle):
+    """A published Custom Vision classification iteration, queried one image at a time."""
+
+    provider = PROVIDER
+    max_images_per_request = 1
+
+    def __init__(
+        self,
+        *,
+        project_id: str,
+        published_name: str,
+        endpoint: str,
+        api_key: str,
+        labels: Sequence[str] | None = None,
+        max_concurrency: int = 8,
+        timeout: float = 30.0,
+    ) -> None:
+        for name, value in (("project_id", project_id), ("published_name", published_name)):
+            if not isinstance(value, str) or not value.strip():
+                raise ConfigurationError(f"Custom Vision needs a non-empty {name}")
+        if not isinstance(api_key, str) or not api_key.strip():
+            raise ConfigurationError("Custom Vision needs a prediction key")
+        if labels is not None and (not labels or len(set(labels)) != len(labels)):
+            raise ConfigurationError("labels must be a non-empty list of distinct tag names")
+        if int(max_concurrency) < 1:
+            raise ConfigurationError("max_concurrency must be at least 1")
+        if not (isinstance(timeout, int | float) and math.isfinite(timeout) and timeout > 0):
+            raise ConfigurationError("timeout must be a positive number of seconds")
+        self.project_id, self.published_name = project_id, published_name
+        self.endpoint = _normalise_endpoint(endpoint)
+        self.max_concurrency = int(max_concurrency)
+        self.timeout = float(timeout)
+        self._api_key = api_key
+        self._labels: tuple[str, ...] | None = tuple(labels) if labels is not None else None
+        self._labels_lock = threading.Lock()
+        self._clients = _ClientPerThread(self._new_client)
+
+    def __repr__(self) -> str:
+        return (
+            f"CustomVisionOracle(endpoint={self.endpoint!r}, project_id={self.project_id!r}, "
+            f"published_name={self.published_name!r})"
+        )
+
+    @property
+    def labels_known(self) -> bool:
+        """False until the tag order is fixed (given, or learned from a first answer)."""
+        return self._labels is not None
+
+    @property
+    def labels(self) -> tuple[str, ...]:
+        """The project's tag names in a stable order; learned from the first answer."""
+        if self._labels is None:
+            raise RuntimeError(
+                "Custom Vision tags are not known yet: the prediction API cannot list them, "
+                "so they are learned from the first successful answer (or pass labels=...)"
+            )
+        return self._labels
+
+    def predict(self, images: np.ndarray) -> Answer:
+        """Classify one image (float32 1×H×W×3 in [0, 1]); thread-safe."""
+        images = validate_images(images, self.max_images_per_request)
+        if len(images) == 0:
+            return Answer(probs=np.zeros((0, len(self._labels or ()))))
+        if self._clients.closed:
+            raise RuntimeError("the Custom Vision oracle is closed")
+        data = encode_png(to_uint8(images[0]))
+        client = self._clients.get()
+        try:
+            raw = client.classify_image_with_no_store(
+                self.project_id, self.published_name, data, raw=True
+            )
+        except CustomVisionErrorException as err:
+            raise self._http_error(err) from err
+        except ClientRequestError as err:
+            cause = err.inner_exception or err
+            raise TransientUpstreamError(
+                self._redact(f"Custom Vision unreachable: {type(cause).__name__}: {cause}"),
+                provider=PROVIDER,
+            ) from err
+        except DeserializationError as err:
+            raise MalformedAnswer(
+                "Custom Vision answered 200 with a body that is not a prediction",
+                provider=PROVIDER,
+            ) from err
+        prediction = raw.output
+        request_id = _request_id(raw.response.headers) or getattr(prediction, "id", None)
+        row = self._row(getattr(prediction, "predictions", None), request_id)
+        return Answer(probs=row[None, :], request_id=request_id)
+
+    def close(self) -> None:
+        """Close every thread's HTTP session; later predictions raise."""
+        self._clients.close()
+
+    # -- internals ------------------------------------------------------------------------
+
+    def _new_client(self) -> CustomVisionPredictionClient:
+        credentials = ApiKeyCredentials(in_headers={"Prediction-key": self._api_key})
+        client = CustomVisionPredictionClient(self.endpoint, credentials)
+        _disable_retries(client.config)
+        client.config.connection.timeout = self.timeout  # connect and read, in seconds
+        return client
+
+    def _redact(self, text: str) -> str:
+        return text.replace(self._api_key, "***")
+
+    def _row(self, predictions: list[Any] | None, request_id: str | None) -> np.ndarray:
+        """The answer's probabilities in label order, or MalformedAnswer."""
+
+        def malformed(why: str) -> MalformedAnswer:
+            return MalformedAnswer(
+                f"Custom Vision answer {why}", provider=PROVIDER, request_id=request_id
+            )
+
+        if not predictions:
+            raise malformed("carries no predictions")
+        found: dict[str, tuple[str, float]] = {}
+        for p in predictions:
+            name, prob = p.tag_name, p.probability
+            if name is None or prob is None:
+                raise malformed("has a prediction without tagName or probability")
+            if name in found:
+                raise malformed(f"names tag {name!r} twice")
+            if not 0.0 <= prob <= 1.0:  # also refuses NaN
+                raise malformed(f"gives tag {name!r} probability {prob}")
+            found[name] = (p.tag_id or "", float(prob))
+        labels = self._learn(found)
+        missing = [t for t in labels if t not in found]
+        unknown = sorted(set(found) - set(labels))
+        if missing or unknown:
+            problems = [f"lacks tags {missing}"] if missing else []
+            problems += [f"carries unknown tags {unknown}"] if unknown else []
+            raise malformed(" and ".join(problems))
+        return np.array([found[t][1] for t in labels], dtype=np.float64)
+
+    def _learn(self, found: dict[str, tuple[str, float]]) -> tuple[str, ...]:
+        with self._labels_lock:  # concurrent first answers: the first one fixes the order
+            if self._labels is None:
+                self._labels = tuple(sorted(found, key=lambda t: (t, found[t][0])))
+            return self._labels
+
+    def _http_error(self, err: CustomVisionErrorException) -> OracleError:
+        """Map a non-200 answer to an error by meaning."""
+        response = err.response
+        status = getattr(response, "status_code", None)
+        headers = getattr(response, "headers", None) or {}
+        code, detail = _error_detail(err)
+        kw: dict[str, Any] = {
+            "provider": PROVIDER,
+            "request_id": _request_id(headers),
+            "status": status,
+        }
+        message = self._redact(f"Custom Vision answered {status} {code or ''}: {detail}")
+        # Only image codes blame the image; another 400 (e.g. BadRequestInvalidIds, a project
+        # id that is not a GUID) would fail for every image and must not be skipped as one.
+        image_code = code is None or code.startswith("BadRequestImage")
+        if status in (413, 415) or (status == 400 and image_code):
+            return BadInput(message, index=0, **kw)
+        if status in (401, 403):
+            return AuthFailed(message, **kw)
+        if status == 404:
+            what = {
+                "NotFoundProject": f"project {self.project_id!r}",
+                "NotFoundIteration": f"published iteration {self.published_name!r}",
+            }.get(code or "", "resource")
+            return NotFound(f"Custom Vision {what} not found ({message})", **kw)
+        if status == 429:
+            return Throttled(message, retry_after=_retry_after(headers), **kw)
+        if status is not None and (status >= 500 or status == 408):
+            return TransientUpstreamError(message, **kw)
+        return OracleError(message, **kw)
+
+
+def _error_detail(err: CustomVisionErrorException) -> tuple[str | None, str]:
+    """(code, message) from a Custom Vision body ``{code, message}`` or an Azure gateway
+    body ``{"error": {code, message}}`` (401, 429); msrest's own text otherwise."""
+    code = getattr(err.error, "code", None)
+    message = getattr(err.error, "message", None)
+    if code is None:
+        try:
+            body = err.response.json()
+            inner = body.get("error", body) if isinstance(body, dict) else {}
+            code, message = inner.get("code"), inner.get("message") or message
+        except (ValueError, AttributeError):
+            pass
+    return (str(code) if code is not None else None), str(message or err.message)

@@ -1,0 +1,183 @@
+"""``reprogram``: train, demo, serve, worker, token.
+
+Bad input ends with a one-line message naming the problem and exit code 2 (a job spec that
+does not validate, a missing or corrupt data set, an oracle that cannot be built, a budget
+too small); a job that fails mid-run exits 1 after writing what it has. No tracebacks.
+"""
+
+from __future__ import annotations
+
+import json
+import sys
+from pathlib import Path
+from typing import Annotated, Any
+
+import typer
+from pydantic import ValidationError
+from rich.console import Console
+from rich.progress import BarColumn, Progress, TextColumn, TimeElapsedColumn
+from rich.table import Table
+
+from adapters.errors import ConfigurationError, OracleError
+from app.data import DataError
+from app.runner import PlanError, PreparedJob
+from app.spec import JobSpec, error_fields
+
+app = typer.Typer(
+    add_completion=False,
+    no_args_is_help=True,
+    help="Reprogram black-box image classifiers for new tasks.",
+)
+token_app = typer.Typer(no_args_is_help=True, help="API tokens.")
+app.add_typer(token_app, name="token")
+console = Console()
+err_console = Console(stderr=True)
+
+
+def fail(message: str, code: int = 2) -> typer.Exit:
+    err_console.print(f"[bold red]error:[/] {message}", highlight=False)
+    return typer.Exit(code)
+
+
+def load_spec(path: Path) -> JobSpec:
+    try:
+        raw = json.loads(path.read_text())
+    except FileNotFoundError:
+        raise fail(f"{path}: no such file") from None
+    except (json.JSONDecodeError, UnicodeDecodeError) as err:
+        raise fail(f"{path}: not valid JSON ({err})") from None
+    try:
+        return JobSpec.model_validate(raw)
+    except ValidationError as err:
+        raise fail(f"{path}: invalid job spec\n  " + "\n  ".join(error_fields(err))) from None
+
+
+class _ProgressView:
+    """A rich progress bar over iterations, with queries, loss and accuracy."""
+
+    def __init__(self) -> None:
+        self.progress = Progress(
+            TextColumn("[bold]{task.description}"),
+            BarColumn(),
+            TextColumn("it {task.completed:.0f}/{task.total:.0f}"),
+            TextColumn("{task.fields[info]}"),
+            TimeElapsedColumn(),
+            console=console,
+        )
+        self.task: Any = None
+
+    def prepared(self, job: PreparedJob) -> None:
+        for note in job.notes:
+            console.print(f"  [dim]chose[/] {note}", highlight=False)
+        planned = sum(job.trainer.planned_queries().values())
+        console.print(
+            f"  [dim]plan[/] {planned:,} queries: {job.trainer.planned_queries()}", highlight=False
+        )
+        self.task = self.progress.add_task("training", total=job.trainer.config.iterations, info="")
+
+    def row(self, job: PreparedJob, row: dict[str, Any]) -> None:
+        val = row.get("val_acc")
+        info = (
+            f"queries {row['queries']:,}  loss {row.get('loss', float('nan')):.3f}  "
+            f"val acc {val:.1%}"
+            if val is not None
+            else f"queries {row['queries']:,}"
+        )
+        self.progress.update(self.task, completed=job.trainer.iteration, info=info)
+
+
+def run_job(spec: JobSpec, dataset_loader: Any, out: Path) -> dict[str, Any]:
+    """Shared by ``train`` and ``demo``: run, show progress, write the artifacts."""
+    from app.artifacts import write_outputs
+    from app.local import run_local
+
+    try:
+        dataset = dataset_loader()
+    except DataError as err:
+        raise fail(str(err)) from None
+    view = _ProgressView()
+    try:
+        with view.progress:
+            run = run_local(spec, dataset, on_prepared=view.prepared, on_row=view.row)
+    except (ConfigurationError, PlanError) as err:
+        raise fail(str(err)) from None
+    except OracleError as err:  # e.g. bad credentials found while discovering labels
+        raise fail(f"{type(err).__name__}: {err}") from None
+    out.mkdir(parents=True, exist_ok=True)
+    with (out / "metrics.jsonl").open("w") as fh:
+        for row in run.rows:
+            fh.write(json.dumps(row) + "\n")
+    write_outputs(out, run.arrays, run.rows, run.result)
+    show_result(run.result, out)
+    return run.result
+
+
+def show_result(result: dict[str, Any], out: Path) -> None:
+    table = Table(title=f"result ({result['status']})")
+    table.add_column("method")
+    table.add_column("test accuracy", justify="right")
+    table.add_column("queries", justify="right")
+    for name, b in result["baselines"].items():
+        table.add_row(name.replace("_", " "), f"{b['accuracy']:.1%}", f"{b['queries']:,}")
+    acc = result["test_accuracy"]
+    table.add_row(
+        "[bold]reprogrammed (this job)",
+        f"[bold]{acc:.1%}" if acc is not None else "-",
+        f"{result['queries']:,} total",
+    )
+    console.print(table)
+    probe = result["baselines"].get("linear_probe")
+    if acc is not None and probe is not None:
+        verdict = "beats" if acc > probe["accuracy"] else "does not beat"
+        console.print(
+            f"The reprogrammed model {verdict} the linear probe "
+            f"({acc:.1%} vs {probe['accuracy']:.1%})."
+        )
+    console.print(
+        f"queries {result['queries']:,} in {result['requests']:,} requests, "
+        f"cost ${result['cost_usd']:.4f}; outputs in {out}/"
+    )
+    if result.get("error"):
+        err_console.print(f"[red]{result['error']}[/]")
+
+
+@app.command()
+def train(
+    config: Annotated[Path, typer.Option(help="job spec (JSON)")],
+    data: Annotated[Path, typer.Option(help="data set: folder, .zip or .npz")],
+    out: Annotated[Path, typer.Option(help="output directory")],
+) -> None:
+    """Run one job in this process and write program.npz, metrics.jsonl, result.json,
+    curve.png and program.png."""
+    from app.data import load_dataset
+
+    spec = load_spec(config)
+    result = run_job(spec, lambda: load_dataset(data), out)
+    if result["status"] == "failed":
+        raise typer.Exit(1)
+
+
+@app.command()
+def demo(
+    out: Annotated[Path, typer.Option(help="output directory")] = Path("demo-output"),
+    max_queries: Annotated[int, typer.Option(help="query budget")] = 40_000,
+    seed: int = 0,
+) -> None:
+    """Reprogram the bundled ImageNet model to read handwritten digits (black box)."""
+    from app.demo import demo_spec, mnist_digits
+
+    console.print(
+        "[bold]reprogram demo[/]: EfficientNet-Lite0 (ImageNet, 1,000 labels), "
+        "queried as a black box, learns MNIST digits from 20 labelled images per "
+        "class; tested on 1,500 held-out digits.",
+        highlight=False,
+    )
+    run_job(demo_spec(max_queries, seed), lambda: mnist_digits(seed=seed), out)
+
+
+def main() -> None:
+    try:
+        app()
+    except KeyboardInterrupt:
+        err_console.print("interrupted")
+        sys.exit(130)

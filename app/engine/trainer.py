@@ -1,0 +1,471 @@
+"""The reprogramming job as an ask/tell state machine.
+
+One trainer owns the whole query plan of a job: the blank-program pass over the training set
+(frequency mapping, learned read-out and linear-probe baseline), the training iterations,
+periodic validation (which keeps the best program so far), and the final test passes (best
+program, and blank program for the baselines). The caller loops
+
+    while not trainer.done:
+        ask = trainer.ask()
+        probs = oracle(ask.frames)            # N×K source probabilities
+        trainer.tell(probs)                   # (white-box: tell(probs, input_grad=...))
+
+and may serialise ``trainer.state_bytes()`` after any ``tell``. A trainer rebuilt from those
+bytes continues bit-for-bit: every random draw comes from the generator in the state.
+
+Phases: blank_train → validate → (train → [refit] → validate)* → test → blank_test → done.
+``refit`` exists for the learned read-out only: at every evaluation point the training set is
+answered once under the current program and the read-outs are refitted exactly.
+"""
+
+from __future__ import annotations
+
+import copy
+import dataclasses
+from collections.abc import Callable
+from dataclasses import asdict, dataclass, field
+from typing import Any, Literal
+
+import numpy as np
+import torch
+
+from app.engine import state as state_io
+from app.engine.estimators import ESTIMATORS, Estimator
+from app.engine.losses import LossKind, class_weights, mean_loss, per_sample_loss
+from app.engine.mapping import (
+    CrossFitReadout,
+    OutputMapping,
+    cross_fit_readout,
+    frequency_mapping,
+    mapping_from_state,
+    random_mapping,
+)
+from app.engine.optimizers import OPTIMIZERS, Optimizer
+from app.engine.program import Program
+
+Purpose = Literal["mapping", "baseline", "training", "validation", "test"]
+MappingMethod = Literal["frequency", "random", "learned"]
+WHITE_BOX = "white_box"
+
+
+@dataclass(frozen=True)
+class TrainerConfig:
+    """Everything the engine needs to know about a job besides data and geometry."""
+
+    estimator: str = "antithetic"
+    q: int = 10
+    beta: float = 0.005
+    scale: float | None = None
+    optimizer: str = "adam"
+    lr: float = 1e-3
+    lr_decay: float = 1.0
+    clip: float | None = None
+    batch_size: int = 10
+    iterations: int = 500
+    eval_every: int = 50
+    loss: LossKind = "focal"
+    gamma: float = 2.0
+    class_balance: bool = True
+    mapping: MappingMethod = "frequency"
+    labels_per_class: int = 10
+    remap_every: int = 0  # >0: re-estimate a frequency mapping from recent outputs (ILM-VP)
+    baselines: bool = True
+    chunk: int = 256  # largest number of frames asked at once in evaluation passes
+
+    def __post_init__(self) -> None:
+        if self.estimator not in ESTIMATORS and self.estimator != WHITE_BOX:
+            raise ValueError(f"unknown estimator {self.estimator!r}")
+        if self.optimizer not in OPTIMIZERS:
+            raise ValueError(f"unknown optimizer {self.optimizer!r}")
+        if self.eval_every < 1 or self.batch_size < 1 or self.iterations < 0:
+            raise ValueError("eval_every and batch_size must be ≥ 1, iterations ≥ 0")
+
+    @property
+    def needs_blank_pass(self) -> bool:
+        return self.mapping != "random" or self.baselines
+
+
+@dataclass(frozen=True)
+class Split:
+    """Target-size images (N×t×t×3 float32 in [0, 1]) and integer labels."""
+
+    x: np.ndarray
+    y: np.ndarray
+
+    def __len__(self) -> int:
+        return len(self.y)
+
+
+@dataclass(frozen=True)
+class Ask:
+    purpose: Purpose
+    frames: np.ndarray
+    # White-box only: maps the oracle's probabilities to (loss, ∂loss/∂probs).
+    loss_grad: Callable[[np.ndarray], tuple[float, np.ndarray]] | None = None
+
+    @property
+    def needs_input_gradient(self) -> bool:
+        return self.loss_grad is not None
+
+
+@dataclass
+class Event:
+    """What a ``tell`` completed."""
+
+    kind: Literal["iteration", "validation", "mapping", "test", "done"]
+    iteration: int
+    values: dict[str, float] = field(default_factory=dict)
+
+
+class Trainer:
+    def __init__(
+        self,
+        config: TrainerConfig,
+        program: Program,
+        n_classes: int,
+        n_source: int,
+        train: Split,
+        val: Split,
+        test: Split,
+        seed: int = 0,
+    ) -> None:
+        if len(train) == 0:
+            raise ValueError("the training split is empty")
+        self.config, self.program = config, program
+        self.n_classes, self.n_source = n_classes, n_source
+        self.train, self.val, self.test = train, val, test
+        self.weights = class_weights(train.y, n_classes, config.class_balance)
+        self.estimator: Estimator | None = None
+        if config.estimator != WHITE_BOX:
+            self.estimator = ESTIMATORS[config.estimator](
+                program.dim, config.q, config.beta, config.scale
+            )
+        self.optimizer: Optimizer = OPTIMIZERS[config.optimizer](
+            program.dim, config.lr, lr_decay=config.lr_decay, clip=config.clip
+        )
+        self.rng = np.random.default_rng(seed)
+        self.phase: str = "blank_train" if config.needs_blank_pass else "validate"
+        self.iteration = 0
+        self.theta = np.zeros(program.dim)
+        self.mapping: OutputMapping | None = None
+        self.crossfit: CrossFitReadout | None = None
+        if config.mapping == "random":
+            m = max(1, min(config.labels_per_class, n_source // n_classes))
+            self.mapping = random_mapping(self.rng, n_source, n_classes, m)
+        self.baselines: dict[str, OutputMapping] = {}
+        self.best: dict[str, Any] = self._snapshot(-1.0)
+        self.last_val_acc: float | None = None
+        self.cursor = 0
+        self.partial: list[np.ndarray] = []
+        self.results: dict[str, float] = {}
+        self._pending: dict[str, Any] | None = None
+        self._recent: list[tuple[np.ndarray, np.ndarray]] = []  # (probs, y) for remapping
+
+    # ----------------------------------------------------------------- plan
+    def planned_queries(self, iterations: int | None = None) -> dict[str, int]:
+        """Images this job will send, by purpose, if it runs ``iterations`` iterations."""
+        c = self.config
+        it = c.iterations if iterations is None else iterations
+        per_iter = c.batch_size * (1 if self.estimator is None else self.estimator.n_candidates)
+        evals = it // c.eval_every + (it % c.eval_every != 0)  # evaluation points after 0
+        refits = evals * len(self.train) if c.mapping == "learned" else 0
+        plan = {
+            "mapping": 0,
+            "baseline": 0,
+            "training": it * per_iter + refits,
+            "validation": (1 + evals) * len(self.val),
+            "test": len(self.test),
+        }
+        if c.needs_blank_pass:
+            plan["mapping" if c.mapping != "random" else "baseline"] += len(self.train)
+        if c.baselines:
+            plan["baseline"] += len(self.test)
+        return plan
+
+    def fit_iterations(self, max_queries: int) -> int:
+        """The most iterations (≤ the configured number) whose whole plan fits the budget;
+        raises ValueError naming the minimum when not even zero iterations fit."""
+        floor = sum(self.planned_queries(0).values())
+        if floor > max_queries:
+            raise ValueError(
+                f"a budget of {max_queries} queries is below the {floor} this job needs for "
+                "its mapping and evaluation alone"
+            )
+        lo, hi = 0, self.config.iterations
+        while lo < hi:
+            mid = (lo + hi + 1) // 2
+            if sum(self.planned_queries(mid).values()) <= max_queries:
+                lo = mid
+            else:
+                hi = mid - 1
+        return lo
+
+    def set_iterations(self, iterations: int) -> None:
+        """Shorten (or lengthen) the run, e.g. to fit a budget; takes effect at the next ask."""
+        self.config = dataclasses.replace(self.config, iterations=iterations)
+
+    # ----------------------------------------------------------------- ask
+    @property
+    def done(self) -> bool:
+        return self.phase == "done"
+
+    def ask(self) -> Ask:
+        if self.done:
+            raise RuntimeError("the trainer is done")
+        if self.phase == "train" and self.iteration >= self.config.iterations:
+            self.phase = "refit" if self.crossfit is not None else "validate"
+        if self.phase == "validate" and not len(self.val):
+            self._finish_validation(None)
+            return self.ask()
+        if self.phase == "train":
+            return self._ask_training()
+        purpose, split, theta = {
+            "blank_train": (self._blank_purpose, self.train, None),
+            "refit": ("training", self.train, self.theta),
+            "validate": ("validation", self.val, self.theta),
+            "test": ("test", self.test, self.best["theta"]),
+            "blank_test": ("baseline", self.test, None),
+        }[self.phase]
+        stop = min(self.cursor + self.config.chunk, len(split))
+        frames = self.program.embed(split.x[self.cursor : stop])
+        return Ask(purpose, frames if theta is None else self.program.apply(frames, theta))
+
+    @property
+    def _blank_purpose(self) -> Purpose:
+        return "mapping" if self.config.mapping != "random" else "baseline"
+
+    def _ask_training(self) -> Ask:
+        c = self.config
+        n = min(c.batch_size, len(self.train))
+        idx = self.rng.choice(len(self.train), size=n, replace=False)
+        base = self.program.embed(self.train.x[idx])
+        if self.estimator is None:
+            self._pending = {"idx": idx, "base": base}
+            return Ask(
+                "training",
+                self.program.apply(base, self.theta),
+                loss_grad=lambda probs: self._loss_grad(probs, idx),
+            )
+        candidates = self.estimator.ask(self.theta, self.rng)
+        self._pending = {"idx": idx}
+        frames = np.concatenate([self.program.apply(base, cand) for cand in candidates])
+        return Ask("training", frames)
+
+    # ----------------------------------------------------------------- tell
+    def tell(self, probs: np.ndarray, input_grad: np.ndarray | None = None) -> Event | None:
+        probs = np.asarray(probs, dtype=np.float64)
+        if probs.ndim != 2 or probs.shape[1] != self.n_source:
+            raise ValueError(f"expected N×{self.n_source} probabilities, got {probs.shape}")
+        if self.phase == "train":
+            return self._tell_training(probs, input_grad)
+        split = {"blank_train": self.train, "refit": self.train, "validate": self.val}.get(
+            self.phase, self.test
+        )
+        expected = min(self.cursor + self.config.chunk, len(split)) - self.cursor
+        if len(probs) != expected:
+            raise ValueError(f"expected {expected} answers, got {len(probs)}")
+        self.partial.append(probs.astype(np.float32))
+        self.cursor += expected
+        if self.cursor < len(split):
+            return None
+        answers = np.concatenate(self.partial).astype(np.float64)
+        self.partial, self.cursor = [], 0
+        finish = {
+            "blank_train": self._finish_blank_train,
+            "refit": self._finish_refit,
+            "validate": self._finish_validation,
+            "test": self._finish_test,
+            "blank_test": self._finish_blank_test,
+        }[self.phase]
+        return finish(answers)
+
+    def _finish_blank_train(self, answers: np.ndarray) -> Event:
+        c, y = self.config, self.train.y
+        m = max(1, min(c.labels_per_class, self.n_source // self.n_classes))
+        self.baselines["frequency"] = frequency_mapping(answers, y, self.n_classes, m)
+        if self.n_source > 1:
+            crossfit = cross_fit_readout(answers, y, self.n_classes)
+            self.baselines["probe"] = copy.deepcopy(crossfit.full)
+            if c.mapping == "learned":
+                self.crossfit, self.mapping = crossfit, crossfit.full
+        if c.mapping == "frequency":
+            self.mapping = copy.deepcopy(self.baselines["frequency"])
+        if self.mapping is None:
+            raise ValueError("a learned read-out needs an oracle with more than one label")
+        self.best = self._snapshot(-1.0)
+        self.phase = "validate"
+        acc = float((self.mapping.predict(answers) == y).mean())
+        return Event("mapping", 0, {"train_acc": acc})
+
+    def _finish_refit(self, answers: np.ndarray) -> Event:
+        """Refit the read-outs to the current program's answers on the whole training set."""
+        self.crossfit = cross_fit_readout(answers, self.train.y, self.n_classes)
+        self.mapping = self.crossfit.full
+        self.phase = "validate"
+        acc = float((self.mapping.predict(answers) == self.train.y).mean())
+        return Event("mapping", self.iteration, {"train_acc": acc})
+
+    def _finish_validation(self, answers: np.ndarray | None) -> Event:
+        values: dict[str, float] = {}
+        if answers is None:  # no validation data: the latest program is the best we know
+            self.best = self._snapshot(-1.0)
+        else:
+            acc = float((self._mapping().predict(answers) == self.val.y).mean())
+            self.last_val_acc = values["val_acc"] = acc
+            if acc > self.best["val_acc"]:
+                self.best = self._snapshot(acc)
+            values["best_val_acc"] = self.best["val_acc"]
+        self.phase = "train" if self.iteration < self.config.iterations else "test"
+        return Event("validation", self.iteration, values)
+
+    def _finish_test(self, answers: np.ndarray) -> Event:
+        acc = float((self.best["mapping"].predict(answers) == self.test.y).mean())
+        self.results["test_accuracy"] = acc
+        self.phase = "blank_test" if self.config.baselines else "done"
+        return Event("done" if self.done else "test", self.iteration, dict(self.results))
+
+    def _finish_blank_test(self, answers: np.ndarray) -> Event:
+        for name, mapping in self.baselines.items():
+            acc = float((mapping.predict(answers) == self.test.y).mean())
+            self.results[f"baseline_{name}"] = acc
+        self.phase = "done"
+        return Event("done", self.iteration, dict(self.results))
+
+    def _tell_training(self, probs: np.ndarray, input_grad: np.ndarray | None) -> Event:
+        c, pending = self.config, self._pending
+        if pending is None:
+            raise RuntimeError("tell() without a matching ask()")
+        idx = pending["idx"]
+        y = self.train.y[idx]
+        per_candidate = probs.reshape(-1, len(y), self.n_source)
+        hs = [self._train_target_probs(p, idx) for p in per_candidate]
+        losses = np.array([mean_loss(h, y, self.weights, c.loss, c.gamma) for h in hs])
+        if self.estimator is None:
+            if input_grad is None:
+                raise ValueError("the white-box estimator needs the input gradient")
+            grad = self.program.backprop(pending["base"], self.theta, input_grad)
+            center: int | None = 0
+        else:
+            grad = self.estimator.tell(losses)
+            center = self.estimator.center_index
+        self._pending = None
+        self.theta = self.optimizer.step(self.theta, grad)
+        if c.remap_every and c.mapping == "frequency":
+            self._remap(per_candidate, y)
+        self.iteration += 1
+        view = hs if center is None else hs[center : center + 1]
+        acc = float(np.mean([(h.argmax(axis=1) == y).mean() for h in view]))
+        loss = float(losses.mean() if center is None else losses[center])
+        if self.iteration % c.eval_every == 0 or self.iteration >= c.iterations:
+            self.phase = "refit" if self.crossfit is not None else "validate"
+        return Event("iteration", self.iteration, {"loss": loss, "train_acc": acc})
+
+    def _remap(self, per_candidate: np.ndarray, y: np.ndarray) -> None:
+        """ILM-VP: re-estimate the frequency mapping from this window's outputs, which the
+        estimator already paid for (their mean over candidates approximates f(θ))."""
+        self._recent.append((per_candidate.mean(axis=0), y))
+        if (self.iteration + 1) % self.config.remap_every:
+            return
+        probs = np.concatenate([p for p, _ in self._recent])
+        ys = np.concatenate([t for _, t in self._recent])
+        self._recent = []
+        if len(np.unique(ys)) == self.n_classes:
+            m = self._mapping().state()["indices"].shape[1]
+            self.mapping = frequency_mapping(probs, ys, self.n_classes, m)
+
+    # ----------------------------------------------------------------- helpers
+    def _mapping(self) -> OutputMapping:
+        if self.mapping is None:
+            raise RuntimeError("no mapping yet")
+        return self.mapping
+
+    def _snapshot(self, val_acc: float) -> dict[str, Any]:
+        return {
+            "val_acc": val_acc,
+            "iteration": self.iteration,
+            "theta": self.theta.copy(),
+            "mapping": copy.deepcopy(self.mapping),
+        }
+
+    def _train_target_probs_t(self, source: torch.Tensor, idx: np.ndarray) -> torch.Tensor:
+        """h for training images: by the out-of-fold read-outs when learned, so the loss keeps
+        measuring generalisation; by the mapping otherwise."""
+        if self.crossfit is None:
+            return self._mapping().target_probs_t(source)
+        parts = []
+        folds = self.crossfit.fold_of[idx]
+        order = np.argsort(folds, kind="stable")
+        for f in np.unique(folds):
+            sel = torch.as_tensor(np.flatnonzero(folds == f))
+            parts.append(self.crossfit.folds[f].target_probs_t(source[sel]))
+        return torch.cat(parts)[torch.as_tensor(np.argsort(order, kind="stable"))]
+
+    def _train_target_probs(self, source: np.ndarray, idx: np.ndarray) -> np.ndarray:
+        with torch.no_grad():
+            return self._train_target_probs_t(torch.as_tensor(source), idx).numpy()
+
+    def _loss_grad(self, probs: np.ndarray, idx: np.ndarray) -> tuple[float, np.ndarray]:
+        c = self.config
+        src = torch.tensor(np.asarray(probs, dtype=np.float64), requires_grad=True)
+        h = self._train_target_probs_t(src, idx)
+        y = torch.as_tensor(self.train.y[idx])
+        loss = per_sample_loss(h, y, torch.as_tensor(self.weights), c.loss, c.gamma).mean()
+        loss.backward()
+        assert src.grad is not None
+        return float(loss.detach()), src.grad.numpy()
+
+    def best_program(self) -> tuple[np.ndarray, OutputMapping]:
+        """(θ, mapping) of the best program so far, as selected on validation."""
+        mapping = self.best["mapping"] if self.best["mapping"] is not None else self.mapping
+        return self.best["theta"], mapping
+
+    # ----------------------------------------------------------------- state
+    def state(self) -> dict[str, Any]:
+        def map_state(m: OutputMapping | None) -> dict[str, np.ndarray] | None:
+            return None if m is None else m.state()
+
+        return {
+            "version": 1,
+            "config": asdict(self.config),
+            "phase": self.phase,
+            "iteration": self.iteration,
+            "theta": self.theta,
+            "optimizer": self.optimizer.state(),
+            "rng": self.rng.bit_generator.state,
+            "mapping": map_state(self.mapping),
+            "crossfit": None if self.crossfit is None else self.crossfit.state(),
+            "baselines": {k: v.state() for k, v in self.baselines.items()},
+            "best": {**self.best, "mapping": map_state(self.best["mapping"])},
+            "last_val_acc": self.last_val_acc,
+            "cursor": self.cursor,
+            "partial": self.partial,
+            "results": self.results,
+            "recent": [[p, t] for p, t in self._recent],
+        }
+
+    def state_bytes(self) -> bytes:
+        if self._pending is not None:
+            raise RuntimeError("serialise between iterations, not between ask() and tell()")
+        return state_io.dumps(self.state())
+
+    def load_state(self, data: bytes | dict[str, Any]) -> None:
+        s = state_io.loads(data) if isinstance(data, bytes) else data
+        self.config = TrainerConfig(**s["config"])
+        self.phase, self.iteration = s["phase"], int(s["iteration"])
+        self.theta = np.asarray(s["theta"], dtype=np.float64)
+        self.optimizer.load_state(s["optimizer"])
+        self.rng.bit_generator.state = s["rng"]
+        self.mapping = None if s["mapping"] is None else mapping_from_state(s["mapping"])
+        self.crossfit = None
+        if s["crossfit"] is not None:
+            self.crossfit = CrossFitReadout.from_state(s["crossfit"])
+            self.mapping = self.crossfit.full
+        self.baselines = {k: mapping_from_state(v) for k, v in s["baselines"].items()}
+        best = dict(s["best"])
+        best["mapping"] = None if best["mapping"] is None else mapping_from_state(best["mapping"])
+        self.best = best
+        self.last_val_acc = s["last_val_acc"]
+        self.cursor, self.partial = int(s["cursor"]), list(s["partial"])
+        self.results = dict(s["results"])
+        self._recent = [(p, t) for p, t in s["recent"]]
+        self._pending = None

@@ -1,0 +1,117 @@
+"""Run a whole job in this process, without the server: what ``reprogram train``,
+``reprogram demo`` and the benchmarks use. The service's worker runs the same
+``app.runner`` functions with a database ledger and checkpoints instead.
+"""
+
+from __future__ import annotations
+
+import json
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from typing import Any
+
+import numpy as np
+
+from adapters.errors import BudgetExceeded, OracleError
+from app import runner
+from app.accounting import MemoryLedger, query_cap
+from app.artifacts import program_arrays
+from app.data import Dataset
+from app.engine.trainer import Event, Trainer
+from app.oracles import SecretResolver, build_dispatcher, build_oracle, secret_from_env
+from app.settings import Settings
+from app.spec import JobSpec
+
+
+@dataclass
+class LocalRun:
+    result: dict[str, Any]
+    rows: list[dict[str, Any]]
+    arrays: dict[str, np.ndarray] = field(repr=False)
+
+
+ProgressFn = Callable[[runner.PreparedJob, dict[str, Any]], None]
+
+
+class _Hooks:
+    """Collects one metrics row per event, with the ledger's running totals."""
+
+    def __init__(
+        self,
+        job: runner.PreparedJob,
+        ledger: MemoryLedger,
+        on_row: ProgressFn | None,
+        should_stop: Callable[[], bool],
+    ) -> None:
+        self.job, self.ledger, self.on_row, self.should_stop = job, ledger, on_row, should_stop
+        self.rows: list[dict[str, Any]] = []
+        self.last_val: float | None = None
+
+    def after_tell(self, trainer: Trainer, event: Event | None) -> None:
+        if event is None:
+            return
+        if "val_acc" in event.values:
+            self.last_val = event.values["val_acc"]
+        totals = self.ledger.totals
+        row = {
+            "kind": event.kind,
+            "iteration": event.iteration,
+            "queries": totals.queries,
+            "requests": totals.requests,
+            "cost_usd": round(totals.cost_usd, 6),
+            **{k: round(v, 6) for k, v in event.values.items()},
+        }
+        if event.kind == "iteration":
+            row["val_acc"] = self.last_val
+        self.rows.append(row)
+        if self.on_row is not None:
+            self.on_row(self.job, row)
+
+    def cancelled(self) -> bool:
+        return self.should_stop()
+
+
+def run_local(
+    spec: JobSpec,
+    dataset: Dataset,
+    *,
+    settings: Settings | None = None,
+    secret: SecretResolver = secret_from_env,
+    on_row: ProgressFn | None = None,
+    on_prepared: Callable[[runner.PreparedJob], None] | None = None,
+    should_stop: Callable[[], bool] = lambda: False,
+) -> LocalRun:
+    """Run ``spec`` on ``dataset`` to the end. Configuration problems raise before any
+    query is spent (ConfigurationError, DataError, PlanError); a failure mid-run ends in a
+    result with status ``failed`` / ``budget_exhausted`` / ``cancelled`` and its best program."""
+    settings = settings or Settings()
+    start = time.monotonic()
+    oracle = build_oracle(spec.oracle, input_size=runner.input_size_of(spec), secret=secret)
+    price = settings.price(oracle.provider)
+    ledger = MemoryLedger(price, spec.budget.max_queries, spec.budget.max_cost_usd)
+    dispatcher = build_dispatcher(
+        oracle, spec.oracle, settings=settings, ledger=ledger, secret=secret
+    )
+    try:
+        runner.discover_labels(oracle, dispatcher, runner.input_size_of(spec))
+        cap = query_cap(spec.budget.max_queries, spec.budget.max_cost_usd, price)
+        job = runner.prepare(spec, dataset, oracle, query_cap=cap, spent=ledger.totals.queries)
+        if on_prepared is not None:
+            on_prepared(job)
+        hooks = _Hooks(job, ledger, on_row, should_stop)
+        error: BaseException | None = None
+        try:
+            runner.run(job.trainer, dispatcher, hooks)
+        except (runner.Cancelled, BudgetExceeded, OracleError) as err:
+            error = err
+        status = runner.final_status(job, error)
+        result = runner.summarize(job, ledger.totals.as_dict(), status, time.monotonic() - start)
+        if error is not None and status == "failed":
+            result["error"] = f"{type(error).__name__}: {error}"
+        spec_json = json.dumps(job.spec.model_dump(mode="json"))
+        arrays = program_arrays(job.trainer, spec_json, job.classes, job.source_labels)
+        return LocalRun(result, hooks.rows, arrays)
+    finally:
+        dispatcher.close()
+        oracle.close()

@@ -1,0 +1,216 @@
+"""Run one job: the single place where the engine, an oracle and the accounting meet.
+
+``prepare`` turns (spec, data set, oracle) into a trainer with the budget planned in;
+``run`` drives the ask/tell loop through the dispatcher, calling the caller's hooks after
+every ``tell`` (the CLI writes metrics; the worker checkpoints in the same transaction);
+``summarize`` builds the result every front end reports.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any, Protocol
+
+import numpy as np
+
+from adapters.base import Oracle
+from adapters.dispatch import Dispatcher
+from adapters.errors import BudgetExceeded
+from app.data import Dataset, split_indices, to_target
+from app.defaults import Facts, resolve
+from app.engine.program import Program
+from app.engine.trainer import Event, Split, Trainer, TrainerConfig
+from app.spec import JobSpec
+
+DEFAULT_INPUT_SIZE = 128
+
+
+class Cancelled(Exception):
+    """The job was cancelled."""
+
+
+class PlanError(ValueError):
+    """The job cannot run within its budget."""
+
+
+@dataclass
+class PreparedJob:
+    spec: JobSpec  # resolved: every field chosen
+    notes: list[str]
+    trainer: Trainer
+    classes: list[str]
+    source_labels: tuple[str, ...]
+    sizes: dict[str, int]
+    budget_limited: bool = False
+    timings: dict[str, float] = field(default_factory=dict)
+
+
+def input_size_of(spec: JobSpec) -> int:
+    return spec.program.input_size or DEFAULT_INPUT_SIZE
+
+
+def trainer_config(spec: JobSpec) -> TrainerConfig:
+    o, m, lo = spec.optimizer, spec.mapping, spec.loss
+    return TrainerConfig(
+        estimator=o.estimator,
+        q=o.q,
+        beta=o.beta,
+        scale=o.scale,
+        optimizer=o.optimizer,
+        lr=o.lr,
+        lr_decay=o.lr_decay,
+        clip=o.clip,
+        batch_size=o.batch_size,
+        iterations=o.iterations,
+        eval_every=o.eval_every,
+        loss=lo.kind,
+        gamma=lo.gamma,
+        class_balance=lo.class_balance,
+        mapping=m.method,
+        labels_per_class=m.labels_per_class,
+        remap_every=m.remap_every,
+        baselines=spec.data.baselines,
+    )  # type: ignore[arg-type]
+
+
+def prepare(
+    spec: JobSpec, dataset: Dataset, oracle: Oracle, *, query_cap: int | None, spent: int = 0
+) -> PreparedJob:
+    """Resolve the spec, split and resize the data, build the trainer, fit the plan into
+    ``query_cap`` images (minus ``spent``). Raises PlanError when the budget is too small."""
+    parts = split_indices(
+        dataset,
+        spec.seed,
+        spec.data.val_fraction,
+        spec.data.test_fraction,
+        spec.data.max_train,
+        spec.data.max_test,
+    )
+    facts = Facts(
+        n_labels=len(oracle.labels),
+        n_classes=len(dataset.classes),
+        n_train=len(parts["train"]),
+        provider=oracle.provider,
+    )
+    resolved, notes = resolve(spec, facts)
+    p = resolved.program
+    assert p.input_size and p.target_size and p.basis
+    program = Program(
+        p.input_size, p.target_size, p.basis, None if p.basis == "pixel" else p.resolution
+    )
+
+    def split(name: str) -> Split:
+        idx = parts[name]
+        return Split(to_target([dataset.images[i] for i in idx], p.target_size), dataset.y[idx])
+
+    trainer = Trainer(
+        trainer_config(resolved),
+        program,
+        len(dataset.classes),
+        len(oracle.labels),
+        split("train"),
+        split("val"),
+        split("test"),
+        seed=resolved.seed,
+    )
+    limited = False
+    if query_cap is not None:
+        try:
+            fitted = trainer.fit_iterations(query_cap - spent)
+        except ValueError as err:
+            raise PlanError(str(err)) from err
+        if fitted < trainer.config.iterations:
+            notes.append(
+                f"optimizer.iterations = {fitted}: the budget of {query_cap} queries "
+                f"covers {fitted} of {trainer.config.iterations} iterations plus "
+                "mapping and evaluation"
+            )
+            trainer.set_iterations(fitted)
+            resolved.optimizer.iterations = fitted
+            limited = True
+    sizes = {k: len(v) for k, v in parts.items()}
+    return PreparedJob(
+        resolved, notes, trainer, list(dataset.classes), oracle.labels, sizes, limited
+    )
+
+
+class RunHooks(Protocol):
+    def after_tell(self, trainer: Trainer, event: Event | None) -> None:
+        """Called after every tell: record metrics, checkpoint."""
+
+    def cancelled(self) -> bool: ...
+
+
+def run(trainer: Trainer, dispatcher: Dispatcher, hooks: RunHooks) -> None:
+    """Drive the trainer to the end. Raises Cancelled, BudgetExceeded or oracle errors; the
+    trainer's state after the last completed tell is always consistent."""
+    while not trainer.done:
+        if hooks.cancelled():
+            raise Cancelled()
+        ask = trainer.ask()
+        if ask.loss_grad is not None:
+            probs, grad = dispatcher.query_with_gradient(ask.frames, ask.loss_grad, ask.purpose)
+            event = trainer.tell(probs, input_grad=grad)
+        else:
+            event = trainer.tell(dispatcher.query(ask.frames, ask.purpose))
+        hooks.after_tell(trainer, event)
+
+
+def discover_labels(oracle: Oracle, dispatcher: Dispatcher, input_size: int) -> None:
+    """Providers without a label listing learn their labels from one answered image."""
+    if not oracle.labels_known:
+        dispatcher.query(np.zeros((1, input_size, input_size, 3), np.float32), "discovery")
+
+
+def summarize(
+    job: PreparedJob, totals: dict[str, Any], status: str, seconds: float
+) -> dict[str, Any]:
+    """The result every front end reports (result.json, GET /v1/jobs/{id})."""
+    t = job.trainer
+    n_train, n_test = job.sizes["train"], job.sizes["test"]
+    y_test = t.test.y
+    counts = np.bincount(y_test, minlength=len(job.classes)) if len(y_test) else np.zeros(1)
+    blank_queries = n_train + n_test
+    baselines: dict[str, dict[str, Any]] = {
+        "chance": {"accuracy": 1.0 / len(job.classes), "queries": 0},
+        "majority": {"accuracy": float(counts.max() / max(1, counts.sum())), "queries": 0},
+    }
+    if "baseline_frequency" in t.results:
+        baselines["blank_program"] = {
+            "accuracy": t.results["baseline_frequency"],
+            "queries": blank_queries,
+            "mapping": "frequency",
+        }
+    if "baseline_probe" in t.results:
+        baselines["linear_probe"] = {
+            "accuracy": t.results["baseline_probe"],
+            "queries": blank_queries,
+        }
+    return {
+        "status": status,
+        "test_accuracy": t.results.get("test_accuracy"),
+        "queries": totals["queries"],
+        "requests": totals["requests"],
+        "cost_usd": totals["cost_usd"],
+        "breakdown": totals["by_purpose"],
+        "images_sent": totals.get("images_sent"),
+        "baselines": baselines,
+        "best_iteration": int(t.best["iteration"]),
+        "best_val_accuracy": t.best["val_acc"] if t.best["val_acc"] >= 0 else None,
+        "iterations": t.iteration,
+        "planned_queries": t.planned_queries(),
+        "sizes": job.sizes,
+        "classes": job.classes,
+        "n_source_labels": len(job.source_labels),
+        "choices": job.notes,
+        "spec": job.spec.model_dump(mode="json"),
+        "seconds": round(seconds, 1),
+    }
+
+
+def final_status(job: PreparedJob, error: BaseException | None) -> str:
+    if isinstance(error, Cancelled):
+        return "cancelled"
+    if isinstance(error, BudgetExceeded) or (error is None and job.budget_limited):
+        return "budget_exhausted"
+    return "failed" if error is not None else "succeeded"

@@ -1,0 +1,73 @@
+"""Service settings, from ``REPROGRAM_*`` environment variables (pydantic-settings).
+
+Built by ``get_settings()`` when asked for, never at import time, so tests build their own.
+Production mode refuses to start without a server key (credentials are encrypted with it).
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Literal
+
+from platformdirs import user_data_dir
+from pydantic import Field, SecretStr, model_validator
+from pydantic_settings import BaseSettings, SettingsConfigDict
+
+
+class Settings(BaseSettings):
+    model_config = SettingsConfigDict(env_prefix="REPROGRAM_", extra="ignore")
+
+    mode: Literal["embedded", "production"] = "embedded"
+    data_dir: Path = Field(default_factory=lambda: Path(user_data_dir("reprogram")))
+    database_url: str | None = None  # default: SQLite file in data_dir
+    secret_key: SecretStr | None = None  # encrypts stored credentials
+    # USD per image answered (what providers bill); configuration, not code (oracles.md).
+    price_torch: float = 0.0
+    price_clarifai: float = 0.0012
+    price_customvision: float = 0.002
+    # Provider limits, in the unit each provider counts.
+    rate_limit_clarifai: float = 15.0  # requests per second per credential
+    rate_limit_customvision: float = 10.0  # images per second per credential
+    rate_limit_backend: str | None = None  # default: follows the database
+    max_upload_bytes: int = 200 * 1024**2
+    job_poll_seconds: float = 0.5
+    embedded_workers: int = 2  # in-process job threads in embedded mode
+
+    @model_validator(mode="after")
+    def _production_needs_key(self) -> Settings:
+        if self.mode == "production" and self.secret_key is None:
+            raise ValueError(
+                "REPROGRAM_SECRET_KEY must be set in production mode (it encrypts credentials)"
+            )
+        return self
+
+    @property
+    def db_url(self) -> str:
+        return self.database_url or f"sqlite:///{self.data_dir / 'reprogram.db'}"
+
+    @property
+    def is_sqlite(self) -> bool:
+        return self.db_url.startswith("sqlite")
+
+    @property
+    def limiter_backend(self) -> str:
+        if self.rate_limit_backend:
+            return self.rate_limit_backend
+        if self.is_sqlite:
+            return f"sqlite:///{self.data_dir / 'ratelimit.db'}"
+        return self.db_url
+
+    def price(self, provider: str) -> float:
+        return float(getattr(self, f"price_{provider}", 0.0))
+
+    def rate_limit(self, provider: str) -> tuple[float, str] | None:
+        """(limit, unit) for a provider, or None for local oracles."""
+        if provider == "clarifai":
+            return self.rate_limit_clarifai, "request"
+        if provider == "customvision":
+            return self.rate_limit_customvision, "image"
+        return None
+
+
+def get_settings() -> Settings:
+    return Settings()

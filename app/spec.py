@@ -1,0 +1,194 @@
+"""The job spec: the same JSON for ``POST /v1/jobs`` and ``reprogram train --config``.
+
+Every field but ``oracle`` has a default; fields left ``null`` are chosen by
+``app.defaults.resolve`` from the oracle's label count, the number of classes and the budget,
+and the resolved spec is what a job stores and reports. Unknown fields and out-of-range
+values are refused, naming the field.
+"""
+
+from __future__ import annotations
+
+from typing import Annotated, Literal
+from urllib.parse import urlsplit
+
+from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
+
+
+class Strict(BaseModel):
+    model_config = ConfigDict(extra="forbid", validate_assignment=True)
+
+
+def _check_endpoint(value: str | None) -> str | None:
+    if value is None:
+        return value
+    url = urlsplit(value)
+    if url.scheme not in ("https", "http") or not url.hostname:
+        raise ValueError("endpoint must be an https:// URL, or http://host:port for plaintext")
+    return value.rstrip("/")
+
+
+class CloudCredential(Strict):
+    """Where the key comes from: a stored credential (REST) or an environment variable (CLI)."""
+
+    credential_id: str | None = None
+    api_key_env: str | None = Field(default=None, pattern=r"^[A-Za-z_][A-Za-z0-9_]*$")
+    endpoint: str | None = None
+    rate_limit: float | None = Field(default=None, gt=0, le=10_000)
+    labels: list[str] | None = Field(default=None, min_length=1)
+
+    _endpoint = field_validator("endpoint")(_check_endpoint)
+
+
+class TorchOracleSpec(Strict):
+    kind: Literal["torch"]
+    model: str = Field(
+        default="efficientnet-lite0",
+        min_length=1,
+        description="'efficientnet-lite0' (bundled) or a TorchScript file path",
+    )
+    outputs: Literal["logits", "probabilities"] = "logits"
+    labels: list[str] | None = Field(default=None, min_length=1)
+    view: Literal["nsfw", "moderation"] | None = Field(
+        default=None,
+        description="expose the bundled model only through 2 ('nsfw') or 5 ('moderation') "
+        "concepts, each the summed probability of a fixed group of ImageNet classes",
+    )
+    device: str | None = Field(default=None, pattern=r"^(cpu|cuda(:\d+)?)$")
+
+
+class ClarifaiOracleSpec(CloudCredential):
+    kind: Literal["clarifai"]
+    model_id: str = Field(default="nsfw-recognition", min_length=1)
+    version_id: str | None = None
+    user_id: str = "clarifai"
+    app_id: str = "main"
+    max_images_per_request: int = Field(default=128, ge=1, le=128)
+
+
+class CustomVisionOracleSpec(CloudCredential):
+    kind: Literal["customvision"]
+    project_id: str = Field(min_length=1)
+    published_name: str = Field(min_length=1)
+
+    @model_validator(mode="after")
+    def _endpoint_required(self) -> CustomVisionOracleSpec:
+        if self.endpoint is None:
+            raise ValueError("a customvision oracle needs its prediction endpoint")
+        return self
+
+
+OracleSpec = Annotated[
+    TorchOracleSpec | ClarifaiOracleSpec | CustomVisionOracleSpec, Field(discriminator="kind")
+]
+
+
+class ProgramSpec(Strict):
+    input_size: int | None = Field(default=None, ge=32, le=512)
+    target_size: int | None = Field(default=None, ge=4, le=512)
+    basis: Literal["pixel", "bilinear", "dct"] | None = None
+    resolution: int | None = Field(default=None, ge=1, le=512)
+
+    @model_validator(mode="after")
+    def _sizes(self) -> ProgramSpec:
+        if self.input_size and self.target_size and self.target_size > self.input_size:
+            raise ValueError("program.target_size must not exceed program.input_size")
+        if self.input_size and self.resolution and self.resolution > self.input_size:
+            raise ValueError("program.resolution must not exceed program.input_size")
+        return self
+
+
+class MappingSpec(Strict):
+    method: Literal["frequency", "random", "learned"] | None = None
+    labels_per_class: int | None = Field(default=None, ge=1, le=100)
+    remap_every: int = Field(default=0, ge=0, le=100_000)
+
+
+class LossSpec(Strict):
+    kind: Literal["focal", "ce"] = "focal"
+    gamma: float = Field(default=2.0, ge=0, le=10)
+    class_balance: bool = True
+
+
+class OptimizerSpec(Strict):
+    estimator: Literal["bar", "antithetic", "spsa", "white_box"] | None = None
+    q: int | None = Field(default=None, ge=1, le=1000)
+    beta: float | None = Field(default=None, gt=0, le=10)
+    scale: float | None = Field(default=None, gt=0)
+    lr: float | None = Field(default=None, gt=0, le=100)
+    lr_decay: float | None = Field(default=None, gt=0, le=1)
+    optimizer: Literal["sgd", "adam"] | None = None
+    clip: float | None = Field(default=None, gt=0)
+    batch_size: int | None = Field(default=None, ge=1, le=1024)
+    iterations: int | None = Field(default=None, ge=0, le=1_000_000)
+    eval_every: int | None = Field(default=None, ge=1, le=1_000_000)
+
+
+class BudgetSpec(Strict):
+    max_queries: int | None = Field(default=None, ge=1)
+    max_cost_usd: float | None = Field(default=None, ge=0)
+
+
+class DataSpec(Strict):
+    """How the service splits a data set that carries no split of its own."""
+
+    val_fraction: float = Field(default=0.2, ge=0, lt=1)
+    test_fraction: float = Field(default=0.2, ge=0, lt=1)
+    max_train: int | None = Field(default=None, ge=1, description="cap on training images")
+    max_test: int | None = Field(default=None, ge=1, description="cap on test images")
+    baselines: bool = Field(default=True, description="measure chance, blank program and probe")
+
+    @model_validator(mode="after")
+    def _fractions(self) -> DataSpec:
+        if self.val_fraction + self.test_fraction >= 1:
+            raise ValueError("data.val_fraction + data.test_fraction must be below 1")
+        return self
+
+
+class JobSpec(Strict):
+    dataset_id: str | None = None
+    oracle: OracleSpec
+    program: ProgramSpec = Field(default_factory=ProgramSpec)
+    mapping: MappingSpec = Field(default_factory=MappingSpec)
+    loss: LossSpec = Field(default_factory=LossSpec)
+    optimizer: OptimizerSpec = Field(default_factory=OptimizerSpec)
+    budget: BudgetSpec = Field(default_factory=BudgetSpec)
+    data: DataSpec = Field(default_factory=DataSpec)
+    seed: int = Field(default=0, ge=0, le=2**32 - 1)
+
+    model_config = ConfigDict(
+        extra="forbid",
+        json_schema_extra={
+            "examples": [
+                {
+                    "dataset_id": "ds_…",
+                    "oracle": {"kind": "torch", "model": "efficientnet-lite0"},
+                    "program": {"input_size": 224, "target_size": 64},
+                    "mapping": {"method": "frequency", "labels_per_class": 10},
+                    "loss": {"kind": "focal", "gamma": 2.0},
+                    "optimizer": {
+                        "estimator": "bar",
+                        "q": 25,
+                        "beta": 0.01,
+                        "lr": 0.05,
+                        "batch_size": 10,
+                        "iterations": 500,
+                    },
+                    "budget": {"max_queries": 100000, "max_cost_usd": 50.0},
+                    "seed": 0,
+                }
+            ]
+        },
+    )
+
+
+def error_fields(exc: Exception) -> list[str]:
+    """Human lines naming each invalid field of a pydantic ValidationError."""
+    from pydantic import ValidationError
+
+    if not isinstance(exc, ValidationError):
+        return [str(exc)]
+    lines = []
+    for err in exc.errors():
+        loc = ".".join(str(p) for p in err["loc"])
+        lines.append(f"{loc or 'spec'}: {err['msg']}")
+    return lines
