@@ -15,8 +15,6 @@ import io
 import math
 import threading
 from collections.abc import Callable, Mapping, Sequence
-from datetime import UTC, datetime
-from email.utils import parsedate_to_datetime
 from typing import Any
 from urllib.parse import urlsplit
 
@@ -40,10 +38,9 @@ from adapters.errors import (
     Throttled,
     TransientUpstreamError,
 )
+from adapters.retry import MAX_RETRY_AFTER_S, parse_retry_after
 
 PROVIDER = "customvision"
-#: the longest wait we believe from a Retry-After header; longer ones are capped
-MAX_RETRY_AFTER_S = 300.0
 #: where Azure front doors put the request id, most specific first
 REQUEST_ID_HEADERS = ("apim-request-id", "x-ms-request-id", "request-id", "x-request-id")
 
@@ -54,27 +51,6 @@ def encode_png(image: np.ndarray) -> bytes:
     buf = io.BytesIO()
     Image.fromarray(np.ascontiguousarray(image)).save(buf, format="PNG", compress_level=1)
     return buf.getvalue()
-
-
-def parse_retry_after(value: str | None, *, now: datetime | None = None) -> float | None:
-    """Seconds to wait from a ``Retry-After`` value (delay-seconds or an HTTP date), capped
-    at ``MAX_RETRY_AFTER_S``; a date in the past gives 0. None when absent or invalid."""
-    if value is None or not value.strip():
-        return None
-    text = value.strip()
-    try:
-        seconds = float(text)
-    except ValueError:
-        try:
-            when = parsedate_to_datetime(text)
-        except (TypeError, ValueError, IndexError):
-            return None
-        if when.tzinfo is None:  # RFC 9110 dates are GMT even when they fail to say so
-            when = when.replace(tzinfo=UTC)
-        seconds = max(0.0, (when - (now or datetime.now(UTC))).total_seconds())
-    if not math.isfinite(seconds) or seconds < 0:
-        return None
-    return min(seconds, MAX_RETRY_AFTER_S)
 
 
 def _retry_after(headers: Mapping[str, str]) -> float | None:

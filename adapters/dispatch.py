@@ -8,6 +8,10 @@ attempt of each request first reserves its images with the ledger (which refuses
 ``BudgetExceeded`` when the budget cannot cover them), waits for the shared rate limiter,
 calls the oracle, and settles the reservation with what the provider answered. A mixed batch
 keeps its answered rows and retries only the failed inputs, so no answer is lost or paid twice.
+
+Errors reach the caller by meaning: a refused image is a ``BadInput`` whose ``index`` is its
+position in the query (not in the request that carried it), and the first error no retry
+can fix stops the query's other requests before they are sent.
 """
 
 from __future__ import annotations
@@ -15,14 +19,14 @@ from __future__ import annotations
 import threading
 import time
 from collections.abc import Callable
-from concurrent.futures import ThreadPoolExecutor
+from concurrent.futures import ThreadPoolExecutor, wait
 from dataclasses import dataclass
 from typing import Protocol
 
 import numpy as np
 
 from adapters.base import GradientOracle, Oracle
-from adapters.errors import OracleError, PartialFailure, Throttled
+from adapters.errors import BadInput, OracleError, PartialFailure, Throttled
 from adapters.ratelimit import SharedRateLimiter
 from adapters.retry import RetryPolicy
 
@@ -34,7 +38,7 @@ class RequestRecord:
     purpose: str
     images: int  # images sent
     answered: int  # images the provider answered (what it bills)
-    outcome: str  # "ok", "partial", or the error class name
+    outcome: str  # "ok", "partial", "not_sent", or the error class name
     request_id: str | None
     seconds: float
 
@@ -62,7 +66,29 @@ class NullLedger:
         return self._Null()
 
 
+class _Stopped(Exception):
+    """Another request of the same query failed for good; this one is not sent."""
+
+
+def blame(failed: dict[int, OracleError]) -> OracleError:
+    """The error to report for a request whose inputs ``failed`` (query positions → error)
+    can not all be retried: the first one no retry fixes, naming its input if it is one."""
+    index, err = next((i, e) for i, e in sorted(failed.items()) if not e.retryable)
+    if not isinstance(err, BadInput):
+        return err
+    return BadInput(
+        f"input {index} of the query was refused: {err.message}",
+        index=index,
+        provider=err.provider,
+        request_id=err.request_id,
+        status=err.status,
+    )
+
+
 class Dispatcher:
+    """Answers queries through one oracle: splitting, concurrency, accounting, rate limiting
+    and retries. Thread-safe; one per (job, oracle)."""
+
     def __init__(
         self,
         oracle: Oracle,
@@ -83,16 +109,20 @@ class Dispatcher:
 
     # ----------------------------------------------------------------- public
     def query(self, images: np.ndarray, purpose: str) -> np.ndarray:
-        """Probabilities (N×K) for ``images`` (N×H×W×3 in [0, 1]), in order."""
+        """Probabilities (N×K) for ``images`` (N×H×W×3 in [0, 1]), in order.
+
+        Raises the first error no retry could fix (``BadInput`` naming the query position of
+        the refused image), or ``BudgetExceeded`` before sending what the budget lacks."""
         images = np.asarray(images, dtype=np.float32)
         step = self.oracle.max_images_per_request
-        chunks = [images[i : i + step] for i in range(0, len(images), step)]
-        if len(chunks) <= 1 or self.oracle.max_concurrency <= 1:
-            parts = [self._request(c, purpose) for c in chunks]
+        offsets = range(0, len(images), step)
+        stop = threading.Event()
+        if len(offsets) <= 1 or self.oracle.max_concurrency <= 1:
+            parts = [self._request(images[i : i + step], i, purpose, stop) for i in offsets]
         else:
-            parts = list(self._executor().map(lambda c: self._request(c, purpose), chunks))
+            parts = self._in_parallel(images, offsets, step, purpose, stop)
         if not parts:
-            return np.zeros((0, len(self.oracle.labels)))
+            return np.zeros((0, len(self.oracle.labels) if self.oracle.labels_known else 0))
         return np.concatenate(parts)
 
     def query_with_gradient(
@@ -108,18 +138,16 @@ class Dispatcher:
         reservation = self.ledger.reserve(purpose, len(images))
         start = time.perf_counter()
         probs, grad = oracle.predict_with_input_grad(images, loss_grad)
-        reservation.settle(
-            RequestRecord(purpose, len(images), len(images), "ok", None,
-                          time.perf_counter() - start)
-        )
+        reservation.settle(_record(purpose, len(images), len(images), "ok", None, start))
         return probs, grad
 
     def close(self) -> None:
+        """Wait for requests in flight and release the thread pool."""
         if self._pool is not None:
             self._pool.shutdown(wait=True)
             self._pool = None
 
-    # ----------------------------------------------------------------- one request
+    # ----------------------------------------------------------------- requests
     def _executor(self) -> ThreadPoolExecutor:
         with self._pool_lock:
             if self._pool is None:
@@ -128,39 +156,71 @@ class Dispatcher:
                 )
             return self._pool
 
-    def _request(self, images: np.ndarray, purpose: str) -> np.ndarray:
-        """Answer one request's images, retrying per policy; only unanswered inputs are
-        sent again."""
+    def _in_parallel(
+        self,
+        images: np.ndarray,
+        offsets: range,
+        step: int,
+        purpose: str,
+        stop: threading.Event,
+    ) -> list[np.ndarray]:
+        def run(offset: int) -> np.ndarray:
+            try:
+                return self._request(images[offset : offset + step], offset, purpose, stop)
+            except BaseException:
+                stop.set()  # requests not yet sent stay unsent: they would fail or be wasted
+                raise
+
+        futures = [self._executor().submit(run, offset) for offset in offsets]
+        wait(futures)
+        errors = [f.exception() for f in futures if f.exception() is not None]
+        if errors:
+            raise next((e for e in errors if not isinstance(e, _Stopped)), errors[0])
+        return [f.result() for f in futures]
+
+    def _request(
+        self, images: np.ndarray, offset: int, purpose: str, stop: threading.Event
+    ) -> np.ndarray:
+        """Answer one request's images (query positions ``offset``...), retrying per policy;
+        only unanswered inputs are sent again."""
         rows: dict[int, np.ndarray] = {}
         pending = list(range(len(images)))
 
         def attempt() -> None:
             nonlocal pending
+            if stop.is_set():
+                raise _Stopped()
             batch = images[pending]
             reservation = self.ledger.reserve(purpose, len(batch))
-            if self.limiter is not None:
-                self.limiter.acquire(1 if self.limit_unit == "request" else len(batch))
+            try:
+                if self.limiter is not None:
+                    self.limiter.acquire(1 if self.limit_unit == "request" else len(batch))
+            except BaseException:
+                reservation.settle(_record(purpose, 0, 0, "not_sent", None, time.perf_counter()))
+                raise
             start = time.perf_counter()
             try:
                 answer = self.oracle.predict(batch)
             except PartialFailure as err:
                 for pos, row in err.answered.items():
                     rows[pending[pos]] = np.asarray(row, dtype=np.float64)
-                reservation.settle(self._record(purpose, batch, len(err.answered), "partial",
-                                                err.request_id, start))
-                pending = [pending[pos] for pos in sorted(err.failed)]
+                record = _record(purpose, len(batch), len(err.answered), "partial", err, start)
+                reservation.settle(record)
+                failed = {pending[pos]: e for pos, e in err.failed.items()}
+                pending = sorted(failed)
+                if not err.retryable:
+                    raise blame({offset + i: e for i, e in failed.items()}) from err
                 raise
             except OracleError as err:
-                reservation.settle(self._record(purpose, batch, 0, type(err).__name__,
-                                                err.request_id, start))
+                reservation.settle(_record(purpose, len(batch), 0, type(err).__name__, err, start))
+                if isinstance(err, BadInput) and err.index is not None and err.index < len(batch):
+                    raise blame({offset + pending[err.index]: err}) from err
                 raise
             except BaseException:
                 # Not an answer we understand: assume the provider may have billed it.
-                reservation.settle(self._record(purpose, batch, len(batch), "unknown", None,
-                                                start))
+                reservation.settle(_record(purpose, len(batch), len(batch), "unknown", None, start))
                 raise
-            reservation.settle(self._record(purpose, batch, len(batch), "ok",
-                                            answer.request_id, start))
+            reservation.settle(_record(purpose, len(batch), len(batch), "ok", answer, start))
             for pos, row in zip(pending, answer.probs, strict=True):
                 rows[pos] = row
             pending = []
@@ -169,11 +229,19 @@ class Dispatcher:
             if isinstance(err, Throttled) and self.limiter is not None:
                 self.limiter.pause(seconds)  # everyone on this credential waits, not just us
 
-        self.retry.call(attempt, sleep=self.sleep, before_sleep=before_sleep)
+        try:
+            self.retry.call(attempt, sleep=self.sleep, before_sleep=before_sleep)
+        except PartialFailure as err:  # attempts ran out with inputs still failing
+            raise min(err.failed.items())[1] from err
         return np.stack([rows[i] for i in range(len(images))])
 
-    @staticmethod
-    def _record(purpose: str, batch: np.ndarray, answered: int, outcome: str,
-                request_id: str | None, start: float) -> RequestRecord:
-        return RequestRecord(purpose, len(batch), answered, outcome, request_id,
-                             time.perf_counter() - start)
+
+def _record(
+    purpose: str, images: int, answered: int, outcome: str, source: object, start: float
+) -> RequestRecord:
+    """The ledger's record of one attempt; ``source`` is the answer or error carrying the
+    provider's request id (or None)."""
+    request_id = getattr(source, "request_id", None)
+    return RequestRecord(
+        purpose, images, answered, outcome, request_id, time.perf_counter() - start
+    )

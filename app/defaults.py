@@ -44,19 +44,24 @@ def resolve(spec: JobSpec, facts: Facts) -> tuple[JobSpec, list[str]]:
             )
 
     k, c = facts.n_labels, facts.n_classes
-    learned_ok = k >= 2
     many = k >= 4 * c
+    if k < c:
+        why = "fewer labels than classes: only a read-out can tell them apart"
+    elif many:
+        why = "a linear read-out fitted on our side starts from the linear probe"
+    else:
+        why = "too few labels for a read-out to beat a mapping"
     choose(
         s.mapping,
         "method",
-        "learned" if (learned_ok and many) else "frequency",
-        f"the oracle exposes {k} labels for {c} classes"
-        + (
-            "; a linear read-out fitted on our side starts from the linear probe"
-            if many
-            else "; too few labels for a read-out to beat a mapping"
-        ),
+        "learned" if k >= 2 and (many or k < c) else "frequency",
+        f"the oracle exposes {k} labels for {c} classes; {why}",
     )
+    if s.mapping.method != "learned" and k < c:
+        raise ValueError(
+            f"mapping.method: a many-to-one mapping needs at least as many oracle labels as "
+            f"classes ({k} labels, {c} classes); use 'learned'"
+        )
     choose(
         s.mapping,
         "labels_per_class",

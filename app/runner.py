@@ -92,7 +92,10 @@ def prepare(
         n_train=len(parts["train"]),
         provider=oracle.provider,
     )
-    resolved, notes = resolve(spec, facts)
+    try:
+        resolved, notes = resolve(spec, facts)
+    except ValueError as err:
+        raise PlanError(str(err)) from err
     p = resolved.program
     assert p.input_size and p.target_size and p.basis
     program = Program(

@@ -146,6 +146,7 @@ class Trainer:
         self.rng = np.random.default_rng(seed)
         self.phase: str = "blank_train" if config.needs_blank_pass else "validate"
         self.iteration = 0
+        self.told = 0  # answers received so far, all purposes
         self.theta = np.zeros(program.dim)
         self.mapping: OutputMapping | None = None
         self.crossfit: CrossFitReadout | None = None
@@ -195,6 +196,19 @@ class Trainer:
         while lo < hi:
             mid = (lo + hi + 1) // 2
             if sum(self.planned_queries(mid).values()) <= max_queries:
+                lo = mid
+            else:
+                hi = mid - 1
+        return lo
+
+    def fit_remaining(self, budget_left: int) -> int:
+        """The most iterations (≥ those done, ≤ configured) whose *remaining* plan fits
+        ``budget_left`` images: for a resumed job whose budget paid for work that a crash
+        lost. Returns the iteration count to pass to ``set_iterations``."""
+        lo, hi = self.iteration, max(self.iteration, self.config.iterations)
+        while lo < hi:
+            mid = (lo + hi + 1) // 2
+            if sum(self.planned_queries(mid).values()) - self.told <= budget_left:
                 lo = mid
             else:
                 hi = mid - 1
@@ -256,6 +270,7 @@ class Trainer:
         probs = np.asarray(probs, dtype=np.float64)
         if probs.ndim != 2 or probs.shape[1] != self.n_source:
             raise ValueError(f"expected N×{self.n_source} probabilities, got {probs.shape}")
+        self.told += len(probs)
         if self.phase == "train":
             return self._tell_training(probs, input_grad)
         split = {"blank_train": self.train, "refit": self.train, "validate": self.val}.get(
@@ -429,6 +444,7 @@ class Trainer:
             "config": asdict(self.config),
             "phase": self.phase,
             "iteration": self.iteration,
+            "told": self.told,
             "theta": self.theta,
             "optimizer": self.optimizer.state(),
             "rng": self.rng.bit_generator.state,
@@ -452,6 +468,7 @@ class Trainer:
         s = state_io.loads(data) if isinstance(data, bytes) else data
         self.config = TrainerConfig(**s["config"])
         self.phase, self.iteration = s["phase"], int(s["iteration"])
+        self.told = int(s["told"])
         self.theta = np.asarray(s["theta"], dtype=np.float64)
         self.optimizer.load_state(s["optimizer"])
         self.rng.bit_generator.state = s["rng"]

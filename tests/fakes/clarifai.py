@@ -10,6 +10,7 @@ really sent and what would have been billed.
 
 Run alone (counts and faults then live at ``http://127.0.0.1:ADMIN/counts`` and ``/faults``):
     python -m tests.fakes.clarifai --port 50051 --admin-port 50052 --key demo-key --rate-limit 15
+(``--model cheap`` swaps the network for a microsecond-cheap opinion, for benchmarks.)
 """
 
 from __future__ import annotations
@@ -18,19 +19,17 @@ import argparse
 import dataclasses
 import hashlib
 import io
-import json
 import random
 import signal
 import threading
 import time
 import uuid
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterable, Mapping
 from concurrent import futures
 from dataclasses import dataclass, field
 from functools import cache
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
-from typing import Literal
-from urllib.parse import parse_qs, urlsplit
+from http.server import ThreadingHTTPServer
+from typing import Any, Literal
 
 import grpc
 import numpy as np
@@ -39,7 +38,8 @@ from clarifai_grpc.grpc.api.status import status_code_pb2 as S
 from clarifai_grpc.grpc.api.status import status_pb2
 from PIL import Image
 
-from tests.fakes.model import FakeModel
+from tests.fakes.admin import AdminApi, serve_admin
+from tests.fakes.model import MODEL_KINDS, CheapModel, FakeModel, ModelKind, make_model
 
 USER_ID, APP_ID, VERSION_ID = "clarifai", "main", "fake-version-1"
 #: model id -> concept view of adapters.label_groups (None: all 1,000 ImageNet classes)
@@ -121,8 +121,8 @@ class TokenBucket:
 
 
 @cache
-def _model(view: str | None) -> FakeModel:
-    return FakeModel(view)  # shared: loading the network is the slow part of a start
+def _model(view: str | None, kind: ModelKind = "network") -> FakeModel | CheapModel:
+    return make_model(view, kind)  # shared: loading the network is the slow part of a start
 
 
 def _concept_id(view: str | None, name: str) -> str:
@@ -165,8 +165,12 @@ class FakeClarifai:
         admin_port: int | None = None,
         workers: int = 16,
         clock: Callable[[], float] = time.monotonic,
+        model: ModelKind = "network",
     ) -> None:
+        """``model``: the fake's opinion, the bundled network or, for benchmarks that measure
+        the client, the microsecond-cheap ``tests.fakes.model.CheapModel``."""
         self.host, self.port, self.admin_port = host, port, admin_port
+        self.model: ModelKind = model
         self.keys = frozenset(keys)
         self.rate_limit = rate_limit  # None: unlimited
         self.burst = burst if burst is not None else max(1.0, rate_limit or 1.0)
@@ -196,7 +200,8 @@ class FakeClarifai:
         server.start()
         self._server = server
         if self.admin_port is not None:
-            self._admin = _serve_admin(self, self.host, self.admin_port)
+            api = _admin_api(self)
+            self._admin = serve_admin(api, self.host, self.admin_port, "fake-clarifai-admin")
             self.admin_port = self._admin.server_address[1]
         return self
 
@@ -316,7 +321,7 @@ class FakeClarifai:
             return service_pb2.SingleModelResponse(status=missing)
         concepts = [
             resources_pb2.Concept(id=_concept_id(view, n), name=n, app_id=APP_ID)
-            for n in _model(view).labels
+            for n in _model(view, self.model).labels
         ]
         info = resources_pb2.OutputInfo(data=resources_pb2.Data(concepts=concepts))
         model = resources_pb2.Model(
@@ -381,7 +386,8 @@ class FakeClarifai:
         with self._lock:
             flaky = [self._rng.random() < faults.input_failure_rate for _ in images]
         ok = [i for i, img in enumerate(images) if img is not None and not flaky[i]]
-        probs = dict(zip(ok, _model(view).probs([images[i] for i in ok]), strict=True))
+        model = _model(view, self.model)
+        probs = dict(zip(ok, model.probs([images[i] for i in ok]), strict=True))
         config = request.model.model_version.output_info.output_config
         if not config.ByteSize():
             config = request.model.output_info.output_config
@@ -394,23 +400,27 @@ class FakeClarifai:
                 out.status.CopyFrom(_status(S.INTERNAL_SERVER_ISSUE, "injected input fault"))
             else:
                 out.status.CopyFrom(_status(S.SUCCESS))
-                out.data.concepts.extend(self._concepts(view, probs[i], config, faults))
+                concepts = _concepts(view, model.labels, probs[i], config, faults)
+                out.data.concepts.extend(concepts)
             outputs.append(out)
         return outputs, len(ok)
 
-    @staticmethod
-    def _concepts(
-        view: str | None, row: np.ndarray, config: resources_pb2.OutputConfig, faults: Faults
-    ) -> list[resources_pb2.Concept]:
-        """The answer's concepts: highest value first, as many as asked, above min_value."""
-        labels = _model(view).labels
-        order = np.argsort(-row, kind="stable")[: config.max_concepts or DEFAULT_MAX_CONCEPTS]
-        return [
-            resources_pb2.Concept(id=_concept_id(view, labels[j]), name=labels[j],
-                                  value=float(row[j]), app_id=APP_ID)
-            for j in order
-            if row[j] >= config.min_value and labels[j] not in faults.drop_concepts
-        ]  # fmt: skip
+
+def _concepts(
+    view: str | None,
+    labels: tuple[str, ...],
+    row: np.ndarray,
+    config: resources_pb2.OutputConfig,
+    faults: Faults,
+) -> list[resources_pb2.Concept]:
+    """The answer's concepts: highest value first, as many as asked, above min_value."""
+    order = np.argsort(-row, kind="stable")[: config.max_concepts or DEFAULT_MAX_CONCEPTS]
+    return [
+        resources_pb2.Concept(id=_concept_id(view, labels[j]), name=labels[j],
+                              value=float(row[j]), app_id=APP_ID)
+        for j in order
+        if row[j] >= config.min_value and labels[j] not in faults.drop_concepts
+    ]  # fmt: skip
 
 
 class _Servicer(service_pb2_grpc.V2Servicer):
@@ -429,55 +439,23 @@ class _Servicer(service_pb2_grpc.V2Servicer):
         return self._fake.model_info(request, context)
 
 
-def _serve_admin(fake: FakeClarifai, host: str, port: int) -> ThreadingHTTPServer:
-    """A tiny JSON admin API, so tests in other processes can read counts and set faults:
-    GET /counts[?key=K], GET /faults, POST /faults {field: value}, POST /reset {seed}."""
+def _admin_api(fake: FakeClarifai) -> AdminApi:
+    """GET /counts[?key=K], GET /faults, POST /faults {field: value}, POST /reset {seed}."""
 
-    class Admin(BaseHTTPRequestHandler):
-        disable_nagle_algorithm = True  # or every answer waits ~40 ms
+    def counts(query: Mapping[str, str]) -> object:
+        if "key" in query:
+            return dataclasses.asdict(fake.counts(query["key"]))
+        by_key = {k: dataclasses.asdict(c) for k, c in fake.counts_by_key().items()}
+        return {"total": dataclasses.asdict(fake.counts()), "keys": by_key}
 
-        def log_message(self, format: str, *args: object) -> None:
-            pass  # keep test output and the console quiet
+    def reset(args: dict[str, Any]) -> object:
+        fake.reset(seed=args.get("seed"))
+        return {}
 
-        def _reply(self, code: int, body: object) -> None:
-            data = json.dumps(body).encode()
-            self.send_response(code)
-            self.send_header("Content-Type", "application/json")
-            self.send_header("Content-Length", str(len(data)))
-            self.end_headers()
-            self.wfile.write(data)
-
-        def do_GET(self) -> None:
-            url = urlsplit(self.path)
-            key = parse_qs(url.query).get("key", [None])[0]
-            if url.path == "/counts" and key is not None:
-                self._reply(200, dataclasses.asdict(fake.counts(key)))
-            elif url.path == "/counts":
-                by_key = {k: dataclasses.asdict(c) for k, c in fake.counts_by_key().items()}
-                self._reply(200, {"total": dataclasses.asdict(fake.counts()), "keys": by_key})
-            elif url.path == "/faults":
-                self._reply(200, dataclasses.asdict(fake.faults))
-            else:
-                self._reply(404, {"error": f"no such path {url.path}"})
-
-        def do_POST(self) -> None:
-            try:
-                size = int(self.headers.get("Content-Length") or 0)
-                body = json.loads(self.rfile.read(size) or b"{}")
-                if self.path == "/faults":
-                    self._reply(200, dataclasses.asdict(fake.set_faults(**body)))
-                elif self.path == "/reset":
-                    fake.reset(seed=body.get("seed"))
-                    self._reply(200, {})
-                else:
-                    self._reply(404, {"error": f"no such path {self.path}"})
-            except (TypeError, ValueError, AttributeError) as err:  # bad JSON or fields
-                self._reply(400, {"error": str(err)})
-
-    server = ThreadingHTTPServer((host, port), Admin)
-    server.daemon_threads = True
-    threading.Thread(target=server.serve_forever, name="fake-clarifai-admin", daemon=True).start()
-    return server
+    return AdminApi(
+        get={"/counts": counts, "/faults": lambda _: dataclasses.asdict(fake.faults)},
+        post={"/faults": lambda args: dataclasses.asdict(fake.set_faults(**args)), "/reset": reset},
+    )
 
 
 def main(argv: list[str] | None = None) -> None:
@@ -490,10 +468,17 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--rate-limit", type=float, default=15.0, help="requests/s per key")
     parser.add_argument("--burst", type=float, default=None)
     parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument(
+        "--model",
+        choices=MODEL_KINDS,
+        default="network",
+        help="the fake's opinion: the bundled network, or cheap for benchmarks",
+    )
     args = parser.parse_args(argv)
     fake = FakeClarifai(port=args.port, host=args.host, keys=args.key or ["demo-key"],
                         rate_limit=args.rate_limit or None, burst=args.burst,
-                        seed=args.seed, admin_port=args.admin_port)  # fmt: skip
+                        seed=args.seed, admin_port=args.admin_port,
+                        model=args.model)  # fmt: skip
     with fake:
         admin = f", admin http://{args.host}:{fake.admin_port}" if fake.admin_port else ""
         print(f"fake Clarifai gRPC on {fake.endpoint}{admin}", flush=True)

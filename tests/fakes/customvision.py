@@ -12,7 +12,8 @@ for tests in other processes:
     GET  /_fake/counts[?key=K]   GET /_fake/faults   POST /_fake/faults {field: value, ...}
     POST /_fake/rate_limit {"rate_limit": R, "burst": B}   POST /_fake/reset
 
-Run alone: ``python -m tests.fakes.customvision --port 8090 --key demo-key --rate-limit 10``.
+Run alone: ``python -m tests.fakes.customvision --port 8090 --key demo-key --rate-limit 10``
+(``--model cheap`` swaps the network for a microsecond-cheap opinion, for benchmarks).
 """
 
 from __future__ import annotations
@@ -20,7 +21,6 @@ from __future__ import annotations
 import argparse
 import contextlib
 import io
-import json
 import math
 import random
 import re
@@ -34,12 +34,14 @@ from dataclasses import asdict, dataclass, field, fields, replace
 from datetime import UTC, datetime
 from email.message import Message
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
-from urllib.parse import parse_qs, urlsplit
+from typing import Any
+from urllib.parse import urlsplit
 
 import numpy as np
 from PIL import Image, UnidentifiedImageError
 
-from tests.fakes.model import FakeModel
+from tests.fakes.admin import AdminApi, read_body, send_json
+from tests.fakes.model import MODEL_KINDS, CheapModel, FakeModel, ModelKind, make_model
 
 MAX_IMAGE_BYTES = 4 * 1024 * 1024
 FORMATS = {"PNG", "JPEG", "BMP", "GIF"}
@@ -163,10 +165,12 @@ class FakeCustomVision:
         faults: Faults | None = None,
         seed: int = 0,
         clock: Callable[[], float] = time.monotonic,
+        model: ModelKind = "network",
     ) -> None:
         """``rate_limit``: images/s per key (None: unlimited); ``burst``: bucket size,
         default one second's worth, so clients pacing at exactly R by token bucket or by
-        sliding window never see a 429."""
+        sliding window never see a 429. ``model``: the opinion, the bundled network or, for
+        benchmarks that measure the client, the microsecond-cheap ``CheapModel``."""
         self.keys = frozenset(keys)
         self.projects = {p: dict(v) for p, v in (projects or DEFAULT_PROJECTS).items()}
         self.faults = faults or Faults()
@@ -174,7 +178,9 @@ class FakeCustomVision:
         self._rng = random.Random(seed)  # the one source of fault randomness
         self._lock = threading.Lock()
         self._stopping = threading.Event()
-        self._models: dict[str | None, FakeModel] = {}
+        self.model: ModelKind = model
+        self._models: dict[str | None, FakeModel | CheapModel] = {}
+        self._admin = _admin_api(self)
         self._counts: dict[str, Counts] = {}
         self._buckets: dict[str, _TokenBucket] = {}
         self._conns: set[socket.socket] = set()
@@ -329,10 +335,10 @@ class FakeCustomVision:
                 bucket = self._buckets[key] = _TokenBucket(self.rate_limit, capacity, now)
             return bucket.take(now)
 
-    def _model(self, view: str | None) -> FakeModel:
+    def _model(self, view: str | None) -> FakeModel | CheapModel:
         with self._lock:
             if view not in self._models:
-                self._models[view] = FakeModel(view)
+                self._models[view] = make_model(view, self.model)
             return self._models[view]
 
     def _prediction(
@@ -382,14 +388,8 @@ class _Handler(BaseHTTPRequestHandler):
         pass  # one line per request would drown test output
 
     def do_GET(self) -> None:
-        url = urlsplit(self.path)
-        if url.path == "/_fake/counts":
-            key = parse_qs(url.query).get("key", [None])[0]
-            self._send(Reply(200, self.fake.counts(key)))
-        elif url.path == "/_fake/faults":
-            self._send(Reply(200, asdict(self.fake.faults)))
-        else:
-            self._send(_gateway_error(404, "Resource not found"))
+        reply = self.fake._admin.handle("GET", self.path)
+        self._send(Reply(*reply) if reply else _gateway_error(404, "Resource not found"))
 
     def do_POST(self) -> None:
         body = self._read_body()
@@ -398,25 +398,12 @@ class _Handler(BaseHTTPRequestHandler):
             image = _image_bytes(body, self.headers.get("Content-Type", ""))
             key = self.headers.get("Prediction-Key", "")  # header lookup ignores case
             self._send(self.fake.predict(key, route["project"], route["published"], image))
+        elif reply := self.fake._admin.handle("POST", self.path, body):
+            self._send(Reply(*reply))
         elif path.startswith("/_fake/"):
-            self._send(self._admin(path, body))
+            self._send(Reply(404, {"error": f"no admin path {path}"}))
         else:
             self._send(_gateway_error(404, "Resource not found"))
-
-    def _admin(self, path: str, body: bytes) -> Reply:
-        try:
-            args = json.loads(body or b"{}")
-            if path == "/_fake/faults":
-                return Reply(200, asdict(self.fake.set_faults(**args)))
-            if path == "/_fake/rate_limit":
-                self.fake.set_rate_limit(args.get("rate_limit"), args.get("burst"))
-                return Reply(200, {"rate_limit": self.fake.rate_limit, "burst": self.fake.burst})
-            if path == "/_fake/reset":
-                self.fake.reset()
-                return Reply(200, {})
-        except (ValueError, TypeError) as err:
-            return Reply(400, {"error": str(err)})
-        return Reply(404, {"error": f"no admin path {path}"})
 
     def _read_body(self) -> bytes:
         if "chunked" in self.headers.get("Transfer-Encoding", "").lower():
@@ -427,21 +414,36 @@ class _Handler(BaseHTTPRequestHandler):
             while self.rfile.readline() not in (b"\r\n", b"\n", b""):  # trailers
                 pass
             return b"".join(chunks)
-        return self.rfile.read(int(self.headers.get("Content-Length") or 0))
+        return read_body(self)
 
     def _send(self, reply: Reply) -> None:
-        data = json.dumps(reply.body).encode()
-        try:
-            self.send_response(reply.status, reply.reason)
-            self.send_header("Content-Type", "application/json; charset=utf-8")
-            self.send_header("Content-Length", str(len(data)))
-            self.send_header("apim-request-id", str(uuid.uuid4()))
-            for name, value in reply.headers.items():
-                self.send_header(name, value)
-            self.end_headers()
-            self.wfile.write(data)
-        except (BrokenPipeError, ConnectionResetError):  # the client gave up (timeouts)
-            self.close_connection = True
+        headers = {"apim-request-id": str(uuid.uuid4()), **reply.headers}
+        send_json(self, reply.status, reply.body, headers=headers, reason=reply.reason)
+
+
+def _admin_api(fake: FakeCustomVision) -> AdminApi:
+    """GET /_fake/counts[?key=K], GET /_fake/faults, POST /_fake/faults {field: value},
+    POST /_fake/rate_limit {rate_limit, burst}, POST /_fake/reset."""
+
+    def rate_limit(args: dict[str, Any]) -> object:
+        fake.set_rate_limit(args.get("rate_limit"), args.get("burst"))
+        return {"rate_limit": fake.rate_limit, "burst": fake.burst}
+
+    def reset(args: dict[str, Any]) -> object:
+        fake.reset()
+        return {}
+
+    return AdminApi(
+        get={
+            "/_fake/counts": lambda query: fake.counts(query.get("key")),
+            "/_fake/faults": lambda _: asdict(fake.faults),
+        },
+        post={
+            "/_fake/faults": lambda args: asdict(fake.set_faults(**args)),
+            "/_fake/rate_limit": rate_limit,
+            "/_fake/reset": reset,
+        },
+    )
 
 
 def main(argv: list[str] | None = None) -> None:
@@ -451,9 +453,19 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--key", action="append", help="accepted Prediction-Key (repeatable)")
     parser.add_argument("--rate-limit", type=float, default=10.0, help="images/s per key")
     parser.add_argument("--burst", type=float, default=None)
+    parser.add_argument(
+        "--model",
+        choices=MODEL_KINDS,
+        default="network",
+        help="the fake's opinion: the bundled network, or cheap for benchmarks",
+    )
     args = parser.parse_args(argv)
     fake = FakeCustomVision(
-        args.port, keys=args.key or ["demo-key"], rate_limit=args.rate_limit, burst=args.burst
+        args.port,
+        keys=args.key or ["demo-key"],
+        rate_limit=args.rate_limit,
+        burst=args.burst,
+        model=args.model,
     )
     fake.warm_up()
     with fake:

@@ -4,16 +4,29 @@ model's concepts, so that reprogramming through a fake really learns something.
 ``FakeModel(view).probs(images)`` takes decoded 8-bit RGB images (any sizes) and returns an
 N×k matrix over ``FakeModel.labels``. ``view`` is a concept view of
 ``adapters.label_groups`` ("nsfw", "moderation"), or None for all 1,000 ImageNet classes.
+``CheapModel`` has the same interface without the network, for benchmarks that measure the
+client; ``make_model(view, kind)`` picks one by name.
 """
 
 from __future__ import annotations
 
 import threading
+import zlib
+from typing import TYPE_CHECKING, Literal
 
 import numpy as np
 
-from adapters.label_groups import fold, imagenet_labels
-from adapters.torch_local import TorchOracle
+from adapters.label_groups import fold, fold_matrix, imagenet_labels
+
+if TYPE_CHECKING:
+    from adapters.torch_local import TorchOracle
+
+ModelKind = Literal["network", "cheap"]
+MODEL_KINDS: tuple[ModelKind, ...] = ("network", "cheap")
+
+
+def _labels(view: str | None) -> tuple[str, ...]:
+    return imagenet_labels() if view is None else fold_matrix(view)[0]
 
 
 class FakeModel:
@@ -22,14 +35,12 @@ class FakeModel:
         self._oracles: dict[int, TorchOracle] = {}
         self._threads = threads
         self._lock = threading.Lock()
-        if view is None:
-            self.labels: tuple[str, ...] = imagenet_labels()
-        else:
-            from adapters.label_groups import fold_matrix
-
-            self.labels = fold_matrix(view)[0]
+        self.labels = _labels(view)
 
     def _oracle(self, size: int) -> TorchOracle:
+        # Imported here: a fake with the cheap model (benchmarks) never pays torch's import.
+        from adapters.torch_local import TorchOracle
+
         with self._lock:
             if size not in self._oracles:
                 self._oracles[size] = TorchOracle(input_size=size, threads=self._threads)
@@ -55,3 +66,33 @@ class FakeModel:
                 rows = idx[start : start + len(chunk)]
                 out[rows] = p if self.view is None else fold(p, self.view)
         return out
+
+
+class CheapModel:
+    """An opinion that costs microseconds per image: a softmax over a fixed random projection
+    of each image's mean colour. Deterministic, and different for differently coloured
+    images, so tests can still tell whose answer is whose; no torch."""
+
+    def __init__(self, view: str | None = None) -> None:
+        self.view = view
+        self.labels = _labels(view)
+        rng = np.random.default_rng(zlib.crc32(str(view).encode()))
+        self._weights = rng.normal(scale=4.0, size=(3, len(self.labels)))
+
+    def probs(self, images: list[np.ndarray]) -> np.ndarray:
+        """Probabilities (N×k) for decoded uint8 H×W×3 images."""
+        if not images:
+            return np.zeros((0, len(self.labels)))
+        means = np.stack(
+            [np.asarray(img, np.float64).reshape(-1, 3).mean(axis=0) for img in images]
+        )
+        logits = (means / 255.0 - 0.5) @ self._weights
+        weights = np.exp(logits - logits.max(axis=1, keepdims=True))
+        return weights / weights.sum(axis=1, keepdims=True)
+
+
+def make_model(view: str | None, kind: ModelKind = "network") -> FakeModel | CheapModel:
+    """The opinion of a fake: the bundled network ("network") or ``CheapModel`` ("cheap")."""
+    if kind not in MODEL_KINDS:
+        raise ValueError(f"model is one of {MODEL_KINDS}, not {kind!r}")
+    return FakeModel(view) if kind == "network" else CheapModel(view)

@@ -1,0 +1,77 @@
+"""The FastAPI app factory: settings in, app out; nothing happens at import time."""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
+
+from fastapi import FastAPI, Request
+from fastapi.exceptions import RequestValidationError
+from fastapi.responses import JSONResponse
+
+from app.api import credentials, datasets, jobs, spend
+from app.api.deps import Services
+from app.db import Database
+from app.migrate import upgrade
+from app.services.crypto import SecretBox
+from app.settings import Settings
+
+log = logging.getLogger("reprogram.api")
+
+
+def create_app(settings: Settings | None = None, *, run_jobs: bool = True) -> FastAPI:
+    """``run_jobs``: in SQLite mode, run queued jobs in this process (``reprogram serve``)."""
+    settings = settings or Settings()
+
+    @asynccontextmanager
+    async def lifespan(app: FastAPI) -> AsyncIterator[None]:
+        settings.data_dir.mkdir(parents=True, exist_ok=True)
+        upgrade(settings.db_url)
+        db = Database(settings.db_url)
+        svc = Services(settings=settings, db=db, box=SecretBox(settings))
+        runner = None
+        if db.is_sqlite:
+            if run_jobs:
+                from app.queue import EmbeddedRunner
+
+                runner = EmbeddedRunner(settings, db, settings.embedded_workers)
+                runner.start()
+        else:
+            from app.queue import make_queue_app
+
+            svc.queue = make_queue_app(settings, db)
+            svc.queue.open()
+        app.state.services = svc
+        try:
+            yield
+        finally:
+            if runner is not None:
+                runner.stop()
+            if svc.queue is not None:
+                svc.queue.close()
+            db.dispose()
+
+    app = FastAPI(
+        title="reprogram",
+        version="0.1.0",
+        summary="Reprogram black-box image classifiers for new tasks with scarce data.",
+        description="Black-box adversarial reprogramming (Tsai et al., ICML 2020) as a "
+        "service: every query to the oracle is counted, priced, rate-limited, retried and "
+        "budgeted. Authenticate with `Authorization: Bearer <token>` "
+        "(`reprogram token create --tenant NAME`).",
+        lifespan=lifespan,
+    )
+
+    @app.exception_handler(RequestValidationError)
+    async def _invalid(_: Request, exc: RequestValidationError) -> JSONResponse:
+        # Name every bad field; never echo the input (it may hold a secret).
+        errors = [
+            {"field": ".".join(str(p) for p in e["loc"] if p != "body"), "message": e["msg"]}
+            for e in exc.errors()
+        ]
+        return JSONResponse(status_code=422, content={"detail": errors})
+
+    for router in (datasets.router, credentials.router, jobs.router, spend.router):
+        app.include_router(router)
+    return app

@@ -1,0 +1,71 @@
+"""POST/GET/DELETE /v1/credentials. Secrets go in and never come out."""
+
+from __future__ import annotations
+
+from typing import Literal
+
+from fastapi import APIRouter, HTTPException, status
+from pydantic import BaseModel, ConfigDict, Field, SecretStr
+from sqlalchemy import select
+
+from app.api.deps import CurrentTenant, ServicesDep, SessionDep
+from app.models import Credential, Job
+from app.services import credentials
+from app.services.jobs import NotFoundError, get_owned
+
+router = APIRouter(prefix="/v1/credentials", tags=["credentials"])
+
+
+class CredentialIn(BaseModel):
+    model_config = ConfigDict(
+        extra="forbid",
+        json_schema_extra={
+            "examples": [{"provider": "clarifai", "secret": "your-api-key", "name": "prod"}]
+        },
+    )
+    provider: Literal["clarifai", "customvision"]
+    secret: SecretStr = Field(min_length=1, max_length=4096)
+    name: str | None = Field(default=None, max_length=200)
+
+
+class CredentialOut(BaseModel):
+    id: str
+    provider: str
+    name: str | None = None
+
+
+@router.post("", status_code=status.HTTP_201_CREATED, response_model=CredentialOut)
+def create(
+    body: CredentialIn, s: SessionDep, tenant: CurrentTenant, svc: ServicesDep
+) -> CredentialOut:
+    """Store a provider key, encrypted with the server key; it is never returned."""
+    row = credentials.create(
+        s,
+        svc.box,
+        tenant_id=tenant.id,
+        provider=body.provider,
+        secret=body.secret.get_secret_value(),
+        name=body.name,
+    )
+    s.flush()
+    return CredentialOut(id=row.id, provider=row.provider, name=row.name)
+
+
+@router.get("", response_model=list[CredentialOut])
+def list_credentials(s: SessionDep, tenant: CurrentTenant) -> list[CredentialOut]:
+    return [
+        CredentialOut(id=r.id, provider=r.provider, name=r.name)
+        for r in credentials.list_for(s, tenant.id)
+    ]
+
+
+@router.delete("/{credential_id}", status_code=status.HTTP_204_NO_CONTENT)
+def delete(credential_id: str, s: SessionDep, tenant: CurrentTenant) -> None:
+    try:
+        row = get_owned(s, Credential, credential_id, tenant.id)
+    except NotFoundError as err:
+        raise HTTPException(status.HTTP_404_NOT_FOUND, str(err)) from err
+    user = s.scalar(select(Job.id).where(Job.credential_id == row.id).limit(1))
+    if user is not None:
+        raise HTTPException(status.HTTP_409_CONFLICT, f"credential in use by job {user}")
+    s.delete(row)

@@ -1,0 +1,81 @@
+"""POST/GET /v1/datasets."""
+
+from __future__ import annotations
+
+from fastapi import APIRouter, HTTPException, UploadFile, status
+from pydantic import BaseModel
+
+from app.api.deps import CurrentTenant, ServicesDep, SessionDep
+from app.data import DataError
+from app.models import Dataset
+from app.services import datasets
+from app.services.jobs import NotFoundError, get_owned
+
+router = APIRouter(prefix="/v1/datasets", tags=["datasets"])
+
+
+class DatasetOut(BaseModel):
+    id: str
+    n_samples: int
+    classes: list[str]
+    image_shape: list[int] | None
+    filename: str
+    has_split: bool
+    sha256: str
+
+
+def _out(row: Dataset) -> DatasetOut:
+    return DatasetOut(
+        id=row.id,
+        n_samples=row.n_samples,
+        classes=row.classes,
+        image_shape=row.image_shape,
+        filename=row.filename,
+        has_split=row.has_split,
+        sha256=row.sha256,
+    )
+
+
+@router.post(
+    "",
+    status_code=status.HTTP_201_CREATED,
+    response_model=DatasetOut,
+    responses={
+        400: {"description": "not a usable data set (the message says why)"},
+        413: {"description": "larger than the upload limit"},
+    },
+)
+def upload(file: UploadFile, s: SessionDep, tenant: CurrentTenant, svc: ServicesDep) -> DatasetOut:
+    """Upload a `.zip` (`<class>/<image>`, optionally under `train/ val/ test/`) or a `.npz`
+    (`x` uint8 N×H×W×C, `y`, optional `classes`, `split`). Every image is decoded before
+    anything is stored."""
+    limit = svc.settings.max_upload_bytes
+    content = file.file.read(limit + 1)
+    if len(content) > limit:
+        raise HTTPException(
+            status.HTTP_413_REQUEST_ENTITY_TOO_LARGE, f"upload larger than {limit} bytes"
+        )
+    try:
+        row = datasets.store_upload(
+            s,
+            data_dir=svc.settings.data_dir,
+            tenant_id=tenant.id,
+            filename=file.filename or "upload",
+            content=content,
+        )
+    except DataError as err:
+        raise HTTPException(status.HTTP_400_BAD_REQUEST, str(err)) from err
+    return _out(row)
+
+
+@router.get("", response_model=list[DatasetOut])
+def list_datasets(s: SessionDep, tenant: CurrentTenant) -> list[DatasetOut]:
+    return [_out(r) for r in datasets.list_for(s, tenant.id)]
+
+
+@router.get("/{dataset_id}", response_model=DatasetOut)
+def get_dataset(dataset_id: str, s: SessionDep, tenant: CurrentTenant) -> DatasetOut:
+    try:
+        return _out(get_owned(s, Dataset, dataset_id, tenant.id))
+    except NotFoundError as err:
+        raise HTTPException(status.HTTP_404_NOT_FOUND, str(err)) from err

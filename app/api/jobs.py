@@ -1,0 +1,165 @@
+"""/v1/jobs: create, list, get, cancel, program, metrics, curve, predict."""
+
+from __future__ import annotations
+
+import io
+from typing import Annotated, Any
+
+import numpy as np
+from fastapi import APIRouter, File, HTTPException, Query, UploadFile, status
+from fastapi.responses import Response
+from pydantic import BaseModel
+from sqlalchemy import select
+
+from adapters.errors import ConfigurationError, OracleError
+from app.api.deps import CurrentTenant, OwnedJob, ServicesDep, SessionDep
+from app.artifacts import ProgramFile, curve_png, program_png
+from app.data import DataError, decode_image
+from app.models import Credential, MetricRow
+from app.oracles import build_dispatcher, build_oracle
+from app.services import jobs as job_service
+from app.services.credentials import reveal
+from app.services.ledger import DbLedger
+from app.spec import JobSpec
+
+router = APIRouter(prefix="/v1/jobs", tags=["jobs"])
+
+
+class JobCreated(BaseModel):
+    id: str
+    status: str
+
+
+@router.post("", status_code=status.HTTP_202_ACCEPTED, response_model=JobCreated)
+def create(spec: JobSpec, s: SessionDep, tenant: CurrentTenant, svc: ServicesDep) -> JobCreated:
+    """Queue a reprogramming job. Fields left out are chosen from the oracle, the task and
+    the budget; `GET /v1/jobs/{id}` lists the choices once the job starts."""
+    try:
+        job = job_service.create_job(s, svc.settings, tenant_id=tenant.id, spec=spec)
+    except job_service.InvalidRequest as err:
+        raise HTTPException(status.HTTP_422_UNPROCESSABLE_CONTENT, str(err)) from err
+    if svc.queue is not None:  # PostgreSQL: the queue row commits with the job row
+        svc.queue.configure_task("run_job").defer(job_id=job.id)
+    return JobCreated(id=job.id, status=job.status)
+
+
+@router.get("")
+def list_jobs(s: SessionDep, tenant: CurrentTenant) -> list[dict[str, Any]]:
+    return [job_service.view(j) for j in job_service.list_for(s, tenant.id)]
+
+
+@router.get("/{job_id}")
+def get_job(job: OwnedJob) -> dict[str, Any]:
+    """`{id, status, progress, spend, metrics, error}` (+ choices and result)."""
+    return job_service.view(job)
+
+
+@router.post("/{job_id}/cancel", status_code=status.HTTP_202_ACCEPTED, response_model=JobCreated)
+def cancel(job: OwnedJob, s: SessionDep) -> JobCreated:
+    job_service.request_cancel(s, job)
+    return JobCreated(id=job.id, status=job.status)
+
+
+def _program(job: Any, svc: Any) -> ProgramFile:
+    if job.program_path is None:
+        raise HTTPException(
+            status.HTTP_409_CONFLICT, f"job {job.id} has no program yet (status {job.status})"
+        )
+    return ProgramFile.load((svc.settings.data_dir / job.program_path).read_bytes())
+
+
+@router.get(
+    "/{job_id}/program",
+    responses={200: {"content": {"application/octet-stream": {}, "image/png": {}}}},
+)
+def program(
+    job: OwnedJob, svc: ServicesDep, format: Annotated[str, Query(pattern="^(npz|png)$")] = "npz"
+) -> Response:
+    """The best program as `program.npz` (product.md's format), or `?format=png`."""
+    prog = _program(job, svc)
+    if format == "png":
+        return Response(program_png(prog.arrays), media_type="image/png")
+    buf = io.BytesIO()
+    np.savez_compressed(buf, **prog.arrays)
+    return Response(
+        buf.getvalue(),
+        media_type="application/octet-stream",
+        headers={"Content-Disposition": f'attachment; filename="{job.id}.npz"'},
+    )
+
+
+@router.get("/{job_id}/metrics")
+def metrics(job: OwnedJob, s: SessionDep) -> list[dict[str, Any]]:
+    """One row per iteration / validation: queries, loss, accuracies."""
+    rows = s.scalars(
+        select(MetricRow.row).where(MetricRow.job_id == job.id).order_by(MetricRow.seq)
+    )
+    return list(rows)
+
+
+@router.get("/{job_id}/curve", responses={200: {"content": {"image/png": {}}}})
+def curve(job: OwnedJob, s: SessionDep) -> Response:
+    """The learning curve: accuracy and loss against queries."""
+    rows = list(
+        s.scalars(select(MetricRow.row).where(MetricRow.job_id == job.id).order_by(MetricRow.seq))
+    )
+    baselines = (job.result or {}).get("baselines", {})
+    return Response(
+        curve_png(rows, baselines, f"job {job.id} ({job.status})"), media_type="image/png"
+    )
+
+
+@router.post("/{job_id}/predict")
+def predict(
+    job: OwnedJob,
+    s: SessionDep,
+    svc: ServicesDep,
+    files: Annotated[list[UploadFile], File(description="PNG/JPEG images")],
+) -> dict[str, Any]:
+    """Classify images with the job's best program. Every image is one query to the
+    oracle, recorded in the ledger under purpose `predict`."""
+    prog = _program(job, svc)
+    if not files or len(files) > 256:
+        raise HTTPException(status.HTTP_422_UNPROCESSABLE_CONTENT, "files: 1 to 256 images")
+    try:
+        images = [
+            decode_image(f.file.read(svc.settings.max_upload_bytes), f.filename or "?")
+            for f in files
+        ]
+    except DataError as err:
+        raise HTTPException(status.HTTP_400_BAD_REQUEST, str(err)) from err
+    spec = JobSpec.model_validate(job.resolved_spec or job.spec)
+    cred = s.get(Credential, job.credential_id) if job.credential_id else None
+
+    def secret(_: Any) -> str:
+        if cred is None:
+            raise ConfigurationError("the job's credential no longer exists")
+        return reveal(svc.box, cred)
+
+    try:
+        oracle = build_oracle(spec.oracle, input_size=int(prog.arrays["input_size"]), secret=secret)
+        ledger = DbLedger(
+            svc.db,
+            job.id,
+            job.tenant_id,
+            oracle.provider,
+            job.credential_id,
+            svc.settings.price(oracle.provider),
+            training=False,
+        )
+        dispatcher = build_dispatcher(
+            oracle, spec.oracle, settings=svc.settings, ledger=ledger, secret=secret
+        )
+        try:
+            labels = prog.predict(images, lambda x: dispatcher.query(x, "predict"))
+        finally:
+            dispatcher.close()
+            oracle.close()
+    except (ConfigurationError, OracleError) as err:
+        raise HTTPException(status.HTTP_502_BAD_GATEWAY, f"oracle: {err}") from err
+    return {
+        "predictions": [
+            {"file": f.filename, "class": c} for f, c in zip(files, labels, strict=True)
+        ],
+        "queries": len(images),
+    }

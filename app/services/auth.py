@@ -1,0 +1,33 @@
+"""Tenants and their bearer tokens. Tokens are 32 random bytes shown once; only their SHA-256
+is stored (a slow hash buys nothing against a random 256-bit secret)."""
+
+from __future__ import annotations
+
+import hashlib
+import secrets
+
+from sqlalchemy import select
+from sqlalchemy.orm import Session
+
+from app.models import Tenant, Token
+
+
+def _digest(token: str) -> str:
+    return hashlib.sha256(token.encode()).hexdigest()
+
+
+def create_token(session: Session, *, tenant_name: str) -> str:
+    """A new token for ``tenant_name`` (the tenant is created on first use)."""
+    tenant = session.scalar(select(Tenant).where(Tenant.name == tenant_name))
+    if tenant is None:
+        tenant = Tenant(name=tenant_name)
+        session.add(tenant)
+        session.flush()
+    token = "rp_" + secrets.token_urlsafe(32)
+    session.add(Token(tenant_id=tenant.id, token_hash=_digest(token)))
+    return token
+
+
+def tenant_for_token(session: Session, token: str) -> Tenant | None:
+    row = session.scalar(select(Token).where(Token.token_hash == _digest(token)))
+    return None if row is None else session.get(Tenant, row.tenant_id)

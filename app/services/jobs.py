@@ -1,0 +1,116 @@
+"""Jobs as tenants see them: creation (with ownership and budget checks), views, cancel."""
+
+from __future__ import annotations
+
+from typing import Any, TypeVar
+
+from sqlalchemy import select
+from sqlalchemy.orm import Session
+
+from app.accounting import query_cap
+from app.models import Base, Credential, Dataset, Job, utcnow
+from app.settings import Settings
+from app.spec import CloudCredential, JobSpec
+
+FINAL = ("succeeded", "failed", "cancelled", "budget_exhausted")
+M = TypeVar("M", bound=Base)
+
+
+class NotFoundError(LookupError):
+    """No such object for this tenant (another tenant's objects do not exist for you)."""
+
+
+class InvalidRequest(ValueError):
+    """The request is well-formed but cannot be carried out; the message names the field."""
+
+
+def get_owned(session: Session, model: type[M], obj_id: str, tenant_id: str) -> M:
+    row = session.get(model, obj_id)
+    if row is None or getattr(row, "tenant_id", None) != tenant_id:
+        raise NotFoundError(f"{model.__tablename__.rstrip('s')} {obj_id!r} not found")
+    return row
+
+
+def create_job(session: Session, settings: Settings, *, tenant_id: str, spec: JobSpec) -> Job:
+    if spec.dataset_id is None:
+        raise InvalidRequest("dataset_id: required")
+    try:
+        get_owned(session, Dataset, spec.dataset_id, tenant_id)
+    except NotFoundError as err:
+        raise InvalidRequest(f"dataset_id: {err}") from err
+    provider = spec.oracle.kind
+    credential_id = None
+    if isinstance(spec.oracle, CloudCredential):
+        if spec.oracle.api_key_env is not None:
+            raise InvalidRequest(
+                "oracle.api_key_env: the server takes keys as stored "
+                "credentials; use oracle.credential_id"
+            )
+        if spec.oracle.credential_id is None:
+            raise InvalidRequest("oracle.credential_id: required for a cloud oracle")
+        try:
+            cred = get_owned(session, Credential, spec.oracle.credential_id, tenant_id)
+        except NotFoundError as err:
+            raise InvalidRequest(f"oracle.credential_id: {err}") from err
+        if cred.provider != provider:
+            raise InvalidRequest(
+                f"oracle.credential_id: a {cred.provider} credential cannot call {provider}"
+            )
+        credential_id = cred.id
+    elif spec.oracle.kind == "torch" and spec.oracle.model != "efficientnet-lite0":
+        raise InvalidRequest(
+            "oracle.model: the service runs the bundled efficientnet-lite0; "
+            "TorchScript files are for `reprogram train`"
+        )
+    b = spec.budget
+    job = Job(
+        tenant_id=tenant_id,
+        dataset_id=spec.dataset_id,
+        credential_id=credential_id,
+        provider=provider,
+        spec=spec.model_dump(mode="json", exclude_none=True),
+        max_queries=b.max_queries,
+        max_cost_usd=b.max_cost_usd,
+        query_cap=query_cap(b.max_queries, b.max_cost_usd, settings.price(provider)),
+    )
+    session.add(job)
+    session.flush()
+    return job
+
+
+def request_cancel(session: Session, job: Job) -> None:
+    """A queued job ends at once; a running one stops within one iteration."""
+    if job.status in FINAL:
+        return
+    job.cancel_requested = True
+    if job.status == "queued":
+        job.status, job.finished_at = "cancelled", utcnow()
+
+
+def view(job: Job) -> dict[str, Any]:
+    """The contract's job object (product.md), plus what was chosen and the result."""
+    return {
+        "id": job.id,
+        "status": job.status,
+        "progress": {"iteration": job.iteration, "iterations": job.iterations},
+        "spend": {
+            "queries": job.queries,
+            "requests": job.requests,
+            "cost_usd": round(job.cost_usd, 6),
+            "max_queries": job.max_queries,
+            "max_cost_usd": job.max_cost_usd,
+        },
+        "metrics": job.metrics or {},
+        "error": job.error,
+        "dataset_id": job.dataset_id,
+        "oracle": job.provider,
+        "choices": job.choices or [],
+        "result": job.result,
+        "created_at": job.created_at.isoformat() if job.created_at else None,
+        "finished_at": job.finished_at.isoformat() if job.finished_at else None,
+    }
+
+
+def list_for(session: Session, tenant_id: str) -> list[Job]:
+    q = select(Job).where(Job.tenant_id == tenant_id).order_by(Job.created_at.desc())
+    return list(session.scalars(q))

@@ -1,0 +1,36 @@
+"""procrastinate's job-queue schema (PostgreSQL only; the embedded SQLite mode runs jobs
+in-process and needs no queue tables)
+
+Revision ID: 0002
+Revises: 0001
+"""
+
+from collections.abc import Sequence
+
+from alembic import op
+
+revision: str = "0002"
+down_revision: str | None = "0001"
+branch_labels: str | Sequence[str] | None = None
+depends_on: str | Sequence[str] | None = None
+
+
+def upgrade() -> None:
+    bind = op.get_bind()
+    if bind.dialect.name != "postgresql":
+        return
+    exists = bind.exec_driver_sql("SELECT to_regclass('procrastinate_jobs')").scalar()
+    if exists is None:
+        from procrastinate.schema import SchemaManager
+
+        # The schema of the installed procrastinate version, applied as one script.
+        bind.connection.dbapi_connection.execute(SchemaManager.get_schema())
+
+
+def downgrade() -> None:
+    bind = op.get_bind()
+    if bind.dialect.name == "postgresql":
+        op.execute(
+            "DROP TABLE IF EXISTS procrastinate_events, procrastinate_periodic_defers, "
+            "procrastinate_jobs, procrastinate_workers CASCADE"
+        )

@@ -1,0 +1,209 @@
+"""The service as a user drives it, over HTTP: upload → job (local model, fake Clarifai, fake
+Custom Vision) → poll → spend → program → predict; on SQLite (jobs run inside the API
+process) and on PostgreSQL (jobs run in `reprogram worker` processes from the queue)."""
+
+from __future__ import annotations
+
+import io
+import os
+import subprocess
+import sys
+import time
+from collections.abc import Iterator
+from pathlib import Path
+
+import numpy as np
+import pytest
+from fastapi.testclient import TestClient
+from PIL import Image
+
+from app.api.app import create_app
+from app.artifacts import ProgramFile
+from app.db import Database
+from app.services.auth import create_token
+from app.settings import Settings
+from tests.fakes.clarifai import FakeClarifai
+from tests.fakes.customvision import MODERATION_PROJECT, PUBLISHED, FakeCustomVision
+
+CLARIFAI_KEY = "clarifai-secret-e2e-91c2"
+CV_KEY = "customvision-secret-e2e-55aa"
+
+SMALL_RUN = {
+    "program": {"input_size": 64, "target_size": 24},
+    "optimizer": {"iterations": 6, "q": 2, "batch_size": 4, "eval_every": 3},
+    "budget": {"max_queries": 3000},
+    "seed": 0,
+}
+
+
+def oracle_specs(clarifai: FakeClarifai, cv: FakeCustomVision, creds: dict[str, str]) -> dict:
+    return {
+        "torch": {"kind": "torch", "model": "efficientnet-lite0"},
+        "clarifai": {
+            "kind": "clarifai",
+            "model_id": "moderation-recognition",
+            "endpoint": f"http://127.0.0.1:{clarifai.port}",
+            "credential_id": creds["clarifai"],
+        },
+        "customvision": {
+            "kind": "customvision",
+            "project_id": MODERATION_PROJECT,
+            "published_name": PUBLISHED,
+            "endpoint": cv.endpoint,
+            "credential_id": creds["customvision"],
+        },
+    }
+
+
+@pytest.fixture(scope="module")
+def fakes() -> Iterator[tuple[FakeClarifai, FakeCustomVision]]:
+    with (
+        FakeClarifai(keys=[CLARIFAI_KEY], rate_limit=200) as c,
+        FakeCustomVision(keys=[CV_KEY], rate_limit=200) as v,
+    ):
+        yield c, v
+
+
+def start_workers(settings: Settings, n: int, log_dir: Path) -> list[subprocess.Popen]:
+    """``reprogram worker`` processes on the settings' database, logging to files."""
+    env = {
+        **os.environ,
+        "REPROGRAM_DATABASE_URL": settings.db_url,
+        "REPROGRAM_DATA_DIR": str(settings.data_dir),
+        "REPROGRAM_SECRET_KEY": settings.secret_key.get_secret_value(),
+    }  # type: ignore[union-attr]
+    procs = []
+    for i in range(n):
+        with open(log_dir / f"worker{i}.log", "w") as log:  # the child keeps its own copy
+            procs.append(
+                subprocess.Popen(
+                    [sys.executable, "-m", "app.cli", "worker", "--concurrency", "2"],
+                    env=env,
+                    stdout=log,
+                    stderr=subprocess.STDOUT,
+                )
+            )
+    return procs
+
+
+def wait_final(client: TestClient, headers: dict, job_id: str, timeout: float = 240) -> dict:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        job = client.get(f"/v1/jobs/{job_id}", headers=headers).json()
+        if job["status"] in ("succeeded", "failed", "cancelled", "budget_exhausted"):
+            return job
+        time.sleep(0.5)
+    raise AssertionError(f"job {job_id} did not finish: {job}")
+
+
+def png_bytes(seed: int) -> bytes:
+    img = np.random.default_rng(seed).integers(0, 255, (20, 20, 3), dtype=np.uint8)
+    buf = io.BytesIO()
+    Image.fromarray(img).save(buf, format="PNG")
+    return buf.getvalue()
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize(
+    "backend", ["sqlite", pytest.param("postgres", marks=pytest.mark.postgres)]
+)
+def test_whole_flow_over_http(backend, request, tmp_path, small_npz, fakes, capfd):
+    clarifai, cv = fakes
+    clarifai.reset()
+    cv.reset()
+    if backend == "postgres":
+        url = request.getfixturevalue("pg_url")
+    else:
+        url = f"sqlite:///{tmp_path / 'service.db'}"
+    settings = Settings(
+        data_dir=tmp_path / "data",
+        database_url=url,
+        secret_key="e2e-server-key",
+        rate_limit_backend="memory",
+    )
+    workers = start_workers(settings, 1, tmp_path) if backend == "postgres" else []
+    try:
+        with TestClient(create_app(settings)) as client:
+            db = Database(settings.db_url)
+            with db.session() as s:
+                token = create_token(s, tenant_name="acme")
+            db.dispose()
+            headers = {"Authorization": f"Bearer {token}"}
+            up = client.post(
+                "/v1/datasets", headers=headers, files={"file": ("digits.npz", small_npz)}
+            )
+            assert up.status_code == 201, up.text
+            ds = up.json()
+            assert ds["n_samples"] == 36 and ds["classes"] == ["digit0", "digit1", "digit2"]
+            creds = {}
+            for provider, secret in (("clarifai", CLARIFAI_KEY), ("customvision", CV_KEY)):
+                r = client.post(
+                    "/v1/credentials",
+                    headers=headers,
+                    json={"provider": provider, "secret": secret},
+                )
+                assert r.status_code == 201 and secret not in r.text
+                creds[provider] = r.json()["id"]
+            ids = {}
+            for name, oracle in oracle_specs(clarifai, cv, creds).items():
+                r = client.post(
+                    "/v1/jobs",
+                    headers=headers,
+                    json={"dataset_id": ds["id"], "oracle": oracle, **SMALL_RUN},
+                )
+                assert r.status_code == 202, r.text
+                ids[name] = r.json()["id"]
+            jobs = {name: wait_final(client, headers, jid) for name, jid in ids.items()}
+            for name, job in jobs.items():
+                assert job["status"] == "succeeded", (name, job)
+                assert job["progress"] == {"iteration": 6, "iterations": 6}
+                assert 0 < job["spend"]["queries"] <= 3000
+                assert 0.0 <= job["result"]["test_accuracy"] <= 1.0
+            spend = client.get("/v1/spend", headers=headers).json()
+            assert spend["total"]["queries"] == sum(j["spend"]["queries"] for j in jobs.values())
+            # The ledger's totals equal what the fake providers themselves received.
+            c_counts = clarifai.counts(CLARIFAI_KEY)
+            assert spend["by_oracle"]["clarifai"]["queries"] == c_counts.billable
+            assert spend["by_oracle"]["clarifai"]["requests"] == c_counts.requests
+            v_counts = cv.counts(CV_KEY)
+            assert spend["by_oracle"]["customvision"]["queries"] == v_counts["answered"]
+            assert spend["by_oracle"]["customvision"]["requests"] == v_counts["requests"]
+            # Program download, as npz and as png, and predictions with it.
+            for jid in ids.values():
+                prog = client.get(f"/v1/jobs/{jid}/program", headers=headers)
+                assert prog.status_code == 200
+                arrays = ProgramFile.load(prog.content).arrays
+                assert arrays["P"].shape == (64, 64, 3)
+                assert list(arrays["target_classes"]) == ds["classes"]
+                png = client.get(f"/v1/jobs/{jid}/program?format=png", headers=headers)
+                assert png.headers["content-type"] == "image/png"
+                metrics = client.get(f"/v1/jobs/{jid}/metrics", headers=headers).json()
+                assert [m["iteration"] for m in metrics if m["kind"] == "iteration"] == [
+                    1,
+                    2,
+                    3,
+                    4,
+                    5,
+                    6,
+                ]
+            before = client.get("/v1/spend", headers=headers).json()["total"]["queries"]
+            pred = client.post(
+                f"/v1/jobs/{ids['customvision']}/predict",
+                headers=headers,
+                files=[("files", (f"x{i}.png", png_bytes(i))) for i in range(3)],
+            )
+            assert pred.status_code == 200, pred.text
+            assert {p["class"] for p in pred.json()["predictions"]} <= set(ds["classes"])
+            after = client.get("/v1/spend", headers=headers).json()["total"]["queries"]
+            assert after == before + 3
+            # No secret in any response so far, nor in any log line.
+            for job in jobs.values():
+                assert CLARIFAI_KEY not in str(job) and CV_KEY not in str(job)
+    finally:
+        for w in workers:
+            w.terminate()
+            w.wait(timeout=20)
+    logs = capfd.readouterr()
+    worker_logs = "".join(p.read_text() for p in tmp_path.glob("worker*.log"))
+    for secret in (CLARIFAI_KEY, CV_KEY):
+        assert secret not in logs.out + logs.err + worker_logs

@@ -1,0 +1,119 @@
+"""Two OS processes sharing one Clarifai credential through the shared limiter (SQLite, and
+PostgreSQL as in production) stay under the fake's per-key limit together, and still get
+close to it."""
+
+from __future__ import annotations
+
+import multiprocessing
+import random
+import time
+import traceback
+import uuid
+from collections.abc import Iterator
+from typing import Any
+
+import numpy as np
+import pytest
+
+from adapters.clarifai import ClarifaiOracle
+from adapters.dispatch import Dispatcher
+from adapters.ratelimit import bucket_table, shared_limiter
+from adapters.retry import RetryPolicy
+from tests.fakes.clarifai import FakeClarifai
+
+KEY = "sk-shared-limit-0123456789"
+POSTGRES = "postgresql://postgres@127.0.0.1:5432/test"
+RATE = 20.0  # requests/s: the fake's limit and the limiter's
+BURST = 5  # the fake forgives this little bunching; uncoordinated senders exceed it at once
+REQUESTS_EACH = 30
+PROCESSES = 2
+
+
+def _job(endpoint: str, backend: str, key: str, ready: Any, results: Any) -> None:
+    """One worker process: its own oracle and dispatcher, the credential's shared limiter;
+    sends REQUESTS_EACH requests once every worker is ready and reports when it ran."""
+    try:
+        limiter = shared_limiter(key, RATE, backend)
+        images = np.random.default_rng(0).random((2 * REQUESTS_EACH, 8, 8, 3), dtype=np.float32)
+        oracle = ClarifaiOracle(
+            api_key=KEY, endpoint=endpoint, max_images_per_request=2, max_concurrency=4
+        )
+        retry = RetryPolicy(base_delay=0.05, max_attempts=10, rng=random.Random())
+        dispatcher = Dispatcher(oracle, limiter=limiter, limit_unit="request", retry=retry)
+        ready.wait(timeout=60)
+        start = time.time()
+        dispatcher.query(images, "train")
+        results.put({"start": start, "end": time.time()})
+        dispatcher.close()
+        oracle.close()
+        limiter.close()
+    except BaseException:
+        results.put({"error": traceback.format_exc()})
+
+
+def run_workers(endpoint: str, backend: str, key: str) -> list[dict[str, float]]:
+    ctx = multiprocessing.get_context("spawn")  # fresh interpreters, as separate workers are
+    ready, results = ctx.Barrier(PROCESSES), ctx.Queue()
+    workers = [
+        ctx.Process(target=_job, args=(endpoint, backend, key, ready, results))
+        for _ in range(PROCESSES)
+    ]
+    for worker in workers:
+        worker.start()
+    try:
+        reports = [results.get(timeout=60) for _ in workers]
+    finally:
+        for worker in workers:
+            worker.join(timeout=10)
+            if worker.is_alive():
+                worker.kill()
+    errors = [r["error"] for r in reports if "error" in r]
+    assert not errors, "\n".join(errors)
+    return reports
+
+
+@pytest.fixture
+def sqlite_backend(tmp_path) -> Iterator[str]:
+    yield f"sqlite:///{tmp_path / 'ratelimit.db'}"
+
+
+@pytest.fixture
+def postgres_backend() -> Iterator[str]:
+    yield POSTGRES
+
+
+def drop_postgres_state(key: str) -> None:
+    """Remove what the limiter of ``key`` created, and the pause table once nobody uses it."""
+    import psycopg
+    from psycopg import sql
+
+    with psycopg.connect(POSTGRES, autocommit=True) as conn:
+        conn.execute(
+            sql.SQL("DROP TABLE IF EXISTS {}").format(sql.Identifier(bucket_table(key, POSTGRES)))
+        )
+        if conn.execute("SELECT to_regclass('rate_pause')").fetchone()[0] is not None:
+            conn.execute("DELETE FROM rate_pause WHERE key = %s", (key,))
+            if conn.execute("SELECT count(*) FROM rate_pause").fetchone()[0] == 0:
+                conn.execute("DROP TABLE rate_pause")
+
+
+@pytest.mark.parametrize(
+    "backend_fixture",
+    ["sqlite_backend", pytest.param("postgres_backend", marks=pytest.mark.postgres)],
+)
+def test_two_processes_stay_under_the_limit_together(request, backend_fixture):
+    backend = request.getfixturevalue(backend_fixture)
+    key = f"clarifai_{uuid.uuid4().hex[:16]}"  # a fresh bucket: no state from earlier runs
+    try:
+        with FakeClarifai(keys={KEY}, rate_limit=RATE, burst=BURST, model="cheap") as fake:
+            reports = run_workers(fake.endpoint, backend, key)
+            counts = fake.counts(KEY)
+    finally:
+        if backend.startswith("postgresql"):
+            drop_postgres_state(key)
+    answered = counts.requests - counts.throttled
+    assert answered == PROCESSES * REQUESTS_EACH and counts.billable == 2 * answered
+    assert counts.throttled / counts.requests < 0.01
+    span = max(r["end"] for r in reports) - min(r["start"] for r in reports)
+    achieved = (answered - 1) / span  # requests start one pacing interval apart
+    assert achieved >= 0.85 * RATE, f"{achieved:.1f} requests/s of {RATE}"

@@ -1,0 +1,82 @@
+"""Losses against hand computations; mappings' contracts."""
+
+import math
+
+import numpy as np
+import pytest
+import torch
+
+from app.engine.losses import class_weights, mean_loss, per_sample_loss
+from app.engine.mapping import (
+    ManyToOneMapping,
+    cross_fit_readout,
+    frequency_mapping,
+    random_mapping,
+)
+
+
+def test_focal_loss_matches_hand_computation() -> None:
+    h = np.array([[0.7, 0.2, 0.1], [0.1, 0.3, 0.6]])
+    y = np.array([0, 1])
+    w = np.array([1.0, 2.0, 1.0])
+    # −w_y (1 − h_y)^γ log h_y, γ = 2, averaged over the two samples
+    hand = (-(1 * 0.3**2 * math.log(0.7)) - (2 * 0.7**2 * math.log(0.3))) / 2
+    assert mean_loss(h, y, w, "focal", 2.0) == pytest.approx(hand)
+    ce = (-(1 * math.log(0.7)) - (2 * math.log(0.3))) / 2
+    assert mean_loss(h, y, w, "ce", 2.0) == pytest.approx(ce)
+    assert mean_loss(h, y, w, "focal", 0.0) == pytest.approx(ce)
+
+
+def test_focal_gradient_is_finite_at_certainty() -> None:
+    h = torch.tensor([[1.0, 0.0]], dtype=torch.float64, requires_grad=True)
+    loss = per_sample_loss(h, torch.tensor([0]), torch.ones(2, dtype=torch.float64), "focal", 2)
+    loss.sum().backward()
+    assert torch.isfinite(h.grad).all()
+
+
+def test_class_weights_are_inverse_frequency() -> None:
+    w = class_weights(np.array([0, 0, 0, 1]), 2)
+    assert w[1] / w[0] == pytest.approx(3.0)
+    assert (w * np.array([3, 1])).sum() == pytest.approx(4.0)  # balanced scale
+
+
+def test_frequency_mapping_picks_most_frequent_labels_disjointly() -> None:
+    # Class 0 images mostly predict label 5 then 2; class 1 predicts 5 too but less often,
+    # then 7: greedy gives 5 to class 0 and the next most frequent free labels to each.
+    rows = {5: 0.9, 2: 0.5, 7: 0.4}
+    src = np.full((8, 10), 0.01)
+    y = np.array([0, 0, 0, 0, 1, 1, 1, 1])
+    tops = [5, 5, 5, 2, 5, 7, 7, 5]
+    for i, t in enumerate(tops):
+        src[i, t] = rows[t]
+    m = frequency_mapping(src, y, n_classes=2, labels_per_class=2)
+    assert m.indices[0].tolist()[0] == 5
+    assert 7 in m.indices[1].tolist()
+    assert len(set(m.indices.ravel().tolist())) == 4
+
+
+def test_mappings_are_disjoint_and_renormalised() -> None:
+    m = random_mapping(np.random.default_rng(0), 100, 5, 10)
+    assert m.indices.shape == (5, 10)
+    assert len(np.unique(m.indices)) == 50
+    p = np.random.default_rng(1).dirichlet(np.ones(100), size=4)
+    np.testing.assert_allclose(m.target_probs(p).sum(axis=1), 1.0)
+    with pytest.raises(ValueError):
+        ManyToOneMapping(indices=np.array([[0, 1], [1, 2]]))
+
+
+def test_readout_learns_a_separable_task_and_cross_fits() -> None:
+    rng = np.random.default_rng(0)
+    y = np.repeat([0, 1, 2], 12)
+    logits = rng.normal(size=(36, 20))
+    logits[np.arange(36), y] += 4.0  # label j carries class j
+    src = np.exp(logits) / np.exp(logits).sum(axis=1, keepdims=True)
+    cf = cross_fit_readout(src, y, 3)
+    assert (cf.full.predict(src) == y).mean() == 1.0
+    assert len(cf.folds) == 4 and set(cf.fold_of.tolist()) == {0, 1, 2, 3}
+    oof = cf.oof_target_probs(src, np.arange(36))
+    assert (oof.argmax(1) == y).mean() > 0.9
+    # The exported read-out acts on log(p + ε) directly and predicts the same.
+    w, b = cf.full.exported()
+    direct = (np.log(src + 1e-6) @ w.T.astype(float) + b).argmax(1)
+    np.testing.assert_array_equal(direct, cf.full.predict(src))
