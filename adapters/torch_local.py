@@ -12,6 +12,7 @@ import contextlib
 import io
 import os
 import threading
+import warnings
 from collections.abc import Callable
 from functools import lru_cache
 from pathlib import Path
@@ -63,7 +64,11 @@ def _load_torchscript(path: str, device: str) -> torch.nn.Module:
     if not Path(path).is_file():
         raise ConfigurationError(f"TorchScript file {path!r} does not exist")
     try:
-        model = torch.jit.load(path, map_location=device)
+        # TorchScript is the contract's model format; torch 2.13 deprecates it in favour of
+        # torch.export but still loads it, and a user's file should not print warnings.
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore", DeprecationWarning)
+            model = torch.jit.load(path, map_location=device)
     except Exception as err:  # torch raises RuntimeError, ValueError, zipfile errors ...
         raise ConfigurationError(f"TorchScript file {path!r} does not load: {err}") from err
     return model.eval()

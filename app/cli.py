@@ -31,7 +31,7 @@ app = typer.Typer(
 token_app = typer.Typer(no_args_is_help=True, help="API tokens.")
 app.add_typer(token_app, name="token")
 console = Console()
-err_console = Console(stderr=True)
+err_console = Console(stderr=True, soft_wrap=True)  # messages stay greppable, unwrapped
 
 
 def fail(message: str, code: int = 2) -> typer.Exit:

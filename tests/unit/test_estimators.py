@@ -77,6 +77,7 @@ def test_error_grows_with_dimension_so_low_resolution_programs_need_fewer_querie
     3×128×128 one (d = 49,152) is the largest single saving."""
     small = error_per_query("antithetic", beta=1e-3, dim=20)
     large = error_per_query("antithetic", beta=1e-3, dim=80)
+
     # Normalised by ‖∇f‖², which also grows with d here.
     def norm2(dim: int) -> float:
         a = np.linspace(0.5, 3.0, dim) * np.linspace(-1.0, 1.0, dim)

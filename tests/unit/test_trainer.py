@@ -36,8 +36,20 @@ def data(n: int, seed: int) -> Split:
 
 
 def make(**overrides) -> Trainer:
-    cfg = TrainerConfig(**({"iterations": 12, "eval_every": 5, "q": 3, "batch_size": 4,
-                            "beta": 0.05, "lr": 0.05, "chunk": 7} | overrides))
+    cfg = TrainerConfig(
+        **(
+            {
+                "iterations": 12,
+                "eval_every": 5,
+                "q": 3,
+                "batch_size": 4,
+                "beta": 0.05,
+                "lr": 0.05,
+                "chunk": 7,
+            }
+            | overrides
+        )
+    )
     prog = Program(16, 8, "bilinear", 4)
     return Trainer(cfg, prog, 3, K, data(24, 0), data(9, 1), data(15, 2), seed=7)
 
