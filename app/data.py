@@ -84,18 +84,22 @@ def decode_image(data: bytes, name: str, limits: Limits = Limits()) -> np.ndarra
     return np.asarray(img.convert("RGB"), dtype=np.uint8)
 
 
+def _ignored(parts: tuple[str, ...]) -> bool:
+    """System litter (``__MACOSX/``, ``.DS_Store``, dot files): never data."""
+    return any(part in IGNORED or part.startswith(".") for part in parts)
+
+
 def _assemble(entries: list[tuple[PurePosixPath, bytes]], source: str, limits: Limits) -> Dataset:
     """Build a data set from (relative path, bytes) of every file in a folder layout."""
-    files = [
-        (p, b)
-        for p, b in entries
-        if not any(part in IGNORED or part.startswith(".") for part in p.parts)
-    ]
+    files = [(p, b) for p, b in entries if not _ignored(p.parts)]
+    litter = [p.parts for p, _ in entries if _ignored(p.parts[-1:]) and not _ignored(p.parts[:-1])]
     if not files:
         raise DataError(f"{source}: no files")
     # A single top-level folder wrapping everything (common in zips) is not a class.
     while len({p.parts[0] for p, _ in files}) == 1 and all(len(p.parts) > 2 for p, _ in files):
+        top = files[0][0].parts[0]
         files = [(PurePosixPath(*p.parts[1:]), b) for p, b in files]
+        litter = [parts[1:] for parts in litter if parts[0] == top]
     has_split = {p.parts[0] for p, _ in files} <= set(SPLITS)
     depth = 3 if has_split else 2
     rows: list[tuple[str | None, str, PurePosixPath, bytes]] = []
@@ -108,6 +112,10 @@ def _assemble(entries: list[tuple[PurePosixPath, bytes]], source: str, limits: L
         split = path.parts[0] if has_split else None
         rows.append((split, path.parts[-2], path, data))
     classes = sorted({cls for _, cls, _, _ in rows})
+    # A class folder holding nothing but litter (say, a .DS_Store) is an empty class.
+    for parts in litter:
+        if len(parts) == depth and parts[-2] not in classes:
+            raise DataError(f"{source}: class {parts[-2]!r} has no images")
     if has_split and "train" not in {s for s, _, _, _ in rows}:
         raise DataError(f"{source}: a split layout needs a train/ folder")
     index = {c: i for i, c in enumerate(classes)}
@@ -171,12 +179,35 @@ def read_zip(data: bytes | Path, limits: Limits = Limits()) -> list[tuple[PurePo
             entries.append((path, blob))
             empty_dirs.discard(str(path.parent))
         for d in sorted(empty_dirs):
-            if d and not any(str(p).startswith(d + "/") for p, _ in entries):
-                raise DataError(f"class {PurePosixPath(d).name!r} has no images")
+            folder = PurePosixPath(d)
+            if not d or _ignored(folder.parts):
+                continue
+            if not any(str(p).startswith(d + "/") for p, _ in entries):
+                if folder.name in SPLITS:
+                    raise DataError(f"split folder {d + '/'!r} holds no images")
+                raise DataError(f"class {folder.name!r} has no images")
     return entries
 
 
-def _from_npz(source: bytes | Path, name: str) -> Dataset:
+def _check_npz(source: bytes | Path, name: str, limits: Limits) -> None:
+    """An ``.npz`` is a zip: refuse one that would expand beyond the limits before numpy
+    decompresses it (numpy reads at most the sizes the archive declares)."""
+    try:
+        with zipfile.ZipFile(io.BytesIO(source) if isinstance(source, bytes) else source) as zf:
+            infos = zf.infolist()
+    except (zipfile.BadZipFile, OSError, EOFError, ValueError) as err:
+        raise DataError(f"{name}: not a readable .npz file ({err})") from err
+    total = 0
+    for info in infos:
+        if info.compress_size and info.file_size / info.compress_size > limits.max_ratio:
+            raise DataError(f"{name}: {info.filename}: compression ratio suggests a zip bomb")
+        total += info.file_size
+        if total > limits.max_total_bytes:
+            raise DataError(f"{name}: the arrays expand beyond {limits.max_total_bytes} bytes")
+
+
+def _from_npz(source: bytes | Path, name: str, limits: Limits = Limits()) -> Dataset:
+    _check_npz(source, name, limits)
     try:
         with np.load(
             io.BytesIO(source) if isinstance(source, bytes) else source, allow_pickle=False
@@ -192,12 +223,22 @@ def _from_npz(source: bytes | Path, name: str) -> Dataset:
         raise DataError(
             f"{name}: x must be uint8 N×H×W×C with C in {{1, 3}}, got {x.dtype} {x.shape}"
         )
+    if len(x) > limits.max_files:
+        raise DataError(f"{name}: more than {limits.max_files} images")
+    if not 0 < x.shape[1] * x.shape[2] <= limits.max_pixels:
+        raise DataError(f"{name}: {x.shape[1]}×{x.shape[2]} pixels is not a usable image size")
     if not np.issubdtype(y.dtype, np.integer) or y.shape != (len(x),):
         raise DataError(f"{name}: y must be {len(x)} integers")
     if len(y) and y.min() < 0:
         raise DataError(f"{name}: labels must be non-negative")
     n_classes = int(y.max()) + 1 if len(y) else 0
-    classes = [str(c) for c in arrays["classes"]] if "classes" in arrays else None
+    classes = None
+    if "classes" in arrays:
+        if arrays["classes"].ndim != 1:
+            raise DataError(f"{name}: classes must be a 1-D array of names")
+        classes = [str(c) for c in arrays["classes"]]
+        if len(set(classes)) != len(classes):
+            raise DataError(f"{name}: class names must be unique")
     if classes is not None and len(classes) < n_classes:
         raise DataError(f"{name}: {len(classes)} class names for labels up to {n_classes - 1}")
     split = None
@@ -227,7 +268,7 @@ def load_dataset(path: str | Path, limits: Limits = Limits()) -> Dataset:
 def load_bytes(data: bytes, name: str, limits: Limits = Limits()) -> Dataset:
     """Load an uploaded ``.zip`` or ``.npz`` held in memory."""
     if name.lower().endswith(".npz"):
-        return _from_npz(data, name)
+        return _from_npz(data, name, limits)
     if name.lower().endswith(".zip") or data[:2] == b"PK":
         return _assemble(read_zip(data, limits), name, limits)
     raise DataError(f"{name}: expected a folder, a .zip or a .npz")

@@ -307,8 +307,16 @@ def calibrate(provider: Provider, args: argparse.Namespace) -> dict[str, float]:
     return {"raw_ms": raw_ms, "ours_ms": ours_ms, "limiter_ms": limiter_ms}
 
 
-def drop_postgres_state(backend: str, keys: list[str]) -> None:
-    """The benchmark's buckets and pauses leave the database with it."""
+def pause_table_exists(backend: str) -> bool:
+    import psycopg
+
+    with psycopg.connect(backend) as conn:
+        return conn.execute("SELECT to_regclass('rate_pause')").fetchone()[0] is not None
+
+
+def drop_postgres_state(backend: str, keys: list[str], *, pause_table_existed: bool) -> None:
+    """The benchmark's buckets and pauses leave the database with it (the shared pause
+    table too, when the benchmark created it and nobody else has used it since)."""
     import psycopg
     from psycopg import sql
 
@@ -318,8 +326,10 @@ def drop_postgres_state(backend: str, keys: list[str]) -> None:
         for key in keys:
             table = sql.Identifier(bucket_table(key, backend))
             conn.execute(sql.SQL("DROP TABLE IF EXISTS {}").format(table))
-        if conn.execute("SELECT to_regclass('rate_pause')").fetchone()[0] is not None:
+        if pause_table_exists(backend):
             conn.execute("DELETE FROM rate_pause WHERE key = ANY(%s)", (keys,))
+            if not pause_table_existed and not conn.execute("SELECT 1 FROM rate_pause").fetchone():
+                conn.execute("DROP TABLE rate_pause")
 
 
 # -- report --------------------------------------------------------------------------------------
@@ -372,6 +382,8 @@ def main(argv: list[str] | None = None) -> None:
             parser.error("jobs in separate processes need a shared backend (sqlite or postgresql)")
         args.backend_name = args.backend.split(":", 1)[0].replace("postgresql", "PostgreSQL")
         args.used_keys = []
+        postgres = args.backend.startswith("postgres")
+        pause_table_existed = postgres and pause_table_exists(args.backend)
         rows, calibrations = [], {}
         try:
             for name in args.provider:
@@ -381,8 +393,10 @@ def main(argv: list[str] | None = None) -> None:
                     rows.append(run_row(provider, jobs, args, calibrations[name]))
                     print(rows[-1], flush=True)
         finally:
-            if args.backend.startswith("postgres"):
-                drop_postgres_state(args.backend, args.used_keys)
+            if postgres:
+                drop_postgres_state(
+                    args.backend, args.used_keys, pause_table_existed=pause_table_existed
+                )
     text = table(rows, calibrations, args)
     print(text)
     if args.out is not None:

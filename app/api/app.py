@@ -6,11 +6,9 @@ import logging
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 
-from fastapi import FastAPI, Request
-from fastapi.exceptions import RequestValidationError
-from fastapi.responses import JSONResponse
+from fastapi import FastAPI
 
-from app.api import credentials, datasets, jobs, spend
+from app.api import credentials, datasets, errors, jobs, spend
 from app.api.deps import Services
 from app.db import Database
 from app.migrate import upgrade
@@ -63,15 +61,7 @@ def create_app(settings: Settings | None = None, *, run_jobs: bool = True) -> Fa
         lifespan=lifespan,
     )
 
-    @app.exception_handler(RequestValidationError)
-    async def _invalid(_: Request, exc: RequestValidationError) -> JSONResponse:
-        # Name every bad field; never echo the input (it may hold a secret).
-        errors = [
-            {"field": ".".join(str(p) for p in e["loc"] if p != "body"), "message": e["msg"]}
-            for e in exc.errors()
-        ]
-        return JSONResponse(status_code=422, content={"detail": errors})
-
+    errors.install(app)
     for router in (datasets.router, credentials.router, jobs.router, spend.router):
         app.include_router(router)
     return app

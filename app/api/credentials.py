@@ -8,10 +8,10 @@ from fastapi import APIRouter, HTTPException, status
 from pydantic import BaseModel, ConfigDict, Field, SecretStr
 from sqlalchemy import select
 
-from app.api.deps import CurrentTenant, ServicesDep, SessionDep
+from app.api.deps import CurrentTenant, ServicesDep, SessionDep, find_owned
+from app.api.errors import check_storable
 from app.models import Credential, Job
 from app.services import credentials
-from app.services.jobs import NotFoundError, get_owned
 
 router = APIRouter(prefix="/v1/credentials", tags=["credentials"])
 
@@ -39,6 +39,7 @@ def create(
     body: CredentialIn, s: SessionDep, tenant: CurrentTenant, svc: ServicesDep
 ) -> CredentialOut:
     """Store a provider key, encrypted with the server key; it is never returned."""
+    check_storable(body.model_dump(exclude={"secret"}))
     row = credentials.create(
         s,
         svc.box,
@@ -61,10 +62,7 @@ def list_credentials(s: SessionDep, tenant: CurrentTenant) -> list[CredentialOut
 
 @router.delete("/{credential_id}", status_code=status.HTTP_204_NO_CONTENT)
 def delete(credential_id: str, s: SessionDep, tenant: CurrentTenant) -> None:
-    try:
-        row = get_owned(s, Credential, credential_id, tenant.id)
-    except NotFoundError as err:
-        raise HTTPException(status.HTTP_404_NOT_FOUND, str(err)) from err
+    row = find_owned(s, Credential, credential_id, tenant.id)
     user = s.scalar(select(Job.id).where(Job.credential_id == row.id).limit(1))
     if user is not None:
         raise HTTPException(status.HTTP_409_CONFLICT, f"credential in use by job {user}")

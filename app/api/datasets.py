@@ -2,14 +2,15 @@
 
 from __future__ import annotations
 
+from pathlib import PurePosixPath
+
 from fastapi import APIRouter, HTTPException, UploadFile, status
 from pydantic import BaseModel
 
-from app.api.deps import CurrentTenant, ServicesDep, SessionDep
+from app.api.deps import CurrentTenant, ServicesDep, SessionDep, find_owned
 from app.data import DataError
 from app.models import Dataset
 from app.services import datasets
-from app.services.jobs import NotFoundError, get_owned
 
 router = APIRouter(prefix="/v1/datasets", tags=["datasets"])
 
@@ -60,12 +61,23 @@ def upload(file: UploadFile, s: SessionDep, tenant: CurrentTenant, svc: Services
             s,
             data_dir=svc.settings.data_dir,
             tenant_id=tenant.id,
-            filename=file.filename or "upload",
+            filename=_clean_filename(file.filename),
             content=content,
         )
     except DataError as err:
         raise HTTPException(status.HTTP_400_BAD_REQUEST, str(err)) from err
+    try:
+        s.flush()  # the row's problems surface here, while the file can still be taken back
+    except BaseException:
+        (svc.settings.data_dir / row.path).unlink(missing_ok=True)
+        raise
     return _out(row)
+
+
+def _clean_filename(name: str | None) -> str:
+    """The client's file name, kept for display only: no folders, no control characters."""
+    base = PurePosixPath((name or "").replace("\\", "/")).name
+    return "".join(ch for ch in base if ch.isprintable())[:255] or "upload"
 
 
 @router.get("", response_model=list[DatasetOut])
@@ -75,7 +87,4 @@ def list_datasets(s: SessionDep, tenant: CurrentTenant) -> list[DatasetOut]:
 
 @router.get("/{dataset_id}", response_model=DatasetOut)
 def get_dataset(dataset_id: str, s: SessionDep, tenant: CurrentTenant) -> DatasetOut:
-    try:
-        return _out(get_owned(s, Dataset, dataset_id, tenant.id))
-    except NotFoundError as err:
-        raise HTTPException(status.HTTP_404_NOT_FOUND, str(err)) from err
+    return _out(find_owned(s, Dataset, dataset_id, tenant.id))

@@ -4,18 +4,20 @@ from __future__ import annotations
 
 from collections.abc import Iterator
 from dataclasses import dataclass
-from typing import Annotated, Any
+from typing import Annotated, Any, TypeVar
 
 from fastapi import Depends, HTTPException, Request, status
 from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
 from sqlalchemy.orm import Session
 
 from app.db import Database
-from app.models import Job, Tenant
+from app.models import Base, Job, Tenant
 from app.services.auth import tenant_for_token
 from app.services.crypto import SecretBox
 from app.services.jobs import NotFoundError, get_owned
 from app.settings import Settings
+
+M = TypeVar("M", bound=Base)
 
 
 @dataclass
@@ -40,7 +42,9 @@ def session(svc: ServicesDep) -> Iterator[Session]:
         yield s
 
 
-SessionDep = Annotated[Session, Depends(session)]
+# scope="function": the transaction commits before the response is sent, so a client that
+# has its 201 can use what it created at once, and a failed commit is never answered 2xx.
+SessionDep = Annotated[Session, Depends(session, scope="function")]
 _bearer = HTTPBearer(auto_error=False)
 
 
@@ -65,12 +69,24 @@ def current_tenant(
 CurrentTenant = Annotated[Tenant, Depends(current_tenant)]
 
 
-def owned_job(job_id: str, s: SessionDep, tenant: CurrentTenant) -> Job:
-    """Load, or 404, then check ownership: another tenant's job does not exist for you."""
+def plausible_id(obj_id: str) -> bool:
+    """Ids are short printable strings (``job_…``); anything else names nothing, and must not
+    reach the database (PostgreSQL refuses NUL characters with an error, not a miss)."""
+    return 0 < len(obj_id) <= 64 and obj_id.isprintable()
+
+
+def find_owned(s: Session, model: type[M], obj_id: str, tenant_id: str) -> M:
+    """Load, or 404, then check ownership: another tenant's object does not exist for you."""
     try:
-        return get_owned(s, Job, job_id, tenant.id)
+        if not plausible_id(obj_id):
+            raise NotFoundError(f"{model.__tablename__.rstrip('s')} {obj_id[:64]!r} not found")
+        return get_owned(s, model, obj_id, tenant_id)
     except NotFoundError as err:
         raise HTTPException(status.HTTP_404_NOT_FOUND, str(err)) from err
+
+
+def owned_job(job_id: str, s: SessionDep, tenant: CurrentTenant) -> Job:
+    return find_owned(s, Job, job_id, tenant.id)
 
 
 OwnedJob = Annotated[Job, Depends(owned_job)]

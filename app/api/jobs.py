@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import io
+import logging
 from typing import Annotated, Any
 
 import numpy as np
@@ -12,10 +13,11 @@ from pydantic import BaseModel
 from sqlalchemy import select
 
 from adapters.errors import ConfigurationError, OracleError
-from app.api.deps import CurrentTenant, OwnedJob, ServicesDep, SessionDep
+from app.api.deps import CurrentTenant, OwnedJob, Services, ServicesDep, SessionDep
+from app.api.errors import check_storable, refused, unprocessable
 from app.artifacts import ProgramFile, curve_png, program_png
 from app.data import DataError, decode_image
-from app.models import Credential, MetricRow
+from app.models import Credential, Job, MetricRow
 from app.oracles import build_dispatcher, build_oracle
 from app.services import jobs as job_service
 from app.services.credentials import reveal
@@ -23,6 +25,8 @@ from app.services.ledger import DbLedger
 from app.spec import JobSpec
 
 router = APIRouter(prefix="/v1/jobs", tags=["jobs"])
+log = logging.getLogger("reprogram.api")
+MAX_PREDICT_FILES = 256
 
 
 class JobCreated(BaseModel):
@@ -34,13 +38,34 @@ class JobCreated(BaseModel):
 def create(spec: JobSpec, s: SessionDep, tenant: CurrentTenant, svc: ServicesDep) -> JobCreated:
     """Queue a reprogramming job. Fields left out are chosen from the oracle, the task and
     the budget; `GET /v1/jobs/{id}` lists the choices once the job starts."""
+    check_storable(spec.model_dump())
     try:
         job = job_service.create_job(s, svc.settings, tenant_id=tenant.id, spec=spec)
     except job_service.InvalidRequest as err:
-        raise HTTPException(status.HTTP_422_UNPROCESSABLE_CONTENT, str(err)) from err
-    if svc.queue is not None:  # PostgreSQL: the queue row commits with the job row
-        svc.queue.configure_task("run_job").defer(job_id=job.id)
+        raise refused(str(err)) from err
+    if svc.queue is not None:
+        # PostgreSQL: the job row must be committed before its queue entry exists, or a
+        # quick worker finds no job to claim and drops it.
+        s.commit()
+        try:
+            svc.queue.configure_task("run_job").defer(job_id=job.id)
+        except Exception as err:
+            # The error's type only: connection errors can carry connection strings.
+            log.error("job %s: could not be queued (%s)", job.id, type(err).__name__)
+            _unqueued(svc, job.id)
+            raise HTTPException(
+                status.HTTP_503_SERVICE_UNAVAILABLE,
+                "the job queue is unavailable; the job was not created, try again",
+            ) from err
     return JobCreated(id=job.id, status=job.status)
+
+
+def _unqueued(svc: Services, job_id: str) -> None:
+    """A job that never reached the queue is taken back: the 503 leaves nothing behind."""
+    with svc.db.session() as s:
+        job = s.get(Job, job_id)
+        if job is not None and job.status == "queued":
+            s.delete(job)
 
 
 @router.get("")
@@ -119,15 +144,20 @@ def predict(
     """Classify images with the job's best program. Every image is one query to the
     oracle, recorded in the ledger under purpose `predict`."""
     prog = _program(job, svc)
-    if not files or len(files) > 256:
-        raise HTTPException(status.HTTP_422_UNPROCESSABLE_CONTENT, "files: 1 to 256 images")
-    try:
-        images = [
-            decode_image(f.file.read(svc.settings.max_upload_bytes), f.filename or "?")
-            for f in files
-        ]
-    except DataError as err:
-        raise HTTPException(status.HTTP_400_BAD_REQUEST, str(err)) from err
+    if not files or len(files) > MAX_PREDICT_FILES:
+        raise unprocessable("files", f"1 to {MAX_PREDICT_FILES} images")
+    limit = svc.settings.max_upload_bytes
+    images = []
+    for f in files:
+        content = f.file.read(limit + 1)
+        if len(content) > limit:
+            raise HTTPException(
+                status.HTTP_413_REQUEST_ENTITY_TOO_LARGE, f"{f.filename}: larger than {limit} bytes"
+            )
+        try:
+            images.append(decode_image(content, f.filename or "?"))
+        except DataError as err:
+            raise HTTPException(status.HTTP_400_BAD_REQUEST, str(err)) from err
     spec = JobSpec.model_validate(job.resolved_spec or job.spec)
     cred = s.get(Credential, job.credential_id) if job.credential_id else None
 

@@ -5,12 +5,7 @@ process) and on PostgreSQL (jobs run in `reprogram worker` processes from the qu
 from __future__ import annotations
 
 import io
-import os
-import subprocess
-import sys
-import time
 from collections.abc import Iterator
-from pathlib import Path
 
 import numpy as np
 import pytest
@@ -24,6 +19,7 @@ from app.services.auth import create_token
 from app.settings import Settings
 from tests.fakes.clarifai import FakeClarifai
 from tests.fakes.customvision import MODERATION_PROJECT, PUBLISHED, FakeCustomVision
+from tests.helpers import start_workers, wait_final
 
 CLARIFAI_KEY = "clarifai-secret-e2e-91c2"
 CV_KEY = "customvision-secret-e2e-55aa"
@@ -62,38 +58,6 @@ def fakes() -> Iterator[tuple[FakeClarifai, FakeCustomVision]]:
         FakeCustomVision(keys=[CV_KEY], rate_limit=200) as v,
     ):
         yield c, v
-
-
-def start_workers(settings: Settings, n: int, log_dir: Path) -> list[subprocess.Popen]:
-    """``reprogram worker`` processes on the settings' database, logging to files."""
-    env = {
-        **os.environ,
-        "REPROGRAM_DATABASE_URL": settings.db_url,
-        "REPROGRAM_DATA_DIR": str(settings.data_dir),
-        "REPROGRAM_SECRET_KEY": settings.secret_key.get_secret_value(),
-    }  # type: ignore[union-attr]
-    procs = []
-    for i in range(n):
-        with open(log_dir / f"worker{i}.log", "w") as log:  # the child keeps its own copy
-            procs.append(
-                subprocess.Popen(
-                    [sys.executable, "-m", "app.cli", "worker", "--concurrency", "2"],
-                    env=env,
-                    stdout=log,
-                    stderr=subprocess.STDOUT,
-                )
-            )
-    return procs
-
-
-def wait_final(client: TestClient, headers: dict, job_id: str, timeout: float = 240) -> dict:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        job = client.get(f"/v1/jobs/{job_id}", headers=headers).json()
-        if job["status"] in ("succeeded", "failed", "cancelled", "budget_exhausted"):
-            return job
-        time.sleep(0.5)
-    raise AssertionError(f"job {job_id} did not finish: {job}")
 
 
 def png_bytes(seed: int) -> bytes:

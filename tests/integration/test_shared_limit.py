@@ -83,27 +83,34 @@ def run_workers(endpoint: str, backend: str, key: str) -> list[dict[str, float]]
 
 
 @pytest.fixture
+def key() -> str:
+    return f"clarifai_{uuid.uuid4().hex[:16]}"  # a fresh bucket: no state from earlier runs
+
+
+@pytest.fixture
 def sqlite_backend(tmp_path) -> Iterator[str]:
     yield f"sqlite:///{tmp_path / 'ratelimit.db'}"
 
 
 @pytest.fixture
-def postgres_backend() -> Iterator[str]:
-    yield POSTGRES
-
-
-def drop_postgres_state(key: str) -> None:
-    """Remove what the limiter of ``key`` created, and the pause table once nobody uses it."""
+def postgres_backend(key) -> Iterator[str]:
+    """The production backend. Afterwards the bucket of ``key`` and its pause row go, and the
+    shared pause table too if this test created it (otherwise other limiters may use it)."""
     import psycopg
     from psycopg import sql
 
+    def pause_table(conn: psycopg.Connection) -> bool:
+        return conn.execute("SELECT to_regclass('rate_pause')").fetchone()[0] is not None
+
     with psycopg.connect(POSTGRES, autocommit=True) as conn:
-        conn.execute(
-            sql.SQL("DROP TABLE IF EXISTS {}").format(sql.Identifier(bucket_table(key, POSTGRES)))
-        )
-        if conn.execute("SELECT to_regclass('rate_pause')").fetchone()[0] is not None:
+        existed = pause_table(conn)
+    yield POSTGRES
+    with psycopg.connect(POSTGRES, autocommit=True) as conn:
+        bucket = sql.Identifier(bucket_table(key, POSTGRES))
+        conn.execute(sql.SQL("DROP TABLE IF EXISTS {}").format(bucket))
+        if pause_table(conn):
             conn.execute("DELETE FROM rate_pause WHERE key = %s", (key,))
-            if conn.execute("SELECT count(*) FROM rate_pause").fetchone()[0] == 0:
+            if not existed and not conn.execute("SELECT 1 FROM rate_pause").fetchone():
                 conn.execute("DROP TABLE rate_pause")
 
 
@@ -111,16 +118,11 @@ def drop_postgres_state(key: str) -> None:
     "backend_fixture",
     ["sqlite_backend", pytest.param("postgres_backend", marks=pytest.mark.postgres)],
 )
-def test_two_processes_stay_under_the_limit_together(request, backend_fixture):
+def test_two_processes_stay_under_the_limit_together(request, backend_fixture, key):
     backend = request.getfixturevalue(backend_fixture)
-    key = f"clarifai_{uuid.uuid4().hex[:16]}"  # a fresh bucket: no state from earlier runs
-    try:
-        with FakeClarifai(keys={KEY}, rate_limit=RATE, burst=BURST, model="cheap") as fake:
-            reports = run_workers(fake.endpoint, backend, key)
-            counts = fake.counts(KEY)
-    finally:
-        if backend.startswith("postgresql"):
-            drop_postgres_state(key)
+    with FakeClarifai(keys={KEY}, rate_limit=RATE, burst=BURST, model="cheap") as fake:
+        reports = run_workers(fake.endpoint, backend, key)
+        counts = fake.counts(KEY)
     answered = counts.requests - counts.throttled
     assert answered == PROCESSES * REQUESTS_EACH and counts.billable == 2 * answered
     assert counts.throttled / counts.requests < 0.01

@@ -1,0 +1,136 @@
+"""One shape for every refused request, and the checks that keep bad values out of the database.
+
+A 422 always answers ``{"detail": [{"field": "budget.max_queries", "message": "..."}]}``,
+whether pydantic, the JSON parser or a service refused the request. Messages never echo the
+input: it may hold a secret.
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+from collections.abc import Iterator, Sequence
+from typing import Any
+
+from fastapi import FastAPI, HTTPException, Request, status
+from fastapi.exceptions import RequestValidationError
+from fastapi.responses import JSONResponse
+from sqlalchemy.exc import DataError as DatabaseDataError
+
+log = logging.getLogger("reprogram.api")
+
+INT64 = (-(2**63), 2**63 - 1)
+BODY = "body"  # the field named when the body as a whole is wrong (not JSON, not an object)
+
+
+def field_error(field: str, message: str) -> dict[str, str]:
+    return {"field": field or BODY, "message": message}
+
+
+def unprocessable(field: str, message: str) -> HTTPException:
+    """A 422 naming one field, in the same shape as pydantic's refusals."""
+    return HTTPException(status.HTTP_422_UNPROCESSABLE_CONTENT, [field_error(field, message)])
+
+
+def refused(message: str) -> HTTPException:
+    """A service's ``"field: reason"`` message as a 422 naming that field."""
+    field, sep, reason = message.partition(": ")
+    return unprocessable(field, reason) if sep else unprocessable(BODY, message)
+
+
+def _is_tag(part: Any, node: dict[str, Any]) -> bool:
+    """A discriminator value (``torch``) or a validator name pydantic puts in ``loc``."""
+    if not isinstance(part, str):
+        return False
+    return "[" in part or part in {v for v in node.values() if isinstance(v, str)}
+
+
+def _contains(node: Any, part: Any) -> bool:
+    if isinstance(node, dict):
+        return part in node
+    return isinstance(node, list) and isinstance(part, int) and 0 <= part < len(node)
+
+
+def _field_path(loc: Sequence[Any], body: Any) -> str:
+    """``loc`` as the client wrote the field: follow the body and drop the parts it does not
+    contain (pydantic adds union tags such as ``torch`` or ``function-after[...]``)."""
+    parts = list(loc)
+    if parts and parts[0] in ("body", "query", "path", "header", "cookie"):
+        parts = parts[1:]
+    named: list[str] = []
+    node = body if isinstance(body, dict | list) else None
+    for part in parts:
+        if _contains(node, part):
+            node = node[part]
+        elif node is None or (isinstance(node, dict) and not _is_tag(part, node)):
+            node = None  # a missing field: name it, and whatever pydantic names below it
+        else:
+            continue  # a tag, or a type name under a scalar: not a field
+        named.append(str(part))
+    return ".".join(named)
+
+
+def _line_col(doc: str, pos: int) -> tuple[int, int]:
+    line = doc.count("\n", 0, pos) + 1
+    return line, pos - (doc.rfind("\n", 0, pos) + 1) + 1
+
+
+def validation_errors(exc: RequestValidationError) -> list[dict[str, str]]:
+    errors = []
+    for err in exc.errors():
+        if err.get("type") == "json_invalid":
+            doc, pos = exc.body, err["loc"][-1]
+            where = ""
+            if isinstance(doc, str) and isinstance(pos, int):
+                where = " at line {}, column {}".format(*_line_col(doc, pos))
+            reason = (err.get("ctx") or {}).get("error", "malformed")
+            errors.append(field_error(BODY, f"invalid JSON: {reason}{where}"))
+            continue
+        body = exc.body if err["loc"][:1] == ("body",) else None
+        errors.append(field_error(_field_path(err["loc"], body), err["msg"]))
+    return errors
+
+
+def unstorable(value: Any, path: str = "") -> Iterator[dict[str, str]]:
+    """Values pydantic lets through that no database column holds: NUL characters (PostgreSQL
+    text), infinities (JSON, PostgreSQL json) and integers beyond 64 bits."""
+    if isinstance(value, dict):
+        for key, item in value.items():
+            yield from unstorable(item, f"{path}.{key}" if path else str(key))
+    elif isinstance(value, list | tuple):
+        for i, item in enumerate(value):
+            yield from unstorable(item, f"{path}.{i}")
+    elif isinstance(value, str) and "\x00" in value:
+        yield field_error(path, "must not contain NUL characters")
+    elif isinstance(value, float) and not math.isfinite(value):
+        yield field_error(path, "must be a finite number")
+    elif isinstance(value, int) and not INT64[0] <= value <= INT64[1]:
+        yield field_error(path, "is out of range (64-bit integers only)")
+
+
+def check_storable(value: Any) -> None:
+    """Raise a 422 naming every field of ``value`` (a dumped model) that cannot be stored."""
+    errors = list(unstorable(value))
+    if errors:
+        raise HTTPException(status.HTTP_422_UNPROCESSABLE_CONTENT, errors)
+
+
+def install(app: FastAPI) -> None:
+    @app.exception_handler(RequestValidationError)
+    async def _invalid(_: Request, exc: RequestValidationError) -> JSONResponse:
+        return JSONResponse(status_code=422, content={"detail": validation_errors(exc)})
+
+    @app.exception_handler(DatabaseDataError)
+    async def _unstorable(request: Request, exc: DatabaseDataError) -> JSONResponse:
+        # A last line of defence behind ``check_storable``: the database refused a value.
+        # Log the kind of error only; its text holds the statement's parameters.
+        log.warning(
+            "%s %s: database refused a value (%s)",
+            request.method,
+            request.url.path,
+            type(exc.orig).__name__,
+        )
+        return JSONResponse(
+            status_code=422,
+            content={"detail": [field_error(BODY, "a value is out of range for storage")]},
+        )

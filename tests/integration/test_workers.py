@@ -1,0 +1,217 @@
+"""Workers on the real task queue (PostgreSQL + procrastinate): budgets under concurrency,
+a worker killed mid-job, cancel; and the embedded runner's cancel on SQLite."""
+
+from __future__ import annotations
+
+import multiprocessing as mp
+import signal
+import time
+
+import numpy as np
+import pytest
+
+from adapters.dispatch import RequestRecord
+from adapters.errors import BudgetExceeded
+from app.artifacts import ProgramFile
+from app.db import Database
+from app.migrate import upgrade
+from app.models import Dataset, Job, Tenant
+from app.services.ledger import DbLedger
+from app.settings import Settings
+from tests.fakes.clarifai import FakeClarifai
+from tests.helpers import service, start_workers, upload, wait_final
+
+KEY = "shared-credential-e2e"
+
+
+def settings_for(url: str, tmp_path) -> Settings:
+    return Settings(
+        data_dir=tmp_path / "data",
+        database_url=url,
+        secret_key="worker-tests",
+        rate_limit_backend="memory",
+    )
+
+
+def spec(dataset_id: str, **over) -> dict:
+    base = {
+        "dataset_id": dataset_id,
+        "oracle": {"kind": "torch"},
+        "program": {"input_size": 64, "target_size": 24},
+        "optimizer": {"iterations": 30, "q": 2, "batch_size": 4, "eval_every": 10},
+        "seed": 3,
+    }
+    return base | over
+
+
+def _hammer(url: str, job_id: str, tenant_id: str, n: int, out: mp.Queue) -> None:
+    ledger = DbLedger(Database(url), job_id, tenant_id, "clarifai", None, 0.001)
+    granted = 0
+    for _ in range(n):
+        try:
+            res = ledger.reserve("training", 7)
+        except BudgetExceeded:
+            continue
+        res.settle(RequestRecord("training", 7, 7, "ok", None, 0.0))
+        granted += 7
+    out.put(granted)
+
+
+@pytest.mark.postgres
+def test_reservations_from_two_processes_never_exceed_a_budget(pg_url):
+    upgrade(pg_url)
+    db = Database(pg_url)
+    with db.session() as s:
+        s.add(Tenant(id="tn_x", name="x"))
+        s.flush()
+        s.add(
+            Dataset(
+                id="ds_x",
+                tenant_id="tn_x",
+                filename="x.npz",
+                path="x",
+                sha256="0",
+                size_bytes=0,
+                n_samples=0,
+                classes=[],
+            )
+        )
+        s.flush()
+        s.add(
+            Job(
+                id="job_x",
+                tenant_id="tn_x",
+                dataset_id="ds_x",
+                provider="clarifai",
+                spec={},
+                query_cap=500,
+            )
+        )
+    ctx = mp.get_context("spawn")
+    out: mp.Queue = ctx.Queue()
+    procs = [ctx.Process(target=_hammer, args=(pg_url, "job_x", "tn_x", 60, out)) for _ in range(2)]
+    for p in procs:
+        p.start()
+    granted = [out.get(timeout=60) for _ in procs]
+    for p in procs:
+        p.join(30)
+    with db.session() as s:
+        job = s.get(Job, "job_x")
+        assert job.queries == sum(granted) == 497  # 71 × 7: the last 7 would pass 500
+        assert job.reserved_queries == 0
+    db.dispose()
+
+
+@pytest.mark.postgres
+@pytest.mark.slow
+def test_two_workers_one_credential_never_exceed_budgets(pg_url, tmp_path, small_npz):
+    settings = settings_for(pg_url, tmp_path)
+    with FakeClarifai(keys=[KEY], rate_limit=100) as fake, service(settings) as (client, h):
+        ds = upload(client, h, small_npz)
+        cred = client.post(
+            "/v1/credentials", headers=h, json={"provider": "clarifai", "secret": KEY}
+        ).json()["id"]
+        oracle = {
+            "kind": "clarifai",
+            "model_id": "moderation-recognition",
+            "endpoint": f"http://127.0.0.1:{fake.port}",
+            "credential_id": cred,
+        }
+        ids = [
+            client.post(
+                "/v1/jobs",
+                headers=h,
+                json=spec(
+                    ds["id"],
+                    oracle=oracle,
+                    seed=i,
+                    optimizer={"iterations": 10_000, "q": 2, "batch_size": 4, "eval_every": 10},
+                    budget={"max_queries": 900},
+                ),
+            ).json()["id"]
+            for i in range(2)
+        ]
+        workers = start_workers(settings, 2, tmp_path)
+        try:
+            jobs = [wait_final(client, h, i) for i in ids]
+        finally:
+            for w in workers:
+                w.terminate()
+                w.wait(20)
+        for job in jobs:
+            assert job["status"] == "budget_exhausted"  # training stopped by the budget
+            assert job["result"]["test_accuracy"] is not None  # evaluation fitted in
+            assert 800 < job["spend"]["queries"] <= 900
+        spend = client.get("/v1/spend", headers=h).json()
+        assert spend["by_oracle"]["clarifai"]["queries"] == fake.counts(KEY).billable
+
+
+@pytest.mark.postgres
+@pytest.mark.slow
+def test_killed_worker_job_resumes_elsewhere_to_the_same_program(pg_url, tmp_path, small_npz):
+    settings = settings_for(pg_url, tmp_path)
+    with service(settings) as (client, h):
+        ds = upload(client, h, small_npz)
+        first = start_workers(settings, 1, tmp_path, prefix="doomed")[0]
+        killed = client.post("/v1/jobs", headers=h, json=spec(ds["id"])).json()["id"]
+        deadline = time.monotonic() + 120
+        while client.get(f"/v1/jobs/{killed}", headers=h).json()["progress"]["iteration"] < 8:
+            assert time.monotonic() < deadline, "the job never got going"
+            time.sleep(0.2)
+        first.send_signal(signal.SIGKILL)
+        first.wait(10)
+        at_kill = client.get(f"/v1/jobs/{killed}", headers=h).json()
+        assert at_kill["status"] == "running" and at_kill["progress"]["iteration"] < 30
+        survivor = start_workers(settings, 1, tmp_path, prefix="survivor")[0]
+        try:
+            resumed = wait_final(client, h, killed, timeout=300)
+            reference = client.post("/v1/jobs", headers=h, json=spec(ds["id"])).json()["id"]
+            straight = wait_final(client, h, reference, timeout=300)
+        finally:
+            survivor.terminate()
+            survivor.wait(20)
+        assert resumed["status"] == straight["status"] == "succeeded"
+        a = ProgramFile.load(client.get(f"/v1/jobs/{killed}/program", headers=h).content)
+        b = ProgramFile.load(client.get(f"/v1/jobs/{reference}/program", headers=h).content)
+        np.testing.assert_array_equal(a.arrays["P"], b.arrays["P"])
+        assert resumed["result"]["test_accuracy"] == straight["result"]["test_accuracy"]
+        # The lost iteration was paid for once more: the ledger never undercounts.
+        assert resumed["spend"]["queries"] >= straight["spend"]["queries"]
+
+
+@pytest.mark.parametrize(
+    "backend", ["sqlite", pytest.param("postgres", marks=pytest.mark.postgres)]
+)
+def test_cancel_stops_a_running_job_within_an_iteration(backend, request, tmp_path, small_npz):
+    url = (
+        request.getfixturevalue("pg_url")
+        if backend == "postgres"
+        else f"sqlite:///{tmp_path / 's.db'}"
+    )
+    settings = settings_for(url, tmp_path)
+    with service(settings) as (client, h):
+        ds = upload(client, h, small_npz)
+        workers = start_workers(settings, 1, tmp_path) if backend == "postgres" else []
+        try:
+            job_id = client.post(
+                "/v1/jobs",
+                headers=h,
+                json=spec(
+                    ds["id"],
+                    optimizer={"iterations": 100_000, "q": 2, "batch_size": 4, "eval_every": 1000},
+                ),
+            ).json()["id"]
+            deadline = time.monotonic() + 120
+            while client.get(f"/v1/jobs/{job_id}", headers=h).json()["progress"]["iteration"] < 3:
+                assert time.monotonic() < deadline
+                time.sleep(0.1)
+            assert client.post(f"/v1/jobs/{job_id}/cancel", headers=h).status_code == 202
+            at_cancel = client.get(f"/v1/jobs/{job_id}", headers=h).json()["progress"]["iteration"]
+            job = wait_final(client, h, job_id, timeout=60)
+        finally:
+            for w in workers:
+                w.terminate()
+                w.wait(20)
+        assert job["status"] == "cancelled"
+        assert job["progress"]["iteration"] <= at_cancel + 1
+        assert client.get(f"/v1/jobs/{job_id}/program", headers=h).status_code == 200
