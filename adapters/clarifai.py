@@ -45,6 +45,7 @@ KNOWN_CONCEPTS: dict[str, tuple[str, ...]] = {
 }
 PNG_COMPRESS_LEVEL = 1  # still lossless; higher levels cost CPU and barely shrink noisy images
 REQUEST_ID_HEADER = "x-clarifai-request-id"
+VALUE_SLACK = 1e-5  # float32 rounding allowed around [0, 1] before an answer is malformed
 
 S = status_code_pb2
 _THROTTLED = frozenset({S.CONN_THROTTLED, S.CONN_EXCEED_HOURLY_LIMIT, S.CONN_EXCEEDS_LIMITS})
@@ -368,8 +369,10 @@ class ClarifaiOracle(Oracle):
             for what, names in (("missing", missing), ("unknown", unknown), ("repeated", repeated))
             if names
         ]
-        if not problems and not np.all((row >= 0.0) & (row <= 1.0)):
+        # Values travel as float32: a sum of probabilities may land a few ulps past 1.
+        if not problems and not np.all((row >= -VALUE_SLACK) & (row <= 1.0 + VALUE_SLACK)):
             problems.append("a concept value outside [0, 1]")
+        row = np.clip(row, 0.0, 1.0)
         if problems:
             raise MalformedAnswer(
                 f"Clarifai answer for model {self.model_id!r}: " + "; ".join(problems),

@@ -41,6 +41,7 @@ from adapters.errors import (
 from adapters.retry import MAX_RETRY_AFTER_S, parse_retry_after
 
 PROVIDER = "customvision"
+VALUE_SLACK = 1e-5  # float rounding allowed around [0, 1] before an answer is malformed
 #: where Azure front doors put the request id, most specific first
 REQUEST_ID_HEADERS = ("apim-request-id", "x-ms-request-id", "request-id", "x-request-id")
 
@@ -268,9 +269,10 @@ class CustomVisionOracle(Oracle):
                 raise malformed("has a prediction without tagName or probability")
             if name in found:
                 raise malformed(f"names tag {name!r} twice")
-            if not 0.0 <= prob <= 1.0:  # also refuses NaN
+            # Also refuses NaN; float rounding a few ulps past [0, 1] is not malformed.
+            if not -VALUE_SLACK <= prob <= 1.0 + VALUE_SLACK:
                 raise malformed(f"gives tag {name!r} probability {prob}")
-            found[name] = (p.tag_id or "", float(prob))
+            found[name] = (p.tag_id or "", min(max(float(prob), 0.0), 1.0))
         labels = self._learn(found)
         missing = [t for t in labels if t not in found]
         unknown = sorted(set(found) - set(labels))

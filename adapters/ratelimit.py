@@ -10,10 +10,11 @@ providers' token buckets and short windows punish).
 The waiting is ours, not pyrate's ``Limiter``: its blocking loop adds a 50 ms buffer to every
 wait and re-stamps a waiting item with the time it *planned* to wake rather than the time it
 did, which held one sender to ~70 % of the limit and let late senders slip in early. Here
-each try takes a fresh timestamp from the bucket's clock (the database's clock for
-PostgreSQL, so machines with skewed clocks still agree) and sleeps exactly as long as the
-bucket says. Inside one process a single thread polls the shared bucket at a time; the
-others queue on a local lock, which keeps database round trips at a few per admitted unit.
+each try takes a fresh timestamp from the bucket's clock (for PostgreSQL the database's,
+measured once and followed locally, so machines with skewed clocks still agree) and sleeps
+exactly as long as the bucket says, counted from that timestamp. Inside one process a single
+thread polls the shared bucket at a time; the others queue on a local lock, which keeps
+database round trips at a few per admitted unit.
 
 A throttle answer slows *every* user of the credential: ``pause(seconds)`` stores a
 "nobody sends before" instant in the same backend, which every ``acquire`` honours.
@@ -107,7 +108,8 @@ class MemoryPauseStore(PauseStore):
 
 class SqlPauseStore(PauseStore):
     """A one-table store on SQLite or PostgreSQL. ``connection`` returns a context manager
-    yielding a DB-API connection that commits on exit; ``param`` is the placeholder style."""
+    yielding a DB-API connection that commits on exit (or runs each statement on its own);
+    ``param`` is the placeholder style."""
 
     TABLE = "rate_pause"
 
@@ -116,8 +118,8 @@ class SqlPauseStore(PauseStore):
         with self._connection() as conn:
             self._create(conn)
 
-    def _create(self, conn: object) -> None:
-        conn.execute(  # type: ignore[attr-defined]
+    def _create(self, conn: Any) -> None:
+        conn.execute(
             f"CREATE TABLE IF NOT EXISTS {self.TABLE} (key VARCHAR(64) PRIMARY KEY, "
             "until_ts DOUBLE PRECISION NOT NULL)"
         )
@@ -148,10 +150,11 @@ class PostgresPauseStore(SqlPauseStore):
     """The SQL store on PostgreSQL, whose ``CREATE TABLE IF NOT EXISTS`` is not safe against
     a second process creating the same table at the same moment: serialise it."""
 
-    def _create(self, conn: object) -> None:
+    def _create(self, conn: Any) -> None:
         lock_id = zlib.crc32(self.TABLE.encode()) & 0x7FFFFFFF  # the same in every process
-        conn.execute("SELECT pg_advisory_xact_lock(%s)", (lock_id,))  # type: ignore[attr-defined]
-        super()._create(conn)
+        with conn.transaction():  # the lock lasts to the end of it, also on autocommit
+            conn.execute("SELECT pg_advisory_xact_lock(%s)", (lock_id,))
+            super()._create(conn)
 
 
 @contextmanager
@@ -168,6 +171,49 @@ def _no_fsync_wait(conn: Any) -> None:
     """Session setting for the PostgreSQL limiter's connections (see ``_build``)."""
     conn.execute("SET synchronous_commit = off")
     conn.commit()
+
+
+def _autocommit(pool: Any) -> Callable[[], AbstractContextManager]:
+    """Connections from ``pool`` that run each statement on its own: a pause read is then one
+    round trip, not three (BEGIN, SELECT, COMMIT)."""
+
+    @contextmanager
+    def connection() -> Iterator[Any]:
+        with pool.connection() as conn:
+            conn.autocommit = True
+            try:
+                yield conn
+            finally:
+                conn.autocommit = False  # the bucket needs transactions for its table lock
+
+    return connection
+
+
+class ServerClock:
+    """The database's clock in milliseconds, read once and then followed on the local clock.
+
+    Stamps from every machine must come from one clock, the database's; but reading it costs
+    round trips at the very moment a slot opens. So the offset to the local clock is measured
+    (to within half a round trip) and measured again every ``refresh_s``."""
+
+    def __init__(
+        self,
+        read_ms: Callable[[], int],
+        local: Callable[[], float] = time.time,
+        refresh_s: float = 30.0,
+    ) -> None:
+        self._read_ms, self._local, self._refresh_s = read_ms, local, refresh_s
+        self._offset_ms = 0.0
+        self._measured: float | None = None
+
+    def __call__(self) -> int:
+        now = self._local()
+        if self._measured is None or now - self._measured >= self._refresh_s:
+            server = self._read_ms()
+            after = self._local()
+            self._offset_ms = server - 500.0 * (now + after)  # the read landed mid-way
+            self._measured = now = after
+        return int(now * 1000.0 + self._offset_ms)
 
 
 @dataclass
@@ -221,14 +267,18 @@ class SharedRateLimiter:
             while (pause := self.paused_for()) > 0:
                 self.sleep(pause)  # then look again: someone may have extended it
             now = self.now_ms() if self.now_ms is not None else int(self.bucket.now())
+            stamped = self.clock()
             item = RateItem(self.key, now, 1)
             if self.bucket.put(item):
                 self._leak(now)
                 return
             wait_ms = self.bucket.waiting(item)
-            # No wait although refused: another process held PostgreSQL's table lock.
-            wait = wait_ms / 1000.0 if wait_ms > 0 else CONTENTION_RETRY_S
-            self.sleep(max(wait, MIN_SLEEP_S))
+            if wait_ms <= 0:  # refused without a wait: another process held PostgreSQL's lock
+                self.sleep(CONTENTION_RETRY_S)
+                continue
+            # The wait counts from the stamp, not from now: the put's round trips (slow when
+            # another thread holds the GIL) must not delay the next slot.
+            self.sleep(max(wait_ms / 1000.0 - (self.clock() - stamped), MIN_SLEEP_S))
 
     def _leak(self, now: int) -> None:
         """Delete units that left every window, every ``LEAK_EVERY_S`` (done inline rather
@@ -296,5 +346,6 @@ def _build(key: str, per_second: float, backend: str) -> SharedRateLimiter:
         # a 15/s pacing interval, for durability nobody needs after a crash.
         pool = ConnectionPool(dsn, min_size=1, max_size=2, configure=_no_fsync_wait, open=True)
         bucket = PostgresBucket(pool, f"rl_{key}", rates)
-        return SharedRateLimiter(key, per_second, bucket, PostgresPauseStore(pool.connection, "%s"))
+        pauses = PostgresPauseStore(_autocommit(pool), "%s")
+        return SharedRateLimiter(key, per_second, bucket, pauses, now_ms=ServerClock(bucket.now))
     raise ValueError(f"unknown rate-limit backend {backend!r}")

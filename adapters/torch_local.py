@@ -144,7 +144,9 @@ class TorchOracle(GradientOracle):
     def _probs(self, x: torch.Tensor) -> torch.Tensor:
         out = self._net(self._normalise(x))
         probs = torch.softmax(out.float(), dim=1) if self.outputs == "logits" else out.float()
-        return probs @ self._fold if self._fold is not None else probs
+        if self._fold is None:
+            return probs
+        return (probs @ self._fold).clamp_(0.0, 1.0)  # float32 sums may pass 1 by an ulp
 
     def _to_tensor(self, images: np.ndarray) -> torch.Tensor:
         x = torch.from_numpy(np.ascontiguousarray(images)).permute(0, 3, 1, 2)

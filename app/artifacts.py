@@ -156,12 +156,16 @@ def curve_png(
 
 
 def write_outputs(
-    out: Path, arrays: dict[str, np.ndarray], rows: list[dict[str, Any]], result: dict[str, Any]
+    out: Path,
+    arrays: dict[str, np.ndarray] | None,
+    rows: list[dict[str, Any]],
+    result: dict[str, Any],
 ) -> None:
     """Write every artifact of a finished CLI job to ``out``."""
     out.mkdir(parents=True, exist_ok=True)
-    (out / "program.npz").write_bytes(npz_bytes(arrays))
-    (out / "program.png").write_bytes(program_png(arrays))
+    if arrays is not None:
+        (out / "program.npz").write_bytes(npz_bytes(arrays))
+        (out / "program.png").write_bytes(program_png(arrays))
     (out / "result.json").write_text(json.dumps(result, indent=2) + "\n")
     acc = result.get("test_accuracy")
     title = f"test accuracy {acc:.1%}" if acc is not None else "no test accuracy"

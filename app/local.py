@@ -28,7 +28,7 @@ from app.spec import JobSpec
 class LocalRun:
     result: dict[str, Any]
     rows: list[dict[str, Any]]
-    arrays: dict[str, np.ndarray] = field(repr=False)
+    arrays: dict[str, np.ndarray] | None = field(repr=False)
 
 
 ProgressFn = Callable[[runner.PreparedJob, dict[str, Any]], None]
@@ -109,8 +109,10 @@ def run_local(
         result = runner.summarize(job, ledger.totals.as_dict(), status, time.monotonic() - start)
         if error is not None and status == "failed":
             result["error"] = f"{type(error).__name__}: {error}"
-        spec_json = json.dumps(job.spec.model_dump(mode="json"))
-        arrays = program_arrays(job.trainer, spec_json, job.classes, job.source_labels)
+        arrays = None
+        if job.trainer.best_program()[1] is not None:  # a failure before any mapping: none
+            spec_json = json.dumps(job.spec.model_dump(mode="json"))
+            arrays = program_arrays(job.trainer, spec_json, job.classes, job.source_labels)
         return LocalRun(result, hooks.rows, arrays)
     finally:
         dispatcher.close()

@@ -339,9 +339,10 @@ def table(rows: list[dict], calibrations: dict[str, dict[str, float]], args: Any
         "",
         f"Command: `{args.command}`",
         "",
-        f"{datetime.now(UTC):%Y-%m-%d %H:%M} UTC, {os.cpu_count()} CPUs, "
-        f"Python {platform.python_version()}, {args.seconds:g} s per row; fakes in their own "
-        "process with the cheap model (`--model cheap`), 32×32 images.",
+        f"{datetime.now(UTC):%Y-%m-%d %H:%M} UTC, {os.cpu_count()} CPUs (1-minute load "
+        f"average {args.load[0]:.1f} at the start, {os.getloadavg()[0]:.1f} at the end, "
+        f"other work included), Python {platform.python_version()}, {args.seconds:g} s per "
+        "row; fakes in their own process with the cheap model (`--model cheap`), 32×32 images.",
         "",
         "| provider | R | jobs | requests | throughput / R | throttled | "
         "overhead ms/request p50 (p90) |",
@@ -381,7 +382,7 @@ def main(argv: list[str] | None = None) -> None:
         if args.backend == "memory" and args.jobs_as == "process":
             parser.error("jobs in separate processes need a shared backend (sqlite or postgresql)")
         args.backend_name = args.backend.split(":", 1)[0].replace("postgresql", "PostgreSQL")
-        args.used_keys = []
+        args.used_keys, args.load = [], os.getloadavg()
         postgres = args.backend.startswith("postgres")
         pause_table_existed = postgres and pause_table_exists(args.backend)
         rows, calibrations = [], {}

@@ -53,9 +53,7 @@ def upload(file: UploadFile, s: SessionDep, tenant: CurrentTenant, svc: Services
     limit = svc.settings.max_upload_bytes
     content = file.file.read(limit + 1)
     if len(content) > limit:
-        raise HTTPException(
-            status.HTTP_413_REQUEST_ENTITY_TOO_LARGE, f"upload larger than {limit} bytes"
-        )
+        raise HTTPException(status.HTTP_413_CONTENT_TOO_LARGE, f"upload larger than {limit} bytes")
     try:
         row = datasets.store_upload(
             s,

@@ -152,7 +152,7 @@ def predict(
         content = f.file.read(limit + 1)
         if len(content) > limit:
             raise HTTPException(
-                status.HTTP_413_REQUEST_ENTITY_TOO_LARGE, f"{f.filename}: larger than {limit} bytes"
+                status.HTTP_413_CONTENT_TOO_LARGE, f"{f.filename}: larger than {limit} bytes"
             )
         try:
             images.append(decode_image(content, f.filename or "?"))

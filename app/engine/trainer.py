@@ -144,7 +144,13 @@ class Trainer:
             program.dim, config.lr, lr_decay=config.lr_decay, clip=config.clip
         )
         self.rng = np.random.default_rng(seed)
-        self.phase: str = "blank_train" if config.needs_blank_pass else "validate"
+        self.phase: str = (
+            "blank_train"
+            if config.needs_blank_pass
+            else "validate"
+            if config.iterations
+            else "test"
+        )
         self.iteration = 0
         self.told = 0  # answers received so far, all purposes
         self.theta = np.zeros(program.dim)
@@ -164,7 +170,11 @@ class Trainer:
 
     # ----------------------------------------------------------------- plan
     def planned_queries(self, iterations: int | None = None) -> dict[str, int]:
-        """Images this job will send, by purpose, if it runs ``iterations`` iterations."""
+        """Images this job will send, by purpose, if it runs ``iterations`` iterations.
+
+        With zero iterations the program stays blank, so there is nothing to validate and the
+        test pass doubles as the baselines' pass: the job then costs exactly what the linear
+        probe costs (training set once, test set once)."""
         c = self.config
         it = c.iterations if iterations is None else iterations
         per_iter = c.batch_size * (1 if self.estimator is None else self.estimator.n_candidates)
@@ -174,12 +184,12 @@ class Trainer:
             "mapping": 0,
             "baseline": 0,
             "training": it * per_iter + refits,
-            "validation": (1 + evals) * len(self.val),
+            "validation": (1 + evals) * len(self.val) if it else 0,
             "test": len(self.test),
         }
         if c.needs_blank_pass:
             plan["mapping" if c.mapping != "random" else "baseline"] += len(self.train)
-        if c.baselines:
+        if c.baselines and it:
             plan["baseline"] += len(self.test)
         return plan
 
@@ -233,12 +243,18 @@ class Trainer:
             return self.ask()
         if self.phase == "train":
             return self._ask_training()
+        if self.phase == "test" and not self.best["theta"].any() and self.config.baselines:
+            self.phase = "blank_test"  # the best program is blank: one pass serves both
         purpose, split, theta = {
             "blank_train": (self._blank_purpose, self.train, None),
             "refit": ("training", self.train, self.theta),
             "validate": ("validation", self.val, self.theta),
             "test": ("test", self.test, self.best["theta"]),
-            "blank_test": ("baseline", self.test, None),
+            "blank_test": (
+                "baseline" if "test_accuracy" in self.results else "test",
+                self.test,
+                None,
+            ),
         }[self.phase]
         stop = min(self.cursor + self.config.chunk, len(split))
         frames = self.program.embed(split.x[self.cursor : stop])
@@ -308,7 +324,7 @@ class Trainer:
         if self.mapping is None:
             raise ValueError("a learned read-out needs an oracle with more than one label")
         self.best = self._snapshot(-1.0)
-        self.phase = "validate"
+        self.phase = "validate" if self.config.iterations else "test"
         acc = float((self.mapping.predict(answers) == y).mean())
         return Event("mapping", 0, {"train_acc": acc})
 
@@ -340,6 +356,8 @@ class Trainer:
         return Event("done" if self.done else "test", self.iteration, dict(self.results))
 
     def _finish_blank_test(self, answers: np.ndarray) -> Event:
+        if "test_accuracy" not in self.results:  # the blank program was the best one
+            self._finish_test(answers)
         for name, mapping in self.baselines.items():
             acc = float((mapping.predict(answers) == self.test.y).mean())
             self.results[f"baseline_{name}"] = acc

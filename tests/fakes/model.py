@@ -64,7 +64,8 @@ class FakeModel:
                 chunk = batch[start : start + oracle.max_images_per_request]
                 p = oracle.predict(chunk).probs
                 rows = idx[start : start + len(chunk)]
-                out[rows] = p if self.view is None else fold(p, self.view)
+                # Real providers never answer outside [0, 1]; float32 sums can, by an ulp.
+                out[rows] = np.clip(p if self.view is None else fold(p, self.view), 0.0, 1.0)
         return out
 
 

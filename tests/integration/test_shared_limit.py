@@ -16,6 +16,7 @@ from typing import Any
 import numpy as np
 import pytest
 
+from adapters import ratelimit
 from adapters.clarifai import ClarifaiOracle
 from adapters.dispatch import Dispatcher
 from adapters.ratelimit import bucket_table, shared_limiter
@@ -129,3 +130,23 @@ def test_two_processes_stay_under_the_limit_together(request, backend_fixture, k
     span = max(r["end"] for r in reports) - min(r["start"] for r in reports)
     achieved = (answered - 1) / span  # requests start one pacing interval apart
     assert achieved >= 0.85 * RATE, f"{achieved:.1f} requests/s of {RATE}"
+
+
+@pytest.mark.parametrize(
+    "backend_fixture",
+    ["sqlite_backend", pytest.param("postgres_backend", marks=pytest.mark.postgres)],
+)
+def test_a_pause_reaches_every_limiter_of_the_credential(request, backend_fixture, key):
+    backend = request.getfixturevalue(backend_fixture)
+    # What two worker processes hold: limiters built apart, sharing only the database.
+    mine, theirs = ratelimit._build(key, RATE, backend), ratelimit._build(key, RATE, backend)
+    try:
+        theirs.acquire()
+        mine.pause(0.6)  # a Retry-After met here...
+        start = time.monotonic()
+        theirs.acquire()  # ...holds the other worker back as long
+        assert time.monotonic() - start >= 0.5
+        assert theirs.paused_for() == 0.0
+    finally:
+        mine.close()
+        theirs.close()

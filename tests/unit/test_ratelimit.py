@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import itertools
+
 import pytest
 from pyrate_limiter import InMemoryBucket
 
@@ -10,6 +12,7 @@ from adapters.ratelimit import (
     CONTENTION_RETRY_S,
     LEAK_EVERY_S,
     MemoryPauseStore,
+    ServerClock,
     SharedRateLimiter,
     SqlPauseStore,
     credential_key,
@@ -169,6 +172,45 @@ def test_losing_a_lock_race_retries_soon_without_spinning():
     limiter.bucket = ContendedBucket(losses=3)
     limiter.acquire()
     assert clock.sleeps == [CONTENTION_RETRY_S] * 3
+
+
+class SlowBucket(InMemoryBucket):
+    """Each put takes 20 ms of the clock, like database round trips on a busy machine."""
+
+    def __init__(self, clock: FakeTime, per_second: float) -> None:
+        super().__init__(pacing_rates(per_second))
+        self.clock = clock
+
+    def put(self, item):
+        admitted = super().put(item)
+        self.clock.us += 20_000
+        return admitted
+
+
+def test_slow_round_trips_do_not_stretch_the_spacing():
+    clock = FakeTime()
+    limiter = limiter_on(clock, 10)
+    limiter.bucket = SlowBucket(clock, 10)
+    stamps = admitted_at(limiter, clock, 30)
+    gaps = [b - a for a, b in itertools.pairwise(stamps)]
+    assert max(gaps) <= 101  # the wait counts from the stamp, not from the end of the put
+
+
+def test_the_server_clock_is_read_once_then_followed_locally():
+    local, reads = FakeTime(start_s=100.0), []
+
+    def read_server_ms() -> int:
+        reads.append(local.time())
+        local.sleep(0.002)  # a round trip; the server stamped its answer mid-way
+        return 5_000_000 + 1
+
+    clock = ServerClock(read_server_ms, local=local.time, refresh_s=30.0)
+    assert clock() == 5_000_002  # the answer is a millisecond old when it arrives
+    local.sleep(12.5)
+    assert clock() == 5_012_502 and len(reads) == 1  # followed, not read again
+    local.sleep(30.0)
+    clock()
+    assert len(reads) == 2  # measured again, so drift cannot accumulate
 
 
 def test_old_units_are_leaked_from_the_bucket():

@@ -78,6 +78,8 @@ def test_plan_matches_what_is_sent(mapping: str, estimator: str) -> None:
     plan = t.planned_queries()
     sent = drive(t)
     assert t.done and t.iteration == 12
+    if not t.best["theta"].any():  # blank stayed best: its test pass served the baselines
+        plan["baseline"] -= len(t.test)
     assert {k: v for k, v in plan.items() if v} == sent
     assert 0 <= t.results["test_accuracy"] <= 1
 
@@ -120,3 +122,23 @@ def test_training_improves_on_an_easy_task_and_keeps_the_best() -> None:
     drive(t)
     assert t.best["val_acc"] >= 0
     assert t.results["test_accuracy"] >= t.results["baseline_frequency"]
+
+
+@pytest.mark.parametrize("mapping", ["frequency", "learned", "random"])
+def test_zero_iterations_cost_exactly_what_the_probe_costs(mapping: str) -> None:
+    t = make(mapping=mapping, iterations=0)
+    sent = drive(t)
+    assert sum(sent.values()) == len(t.train) + len(t.test) == sum(t.planned_queries().values())
+    assert (
+        t.results["test_accuracy"]
+        == t.results["baseline_probe" if mapping == "learned" else "baseline_frequency"]
+        or mapping == "random"
+    )
+
+
+def test_a_blank_best_program_shares_its_test_pass_with_the_baselines() -> None:
+    t = make(mapping="learned", lr=1e-12)  # the program cannot move: blank stays best
+    sent = drive(t)
+    planned = t.planned_queries()
+    assert sent["test"] == len(t.test) and "baseline" not in sent
+    assert sum(sent.values()) == sum(planned.values()) - planned["baseline"]

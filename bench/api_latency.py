@@ -1,0 +1,181 @@
+"""`GET /v1/jobs/{id}` latency while 4 jobs train on the local model.
+
+Starts the real server (`reprogram serve`, uvicorn) and, for PostgreSQL, `reprogram worker`
+processes; submits 4 long jobs; once they run, an open-loop load generator on loopback sends
+GET /v1/jobs/{id} at a fixed rate (requests are fired on schedule whether or not earlier ones
+returned, so slow answers cannot hide by slowing the generator) and records each latency.
+
+    python -m bench.api_latency --rate 200 --seconds 30 --backend sqlite
+    python -m bench.api_latency --rate 200 --seconds 30 --backend postgres
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import os
+import socket
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import httpx
+import numpy as np
+
+from bench.worker_overhead import dataset_npz
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+async def load(
+    url: str, headers: dict, ids: list[str], rate: float, seconds: float
+) -> tuple[list[float], int]:
+    latencies: list[float] = []
+    errors = 0
+    limits = httpx.Limits(max_connections=64, max_keepalive_connections=64)
+    async with httpx.AsyncClient(
+        base_url=url, headers=headers, limits=limits, timeout=10
+    ) as client:
+
+        async def one(i: int) -> None:
+            nonlocal errors
+            start = time.perf_counter()
+            try:
+                r = await client.get(f"/v1/jobs/{ids[i % len(ids)]}")
+                r.raise_for_status()
+            except httpx.HTTPError:
+                errors += 1
+                return
+            latencies.append(time.perf_counter() - start)
+
+        tasks, t0, n = [], time.perf_counter(), int(rate * seconds)
+        for i in range(n):
+            delay = t0 + i / rate - time.perf_counter()
+            if delay > 0:
+                await asyncio.sleep(delay)
+            tasks.append(asyncio.create_task(one(i)))
+        await asyncio.gather(*tasks)
+    return latencies, errors
+
+
+def main() -> None:
+    p = argparse.ArgumentParser()
+    p.add_argument("--rate", type=float, default=200)
+    p.add_argument("--seconds", type=float, default=30)
+    p.add_argument("--backend", choices=["sqlite", "postgres"], default="sqlite")
+    a = p.parse_args()
+    tmp = Path(tempfile.mkdtemp())
+    env = {
+        **os.environ,
+        "REPROGRAM_DATA_DIR": str(tmp),
+        "REPROGRAM_SECRET_KEY": "bench",
+        "REPROGRAM_EMBEDDED_WORKERS": "4",
+    }
+    pg = None
+    if a.backend == "postgres":
+        from tests.conftest import create_database
+
+        pg = create_database()
+        env["REPROGRAM_DATABASE_URL"] = pg
+    exe = [sys.executable, "-m", "app.cli"]
+    token = (
+        subprocess.run(
+            [*exe, "token", "create", "--tenant", "bench"],
+            env=env,
+            check=True,
+            capture_output=True,
+            text=True,
+        )
+        .stdout.strip()
+        .splitlines()[-1]
+    )
+    port = free_port()
+    procs = [
+        subprocess.Popen(
+            [*exe, "serve", "--port", str(port)],
+            env=env,
+            stdout=subprocess.DEVNULL,
+            stderr=subprocess.DEVNULL,
+        )
+    ]
+    if pg:
+        procs += [
+            subprocess.Popen(
+                [*exe, "worker", "--concurrency", "2"],
+                env=env,
+                stdout=subprocess.DEVNULL,
+                stderr=subprocess.DEVNULL,
+            )
+            for _ in range(2)
+        ]
+    url = f"http://127.0.0.1:{port}"
+    headers = {"Authorization": f"Bearer {token}"}
+    try:
+        for _ in range(120):
+            try:
+                if httpx.get(f"{url}/healthz").status_code == 200:
+                    break
+            except httpx.HTTPError:
+                time.sleep(0.5)
+        ds = httpx.post(
+            f"{url}/v1/datasets",
+            headers=headers,
+            files={"file": ("mnist.npz", dataset_npz())},
+            timeout=60,
+        ).json()["id"]
+        ids = [
+            httpx.post(
+                f"{url}/v1/jobs",
+                headers=headers,
+                json={
+                    "dataset_id": ds,
+                    "oracle": {"kind": "torch"},
+                    "seed": i,
+                    "optimizer": {"iterations": 100_000},
+                },
+            ).json()["id"]
+            for i in range(4)
+        ]
+        deadline = time.monotonic() + 180
+        while time.monotonic() < deadline:
+            jobs = [httpx.get(f"{url}/v1/jobs/{i}", headers=headers).json() for i in ids]
+            if all(j["status"] == "running" and j["progress"]["iteration"] > 0 for j in jobs):
+                break
+            time.sleep(1)
+        lat, errors = asyncio.run(load(url, headers, ids, a.rate, a.seconds))
+        its = [
+            httpx.get(f"{url}/v1/jobs/{i}", headers=headers).json()["progress"]["iteration"]
+            for i in ids
+        ]
+        for i in ids:
+            httpx.post(f"{url}/v1/jobs/{i}/cancel", headers=headers)
+    finally:
+        for proc in procs:
+            proc.terminate()
+            proc.wait(30)
+        if pg:
+            from tests.conftest import drop_database
+
+            drop_database(pg)
+    ms = np.array(lat) * 1000
+    print(
+        f"\n{a.backend}: {len(ms)} answered, {errors} errors, at {a.rate:.0f} req/s for "
+        f"{a.seconds:.0f} s while 4 jobs trained (iterations reached: {its})\n"
+    )
+    print("| backend | rate | p50 | p90 | p99 | max | errors |")
+    print("| --- | ---: | ---: | ---: | ---: | ---: | ---: |")
+    print(
+        f"| {a.backend} | {a.rate:.0f}/s | {np.percentile(ms, 50):.1f} ms | "
+        f"{np.percentile(ms, 90):.1f} ms | {np.percentile(ms, 99):.1f} ms | {ms.max():.1f} ms "
+        f"| {errors} |"
+    )
+
+
+if __name__ == "__main__":
+    main()

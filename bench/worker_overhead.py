@@ -1,0 +1,127 @@
+"""What the service adds to a job: the same job run by the engine and oracle alone, and by
+the worker (database ledger row per request, budget reservation, checkpoint + metrics + progress
+in one transaction per tell), on SQLite and on PostgreSQL.
+
+    python -m bench.worker_overhead --iterations 60
+"""
+
+from __future__ import annotations
+
+import argparse
+import io
+import tempfile
+import time
+from pathlib import Path
+
+import numpy as np
+
+from adapters.torch_local import TorchOracle
+from app import runner
+from app.data import load_bytes
+from app.db import Database
+from app.migrate import upgrade
+from app.services.auth import create_token
+from app.services.datasets import store_upload
+from app.services.jobs import create_job
+from app.settings import Settings
+from app.spec import JobSpec
+from app.worker import execute_job
+from bench.tasks import load_task
+
+
+def dataset_npz() -> bytes:
+    d = load_task("mnist10")
+    buf = io.BytesIO()
+    np.savez(buf, x=np.stack(d.images), y=d.y, classes=np.array(d.classes), split=d.split)
+    return buf.getvalue()
+
+
+def spec(iterations: int) -> dict:
+    return {
+        "oracle": {"kind": "torch"},
+        "optimizer": {"iterations": iterations, "eval_every": 20},
+        "seed": 0,
+    }
+
+
+def engine_alone(content: bytes, iterations: int) -> float:
+    data = load_bytes(content, "mnist.npz")
+    s = JobSpec.model_validate(spec(iterations))
+    oracle = TorchOracle(input_size=runner.input_size_of(s))
+    t = runner.prepare(s, data, oracle, query_cap=None).trainer
+    start = time.perf_counter()
+    while not t.done:
+        ask = t.ask()
+        t.tell(
+            np.concatenate(
+                [
+                    oracle.predict(ask.frames[i : i + 256]).probs
+                    for i in range(0, len(ask.frames), 256)
+                ]
+            )
+        )
+    return time.perf_counter() - start
+
+
+def worker(content: bytes, iterations: int, url: str | None, data_dir: Path) -> float:
+    settings = Settings(
+        data_dir=data_dir, database_url=url or f"sqlite:///{data_dir}/b.db", secret_key="bench"
+    )
+    upgrade(settings.db_url)
+    db = Database(settings.db_url)
+    with db.session() as s:
+        create_token(s, tenant_name="bench")
+        from app.models import Tenant
+
+        tenant = s.query(Tenant).one()
+        ds = store_upload(
+            s, data_dir=data_dir, tenant_id=tenant.id, filename="mnist.npz", content=content
+        )
+        s.flush()
+        job = create_job(
+            s,
+            settings,
+            tenant_id=tenant.id,
+            spec=JobSpec.model_validate({**spec(iterations), "dataset_id": ds.id}),
+        )
+        job_id = job.id
+    start = time.perf_counter()
+    status = execute_job(db, settings, job_id)
+    elapsed = time.perf_counter() - start
+    assert status == "succeeded", status
+    db.dispose()
+    return elapsed
+
+
+def main() -> None:
+    p = argparse.ArgumentParser()
+    p.add_argument("--iterations", type=int, default=60)
+    p.add_argument("--postgres", default="postgresql://postgres@127.0.0.1:5432/postgres")
+    a = p.parse_args()
+    content = dataset_npz()
+    rows = []
+    base = engine_alone(content, a.iterations)
+    rows.append(("engine + oracle alone", base))
+    with tempfile.TemporaryDirectory() as tmp:
+        rows.append(("worker, SQLite", worker(content, a.iterations, None, Path(tmp))))
+    if a.postgres:
+        from tests.conftest import create_database, drop_database
+
+        url = create_database()
+        try:
+            with tempfile.TemporaryDirectory() as tmp:
+                rows.append(("worker, PostgreSQL", worker(content, a.iterations, url, Path(tmp))))
+        finally:
+            drop_database(url)
+    print(f"\nmnist10 job, {a.iterations} iterations (defaults), bundled model, 128²\n")
+    print("| path | seconds | per iteration | overhead |")
+    print("| --- | ---: | ---: | ---: |")
+    for name, sec in rows:
+        print(
+            f"| {name} | {sec:.1f} | {sec / a.iterations * 1000:.0f} ms | "
+            f"{(sec / base - 1) * 100:+.1f} % |"
+        )
+
+
+if __name__ == "__main__":
+    main()
