@@ -46,24 +46,15 @@ class _Hooks:
     ) -> None:
         self.job, self.ledger, self.on_row, self.should_stop = job, ledger, on_row, should_stop
         self.rows: list[dict[str, Any]] = []
-        self.last_val: float | None = None
+        self.metrics = runner.MetricRows()
 
     def after_tell(self, trainer: Trainer, event: Event | None) -> None:
         if event is None:
             return
-        if "val_acc" in event.values:
-            self.last_val = event.values["val_acc"]
         totals = self.ledger.totals
-        row = {
-            "kind": event.kind,
-            "iteration": event.iteration,
-            "queries": totals.queries,
-            "requests": totals.requests,
-            "cost_usd": round(totals.cost_usd, 6),
-            **{k: round(v, 6) for k, v in event.values.items()},
-        }
-        if event.kind == "iteration":
-            row["val_acc"] = self.last_val
+        row = self.metrics.row(
+            event, queries=totals.queries, requests=totals.requests, cost_usd=totals.cost_usd
+        )
         self.rows.append(row)
         if self.on_row is not None:
             self.on_row(self.job, row)

@@ -137,6 +137,29 @@ def prepare(
     )
 
 
+class MetricRows:
+    """Builds the metrics row of each event: the spend so far, the event's values, and on
+    iteration rows the latest validation accuracy (so every row can be plotted alone)."""
+
+    def __init__(self) -> None:
+        self.last_val: float | None = None
+
+    def row(self, event: Event, *, queries: int, requests: int, cost_usd: float) -> dict:
+        if "val_acc" in event.values:
+            self.last_val = event.values["val_acc"]
+        row = {
+            "kind": event.kind,
+            "iteration": event.iteration,
+            "queries": queries,
+            "requests": requests,
+            "cost_usd": round(cost_usd, 6),
+            **{k: round(v, 6) for k, v in event.values.items()},
+        }
+        if event.kind == "iteration":
+            row["val_acc"] = self.last_val
+        return row
+
+
 class RunHooks(Protocol):
     def after_tell(self, trainer: Trainer, event: Event | None) -> None:
         """Called after every tell: record metrics, checkpoint."""

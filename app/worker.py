@@ -78,7 +78,7 @@ class _Hooks:
 
     def __init__(self, db: Database, job_id: str, lease: str, seq: int) -> None:
         self.db, self.job_id, self.lease, self.seq = db, job_id, lease, seq
-        self.last_val: float | None = None
+        self.metrics = runner.MetricRows()
         self._cancel = False
 
     def after_tell(self, trainer: Trainer, event: Event | None) -> None:
@@ -96,18 +96,9 @@ class _Hooks:
             job.iteration, job.iterations = trainer.iteration, trainer.config.iterations
             job.heartbeat_at = utcnow()
             if event is not None:
-                if "val_acc" in event.values:
-                    self.last_val = event.values["val_acc"]
-                row = {
-                    "kind": event.kind,
-                    "iteration": event.iteration,
-                    "queries": job.queries,
-                    "requests": job.requests,
-                    "cost_usd": round(job.cost_usd, 6),
-                    **{k: round(v, 6) for k, v in event.values.items()},
-                }
-                if event.kind == "iteration":
-                    row["val_acc"] = self.last_val
+                row = self.metrics.row(
+                    event, queries=job.queries, requests=job.requests, cost_usd=job.cost_usd
+                )
                 s.add(MetricRow(job_id=self.job_id, seq=self.seq, row=row))
                 self.seq += 1
                 job.metrics = row

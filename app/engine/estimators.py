@@ -13,14 +13,10 @@ from typing import ClassVar
 
 import numpy as np
 
-ESTIMATORS: dict[str, type[Estimator]] = {}
+from app.engine.registry import Registry
 
-
-def register(cls: type[Estimator]) -> type[Estimator]:
-    if cls.name in ESTIMATORS:
-        raise ValueError(f"estimator {cls.name!r} is already registered")
-    ESTIMATORS[cls.name] = cls
-    return cls
+ESTIMATORS: Registry[Estimator] = Registry()
+register = ESTIMATORS.register
 
 
 def unit_sphere(rng: np.random.Generator, q: int, dim: int) -> np.ndarray:

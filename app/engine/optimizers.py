@@ -8,14 +8,10 @@ from typing import ClassVar
 
 import numpy as np
 
-OPTIMIZERS: dict[str, type[Optimizer]] = {}
+from app.engine.registry import Registry
 
-
-def register(cls: type[Optimizer]) -> type[Optimizer]:
-    if cls.name in OPTIMIZERS:
-        raise ValueError(f"optimizer {cls.name!r} is already registered")
-    OPTIMIZERS[cls.name] = cls
-    return cls
+OPTIMIZERS: Registry[Optimizer] = Registry()
+register = OPTIMIZERS.register
 
 
 class Optimizer(ABC):

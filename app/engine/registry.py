@@ -1,0 +1,17 @@
+"""A name → class registry that refuses duplicates (the nevergrad pattern)."""
+
+from __future__ import annotations
+
+from typing import Generic, TypeVar
+
+T = TypeVar("T")
+
+
+class Registry(dict[str, type[T]], Generic[T]):
+    def register(self, cls: type[T]) -> type[T]:
+        """Class decorator: add ``cls`` under ``cls.name``."""
+        name = cls.name  # type: ignore[attr-defined]
+        if name in self:
+            raise ValueError(f"{name!r} is already registered")
+        self[name] = cls
+        return cls
