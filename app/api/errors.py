@@ -15,6 +15,7 @@ from typing import Any
 from fastapi import FastAPI, HTTPException, Request, status
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
+from pydantic import BaseModel, Field
 from sqlalchemy.exc import DataError as DatabaseDataError
 
 log = logging.getLogger("reprogram.api")
@@ -115,7 +116,29 @@ def check_storable(value: Any) -> None:
         raise HTTPException(status.HTTP_422_UNPROCESSABLE_CONTENT, errors)
 
 
+class FieldError(BaseModel):
+    """One refused field of a 422 answer."""
+
+    field: str = Field(
+        description="dotted path of the field, e.g. `budget.max_queries`; "
+        "`body` when the body as a whole is wrong"
+    )
+    message: str
+
+
 def install(app: FastAPI) -> None:
+    """The handlers, and an OpenAPI schema that documents the 422 shape they answer."""
+    generate = app.openapi
+
+    def openapi() -> dict[str, Any]:
+        if app.openapi_schema is None:
+            schemas = generate().get("components", {}).get("schemas", {})
+            if "ValidationError" in schemas:
+                schemas["ValidationError"] = FieldError.model_json_schema()
+        return app.openapi_schema  # type: ignore[return-value]
+
+    app.openapi = openapi  # type: ignore[method-assign]
+
     @app.exception_handler(RequestValidationError)
     async def _invalid(_: Request, exc: RequestValidationError) -> JSONResponse:
         return JSONResponse(status_code=422, content={"detail": validation_errors(exc)})

@@ -453,6 +453,14 @@ def test_a_valid_spec_is_accepted_so_the_refusals_are_about_the_fields(world):
     assert snapshot(world) != before  # the snapshot sees a stored job
 
 
+def test_the_openapi_schema_documents_the_422_shape(world):
+    schemas = world.client.get("/openapi.json").json()["components"]["schemas"]
+    assert set(schemas["ValidationError"]["properties"]) == {"field", "message"}
+    assert schemas["HTTPValidationError"]["properties"]["detail"]["items"] == {
+        "$ref": "#/components/schemas/ValidationError"
+    }
+
+
 def test_query_parameters_are_checked(world):
     refused(world, "GET", "/v1/jobs/{done}/program?format=gif", 422, field="format")
 

@@ -65,7 +65,6 @@ class Provider:
 
     name: str
     fake: FakeClarifai | FakeCustomVision
-    unit: str  # what the provider's limit counts
 
     def oracle(self, key: str = KEY, *, corrupt_black: bool = False, **kwargs: object) -> Oracle:
         if isinstance(self.fake, FakeClarifai):
@@ -106,8 +105,8 @@ def fakes() -> Iterator[dict[str, Provider]]:
         FakeCustomVision(keys=[KEY], rate_limit=None, model="cheap") as cv,
     ):
         yield {
-            "clarifai": Provider("clarifai", clarifai, "request"),
-            "customvision": Provider("customvision", cv, "image"),
+            "clarifai": Provider("clarifai", clarifai),
+            "customvision": Provider("customvision", cv),
         }
 
 
