@@ -147,7 +147,8 @@ def curve_png(
         )
     ax_acc.set(xlabel="queries (images answered)", ylabel="accuracy", title=title, ylim=(0, 1))
     ax_loss.set(xlabel="queries (images answered)", ylabel="training loss (minibatch)")
-    ax_acc.legend(fontsize=8)
+    if ax_acc.get_legend_handles_labels()[0]:  # an empty legend warns
+        ax_acc.legend(fontsize=8)
     fig.tight_layout()
     buf = io.BytesIO()
     fig.savefig(buf, format="png", dpi=100)

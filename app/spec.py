@@ -15,7 +15,8 @@ from pydantic import BaseModel, ConfigDict, Field, field_validator, model_valida
 
 
 class Strict(BaseModel):
-    model_config = ConfigDict(extra="forbid", validate_assignment=True)
+    # No NaN/Infinity: they cannot be stored (PostgreSQL JSON) and mean nothing here.
+    model_config = ConfigDict(extra="forbid", validate_assignment=True, allow_inf_nan=False)
 
 
 def _check_endpoint(value: str | None) -> str | None:
@@ -124,8 +125,8 @@ class OptimizerSpec(Strict):
 
 
 class BudgetSpec(Strict):
-    max_queries: int | None = Field(default=None, ge=1)
-    max_cost_usd: float | None = Field(default=None, ge=0)
+    max_queries: int | None = Field(default=None, ge=1, le=10**12)
+    max_cost_usd: float | None = Field(default=None, ge=0, le=10**9)
 
 
 class DataSpec(Strict):
@@ -157,6 +158,7 @@ class JobSpec(Strict):
 
     model_config = ConfigDict(
         extra="forbid",
+        allow_inf_nan=False,
         json_schema_extra={
             "examples": [
                 {
