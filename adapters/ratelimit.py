@@ -42,6 +42,8 @@ from pyrate_limiter import AbstractBucket, InMemoryBucket, Rate, RateItem, SQLit
 CONTENTION_RETRY_S = 0.002
 #: shortest sleep between tries, so a bucket that reports no wait cannot make us spin
 MIN_SLEEP_S = 0.0005
+#: how late (ms) a waiter may wake and still claim the slot it slept for
+CATCH_UP_MS = 10
 #: how often admitted units older than every window are deleted from the bucket
 LEAK_EVERY_S = 10.0
 _KEY = re.compile(r"[A-Za-z0-9_]{1,40}")  # becomes part of a table name
@@ -263,19 +265,27 @@ class SharedRateLimiter:
         self.bucket.close()
 
     def _take_one(self) -> None:
+        slot: int | None = None  # the bucket time of the slot we last slept for
         while True:
             while (pause := self.paused_for()) > 0:
                 self.sleep(pause)  # then look again: someone may have extended it
+                slot = None
             now = self.now_ms() if self.now_ms is not None else int(self.bucket.now())
-            stamped = self.clock()
-            item = RateItem(self.key, now, 1)
+            # Waking for a slot costs a little (a late scheduler, round trips before the
+            # put): claim the slot itself, so that the lateness is not added to every
+            # interval. Only slightly late: a unit is never stamped far into the past.
+            stamp = slot if slot is not None and 0 <= now - slot <= CATCH_UP_MS else now
+            stamped = self.clock() - (now - stamp) / 1000.0  # the stamp, on our clock
+            item = RateItem(self.key, stamp, 1)
             if self.bucket.put(item):
                 self._leak(now)
                 return
             wait_ms = self.bucket.waiting(item)
             if wait_ms <= 0:  # refused without a wait: another process held PostgreSQL's lock
+                slot = None
                 self.sleep(CONTENTION_RETRY_S)
                 continue
+            slot = stamp + wait_ms
             # The wait counts from the stamp, not from now: the put's round trips (slow when
             # another thread holds the GIL) must not delay the next slot.
             self.sleep(max(wait_ms / 1000.0 - (self.clock() - stamped), MIN_SLEEP_S))

@@ -47,6 +47,11 @@ Purpose = Literal["mapping", "baseline", "training", "validation", "test"]
 MappingMethod = Literal["frequency", "random", "learned"]
 WHITE_BOX = "white_box"
 
+#: The complete state of a job's engine: θ, optimiser moments, the generator's state, phase,
+#: iteration, mappings and read-outs, best-so-far, partial evaluation passes, results. Plain
+#: arrays and JSON scalars; ``state.dumps``/``loads`` turn it into bytes and back exactly.
+TrainerState = dict[str, Any]
+
 
 @dataclass(frozen=True)
 class TrainerConfig:
@@ -453,7 +458,7 @@ class Trainer:
         return self.best["theta"], mapping
 
     # ----------------------------------------------------------------- state
-    def state(self) -> dict[str, Any]:
+    def state(self) -> TrainerState:
         def map_state(m: OutputMapping | None) -> dict[str, np.ndarray] | None:
             return None if m is None else m.state()
 
@@ -482,7 +487,7 @@ class Trainer:
             raise RuntimeError("serialise between iterations, not between ask() and tell()")
         return state_io.dumps(self.state())
 
-    def load_state(self, data: bytes | dict[str, Any]) -> None:
+    def load_state(self, data: bytes | TrainerState) -> None:
         s = state_io.loads(data) if isinstance(data, bytes) else data
         self.config = TrainerConfig(**s["config"])
         self.phase, self.iteration = s["phase"], int(s["iteration"])

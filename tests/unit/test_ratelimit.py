@@ -196,6 +196,16 @@ def test_slow_round_trips_do_not_stretch_the_spacing():
     assert max(gaps) <= 101  # the wait counts from the stamp, not from the end of the put
 
 
+def test_waking_late_does_not_cost_the_lateness_on_every_interval():
+    clock = FakeTime()
+    limiter = limiter_on(clock, 10)
+    limiter.sleep = lambda seconds: clock.sleep(seconds + 0.006)  # a sluggish scheduler
+    done = admitted_at(limiter, clock, 51)
+    assert (done[-1] - done[0]) / 50 <= 100.5  # 10/s, not 1000 / 106 = 9.4/s
+    stamps = [item.timestamp for item in limiter.bucket.items]
+    assert min(b - a for a, b in itertools.pairwise(stamps)) >= 100  # never closer than 1/R
+
+
 def test_the_server_clock_is_read_once_then_followed_locally():
     local, reads = FakeTime(start_s=100.0), []
 
