@@ -30,6 +30,8 @@ from adapters.errors import BadInput, OracleError, PartialFailure, Throttled
 from adapters.ratelimit import SharedRateLimiter
 from adapters.retry import RetryPolicy
 
+NOT_SENT = "not_sent"  # outcome of a request abandoned before it left (nothing billed)
+
 
 @dataclass(frozen=True)
 class RequestRecord:
@@ -196,7 +198,7 @@ class Dispatcher:
                 if self.limiter is not None:
                     self.limiter.acquire(1 if self.limit_unit == "request" else len(batch))
             except BaseException:
-                reservation.settle(_record(purpose, 0, 0, "not_sent", None, time.perf_counter()))
+                reservation.settle(_record(purpose, 0, 0, NOT_SENT, None, time.perf_counter()))
                 raise
             start = time.perf_counter()
             try:

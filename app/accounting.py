@@ -12,7 +12,7 @@ import math
 import threading
 from dataclasses import dataclass, field
 
-from adapters.dispatch import RequestRecord
+from adapters.dispatch import NOT_SENT, RequestRecord
 from adapters.errors import BudgetExceeded
 
 
@@ -85,8 +85,9 @@ class MemoryLedger:
     def _settle(self, held: int, record: RequestRecord) -> None:
         with self._lock:
             self._reserved -= held
-            self.totals.add(record, self.price)
-            self.records.append(record)
+            if record.outcome != NOT_SENT:  # a request never sent is no request
+                self.totals.add(record, self.price)
+                self.records.append(record)
 
 
 @dataclass

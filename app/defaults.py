@@ -90,7 +90,13 @@ def resolve(spec: JobSpec, facts: Facts) -> tuple[JobSpec, list[str]]:
     )
     if s.program.basis == "pixel":
         s.program.resolution = s.program.input_size
-    choose(s.program, "resolution", 16, "a 16×16 program per channel, upsampled")
+    choose(
+        s.program,
+        "resolution",
+        8,
+        "an 8×8 program per channel, upsampled: on MNIST/ImageNet it gained 5 points over "
+        "the probe at 20k queries where 16×16 gained none and 4×4 gained 2.6",
+    )
     choose(o, "iterations", 500, "default length; the budget may shorten it")
     choose(
         o,

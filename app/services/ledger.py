@@ -12,7 +12,7 @@ from dataclasses import dataclass
 
 from sqlalchemy import func, select, update
 
-from adapters.dispatch import RequestRecord
+from adapters.dispatch import NOT_SENT, RequestRecord
 from adapters.errors import BudgetExceeded
 from app.db import Database
 from app.models import Job, LedgerEntry
@@ -62,6 +62,15 @@ class DbLedger:
 
     def settle(self, held: int, record: RequestRecord) -> None:
         cost = record.answered * self.price
+        if record.outcome == NOT_SENT:  # never left: release the hold, no request, no row
+            if self.training:
+                with self.db.session() as s:
+                    s.execute(
+                        update(Job)
+                        .where(Job.id == self.job_id)
+                        .values(reserved_queries=Job.reserved_queries - held)
+                    )
+            return
         with self.db.session() as s:
             if self.training:
                 s.execute(
