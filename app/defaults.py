@@ -11,6 +11,8 @@ from dataclasses import dataclass
 
 from app.spec import JobSpec
 
+BUDGET_DECIDES = 1_000_000  # "as many iterations as the budget allows"
+
 # The paper's settings (Tsai et al. 2020, §4): used whenever the estimator is "bar".
 PAPER = {
     "q": 25,
@@ -97,11 +99,15 @@ def resolve(spec: JobSpec, facts: Facts) -> tuple[JobSpec, list[str]]:
         "an 8×8 program per channel, upsampled: on MNIST/ImageNet it gained 5 points over "
         "the probe at 20k queries where 16×16 gained none and 4×4 gained 2.6",
     )
-    choose(o, "iterations", 500, "default length; the budget may shorten it")
+    if s.budget.max_queries is None and s.budget.max_cost_usd is None:
+        choose(o, "iterations", 500, "default length (no budget given)")
+    elif o.iterations is None:
+        o.iterations = BUDGET_DECIDES  # the runner fits the length to the budget and says so
     choose(
         o,
         "eval_every",
         max(1, min(50, (o.iterations or 500) // 5 or 1)),
-        "validate five times over the run",
+        "validate every 50 iterations (5 times over a shorter run) and at the end, keeping "
+        "the best program",
     )
     return s, notes

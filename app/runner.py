@@ -123,14 +123,20 @@ def prepare(
         except ValueError as err:
             raise PlanError(str(err)) from err
         if fitted < trainer.config.iterations:
+            asked = spec.optimizer.iterations is not None  # the user's own number
             notes.append(
-                f"optimizer.iterations = {fitted}: the budget of {query_cap} queries "
-                f"covers {fitted} of {trainer.config.iterations} iterations plus "
-                "mapping and evaluation"
+                f"optimizer.iterations = {fitted}: "
+                + (
+                    f"the budget of {query_cap} queries covers {fitted} of the "
+                    f"{trainer.config.iterations} asked for"
+                    if asked
+                    else f"as many as the budget of {query_cap} queries allows"
+                )
+                + ", after mapping and evaluation"
             )
             trainer.set_iterations(fitted)
             resolved.optimizer.iterations = fitted
-            limited = True
+            limited = asked
     sizes = {k: len(v) for k, v in parts.items()}
     return PreparedJob(
         resolved, notes, trainer, list(dataset.classes), oracle.labels, sizes, limited

@@ -40,7 +40,7 @@ def method_spec(method: str, oracle: str, budget: int, seed: int, size: int) -> 
     spec: dict[str, Any] = {
         "oracle": {"kind": "torch", **({"view": view} if view else {})},
         "program": {"input_size": size},
-        "optimizer": {"iterations": 1_000_000},
+        "optimizer": {},
         "budget": {"max_queries": budget},
         "seed": seed,
     }

@@ -139,7 +139,7 @@ def test_two_workers_one_credential_never_exceed_budgets(pg_url, tmp_path, small
                 w.terminate()
                 w.wait(20)
         for job in jobs:
-            assert job["status"] == "budget_exhausted"  # training stopped by the budget
+            assert job["status"] == "budget_exhausted", job  # training stopped by the budget
             assert job["result"]["test_accuracy"] is not None  # evaluation fitted in
             assert 800 < job["spend"]["queries"] <= 900
         spend = client.get("/v1/spend", headers=h).json()
