@@ -335,7 +335,9 @@ class Trainer:
 
     def _finish_refit(self, answers: np.ndarray) -> Event:
         """Refit the read-outs to the current program's answers on the whole training set."""
-        self.crossfit = cross_fit_readout(answers, self.train.y, self.n_classes)
+        self.crossfit = cross_fit_readout(
+            answers, self.train.y, self.n_classes, previous=self.crossfit
+        )
         self.mapping = self.crossfit.full
         self.phase = "validate"
         acc = float((self.mapping.predict(answers) == self.train.y).mean())
