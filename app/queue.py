@@ -10,7 +10,9 @@
 
 from __future__ import annotations
 
+import contextlib
 import logging
+import os
 import threading
 import time
 from collections.abc import Callable
@@ -25,6 +27,7 @@ from app.worker import LEASE_TIMEOUT, execute_job
 log = logging.getLogger("reprogram.queue")
 HEARTBEAT_SECONDS = 2.0
 STALLED_AFTER_SECONDS = 10.0
+JOB_NICENESS = 10
 
 
 def make_queue_app(settings: Settings, db: Database):  # type: ignore[no-untyped-def]
@@ -115,6 +118,11 @@ class EmbeddedRunner:
             )
 
     def _loop(self) -> None:
+        # Jobs are batch work beside the API in this process: lower this thread's (and the
+        # torch threads it starts') CPU priority so answering requests comes first.
+        if hasattr(os, "setpriority"):
+            with contextlib.suppress(OSError):
+                os.setpriority(os.PRIO_PROCESS, threading.get_native_id(), JOB_NICENESS)
         while not self._stop.is_set():
             job_id = self._next()
             if job_id is None:

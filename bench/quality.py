@@ -35,6 +35,12 @@ ORACLES = {"imagenet": None, "moderation": "moderation", "nsfw": "nsfw"}
 METHODS = ("default", "bar", "white_box")
 
 
+def balanced_accuracy(pred: np.ndarray, y: np.ndarray) -> float:
+    """Mean per-class recall: what a class-balanced loss optimises, and the fair score when
+    the test set is imbalanced but training was not (the cancer task)."""
+    return float(np.mean([(pred[y == c] == c).mean() for c in np.unique(y)]))
+
+
 def method_spec(method: str, oracle: str, budget: int, seed: int, size: int) -> JobSpec:
     view = ORACLES[oracle]
     spec: dict[str, Any] = {
@@ -53,11 +59,17 @@ def method_spec(method: str, oracle: str, budget: int, seed: int, size: int) -> 
 
 
 def run(
-    task: str, oracle_name: str, method: str, seed: int, budgets: list[int], size: int = 128
+    task: str,
+    oracle_name: str,
+    method: str,
+    seed: int,
+    budgets: list[int],
+    size: int = 128,
+    micro_batch: int = 16,
 ) -> list[dict[str, Any]]:
     data = load_task(task, seed=seed)
     spec = method_spec(method, oracle_name, max(budgets), seed, size)
-    oracle = TorchOracle(input_size=size, view=ORACLES[oracle_name])
+    oracle = TorchOracle(input_size=size, view=ORACLES[oracle_name], micro_batch=micro_batch)
     job = runner.prepare(spec, data, oracle, query_cap=max(budgets))
     t = job.trainer
     if method == "white_box":  # white box keeps the default's program and mapping
@@ -72,17 +84,21 @@ def run(
     pending = sorted(budgets)
     spent, rows, start = 0, [], time.monotonic()
 
-    def snapshot(budget: int) -> None:
-        theta, mapping = t.best_program()
+    def test_answers(theta: np.ndarray) -> np.ndarray:  # measurement, not counted
         frames = t.program.apply(t.program.embed(t.test.x), theta)
-        probs = np.concatenate(
+        return np.concatenate(
             [oracle.predict(frames[i : i + 256]).probs for i in range(0, len(frames), 256)]
         )
-        acc = float((mapping.predict(probs) == t.test.y).mean())
+
+    def snapshot(budget: int) -> None:
+        theta, mapping = t.best_program()
+        pred = mapping.predict(test_answers(theta))
+        acc = float((pred == t.test.y).mean())
         rows.append(
             {
                 "budget": budget,
                 "test_accuracy": acc,
+                "balanced_accuracy": balanced_accuracy(pred, t.test.y),
                 "spent": spent,
                 "iteration": t.iteration,
                 "best_iteration": int(t.best["iteration"]),
@@ -113,6 +129,13 @@ def run(
     for budget in pending:  # budgets the plan never reached (evaluation included)
         snapshot(budget)
     res = t.results
+    blank = test_answers(np.zeros_like(t.theta))
+    balanced = {  # the trainer's own baselines, scored per class on the same test answers
+        f"{'blank' if name == 'frequency' else name}_balanced": balanced_accuracy(
+            m.predict(blank), t.test.y
+        )
+        for name, m in t.baselines.items()
+    }
     common = {
         "task": task,
         "oracle": oracle_name,
@@ -129,8 +152,9 @@ def run(
         "final_test_accuracy": res.get("test_accuracy"),
         "total_spent": spent,
         "seconds": round(time.monotonic() - start, 1),
+        "device": str(oracle.device),
         "choices": job.notes,
-    }
+    } | balanced
     return [common | r for r in rows]
 
 

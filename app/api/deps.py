@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from collections.abc import Iterator
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Annotated, Any, TypeVar
 
 from fastapi import Depends, HTTPException, Request, status
@@ -12,7 +12,7 @@ from sqlalchemy.orm import Session
 
 from app.db import Database
 from app.models import Base, Job, Tenant
-from app.services.auth import tenant_for_token
+from app.services.auth import TokenCache
 from app.services.crypto import SecretBox
 from app.services.jobs import NotFoundError, get_owned
 from app.settings import Settings
@@ -28,6 +28,7 @@ class Services:
     db: Database
     box: SecretBox
     queue: Any = None  # procrastinate app (PostgreSQL mode)
+    tokens: TokenCache = field(default_factory=TokenCache)
 
 
 def services(request: Request) -> Services:
@@ -50,6 +51,7 @@ _bearer = HTTPBearer(auto_error=False)
 
 def current_tenant(
     s: SessionDep,
+    svc: ServicesDep,
     creds: Annotated[HTTPAuthorizationCredentials | None, Depends(_bearer)],
 ) -> Tenant:
     if creds is None or creds.scheme.lower() != "bearer":
@@ -58,7 +60,7 @@ def current_tenant(
             "missing bearer token",
             headers={"WWW-Authenticate": "Bearer"},
         )
-    tenant = tenant_for_token(s, creds.credentials)
+    tenant = svc.tokens.tenant(s, creds.credentials)
     if tenant is None:
         raise HTTPException(
             status.HTTP_401_UNAUTHORIZED, "invalid token", headers={"WWW-Authenticate": "Bearer"}

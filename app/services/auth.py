@@ -5,6 +5,8 @@ from __future__ import annotations
 
 import hashlib
 import secrets
+import threading
+import time
 
 from sqlalchemy import select
 from sqlalchemy.orm import Session
@@ -31,3 +33,27 @@ def create_token(session: Session, *, tenant_name: str) -> str:
 def tenant_for_token(session: Session, token: str) -> Tenant | None:
     row = session.scalar(select(Token).where(Token.token_hash == _digest(token)))
     return None if row is None else session.get(Tenant, row.tenant_id)
+
+
+class TokenCache:
+    """token digest → tenant, for ``ttl`` seconds: an authenticated GET then costs one query
+    instead of three. Tokens are never revoked while cached for longer than ``ttl``."""
+
+    def __init__(self, ttl: float = 30.0, clock=time.monotonic) -> None:  # type: ignore[no-untyped-def]
+        self.ttl, self.clock = ttl, clock
+        self._hits: dict[str, tuple[str, str, float]] = {}
+        self._lock = threading.Lock()
+
+    def tenant(self, session: Session, token: str) -> Tenant | None:
+        digest, now = _digest(token), self.clock()
+        with self._lock:
+            hit = self._hits.get(digest)
+        if hit is not None and hit[2] > now:
+            return Tenant(id=hit[0], name=hit[1])  # detached: callers read id and name only
+        tenant = tenant_for_token(session, token)
+        if tenant is not None:
+            with self._lock:
+                if len(self._hits) > 10_000:  # bounded: drop everything rather than grow
+                    self._hits.clear()
+                self._hits[digest] = (tenant.id, tenant.name, now + self.ttl)
+        return tenant
