@@ -8,6 +8,7 @@ too small); a job that fails mid-run exits 1 after writing what it has. No trace
 from __future__ import annotations
 
 import json
+import os
 import sys
 from pathlib import Path
 from typing import Annotated, Any
@@ -204,11 +205,19 @@ def serve(host: str = "127.0.0.1", port: int = 8000) -> None:
 
 
 @app.command()
-def worker(concurrency: int = typer.Option(2, min=1, max=64)) -> None:
+def worker(
+    concurrency: int = typer.Option(2, min=1, max=64),
+    nice: int = typer.Option(
+        19, min=0, max=19, help="CPU niceness: training is batch work, the API answers first"
+    ),
+) -> None:
     """A queue worker (PostgreSQL mode): runs jobs from the procrastinate queue."""
     from app.db import Database
     from app.migrate import upgrade
     from app.queue import run_worker
+
+    if nice and hasattr(os, "nice"):  # a worker beside the API must not starve it (2 cores)
+        os.nice(nice)
 
     settings = _settings()
     if settings.is_sqlite:

@@ -8,10 +8,17 @@ from alembic import command
 from alembic.config import Config
 
 
-def upgrade(url: str) -> None:
+def _config(url: str) -> Config:
     # The migrations ship as the `migrations` package, so a non-editable install finds them.
-    location = resources.files("migrations")
     cfg = Config()
-    cfg.set_main_option("script_location", str(location))
+    cfg.set_main_option("script_location", str(resources.files("migrations")))
     cfg.set_main_option("sqlalchemy.url", url.replace("%", "%%"))
-    command.upgrade(cfg, "head")
+    return cfg
+
+
+def upgrade(url: str, revision: str = "head") -> None:
+    command.upgrade(_config(url), revision)
+
+
+def downgrade(url: str, revision: str) -> None:
+    command.downgrade(_config(url), revision)

@@ -13,6 +13,7 @@ from __future__ import annotations
 import contextlib
 import logging
 import os
+import sys
 import threading
 import time
 from collections.abc import Callable
@@ -27,7 +28,8 @@ from app.worker import LEASE_TIMEOUT, execute_job
 log = logging.getLogger("reprogram.queue")
 HEARTBEAT_SECONDS = 2.0
 STALLED_AFTER_SECONDS = 10.0
-JOB_NICENESS = 10
+JOB_NICENESS = 19
+GIL_SWITCH_SECONDS = 0.001
 
 
 def make_queue_app(settings: Settings, db: Database):  # type: ignore[no-untyped-def]
@@ -87,6 +89,9 @@ class EmbeddedRunner:
 
     def start(self) -> None:
         self._requeue_orphans()
+        # Job threads share the GIL with the API's event loop; a shorter switch interval
+        # (default 5 ms) bounds how long a request waits behind a job's Python code.
+        sys.setswitchinterval(GIL_SWITCH_SECONDS)
         for i in range(self.n):
             t = threading.Thread(target=self._loop, name=f"job-runner-{i}", daemon=True)
             t.start()

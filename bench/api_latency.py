@@ -90,12 +90,6 @@ def main() -> None:
     p.add_argument("--seconds", type=float, default=30)
     p.add_argument("--backend", choices=["sqlite", "postgres"], default="sqlite")
     p.add_argument("--jobs", type=int, default=4, help="jobs training during the load")
-    p.add_argument(
-        "--nice",
-        type=int,
-        default=10,
-        help="niceness of worker processes (PostgreSQL): batch work yields to the API",
-    )
     a = p.parse_args()
     tmp = Path(tempfile.mkdtemp())
     env = {

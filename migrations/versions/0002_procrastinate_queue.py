@@ -34,3 +34,23 @@ def downgrade() -> None:
             "DROP TABLE IF EXISTS procrastinate_events, procrastinate_periodic_defers, "
             "procrastinate_jobs, procrastinate_workers CASCADE"
         )
+        # The schema script also creates functions and enum and composite types; whichever the installed
+        # procrastinate version made, drop every one so that upgrading again succeeds.
+        op.execute(
+            """
+            DO $$
+            DECLARE r record;
+            BEGIN
+              FOR r IN SELECT p.oid::regprocedure AS f FROM pg_proc p
+                       JOIN pg_namespace n ON n.oid = p.pronamespace
+                       WHERE n.nspname = current_schema() AND p.proname LIKE 'procrastinate%'
+              LOOP EXECUTE 'DROP FUNCTION IF EXISTS ' || r.f || ' CASCADE'; END LOOP;
+              FOR r IN SELECT t.typname FROM pg_type t
+                       JOIN pg_namespace n ON n.oid = t.typnamespace
+                       WHERE n.nspname = current_schema() AND t.typtype IN ('e', 'c', 'd')
+                         AND t.typname LIKE 'procrastinate%'
+              LOOP EXECUTE 'DROP TYPE IF EXISTS ' || quote_ident(r.typname) || ' CASCADE';
+              END LOOP;
+            END $$;
+            """
+        )
