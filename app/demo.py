@@ -41,11 +41,11 @@ def mnist_digits(
 
 
 def demo_spec(max_queries: int = 40_000, seed: int = 0) -> JobSpec:
-    """The demo's job: the defaults, within a budget that fits a few minutes on 2 cores."""
+    """The demo's job: the defaults, within a budget that fits a few minutes on 2 cores (no
+    iteration count: the budget decides how long it trains)."""
     return JobSpec.model_validate(
         {
             "oracle": {"kind": "torch", "model": "efficientnet-lite0"},
-            "optimizer": {"iterations": 100_000},  # the budget decides the length
             "budget": {"max_queries": max_queries},
             "seed": seed,
         }
