@@ -34,8 +34,8 @@ def downgrade() -> None:
             "DROP TABLE IF EXISTS procrastinate_events, procrastinate_periodic_defers, "
             "procrastinate_jobs, procrastinate_workers CASCADE"
         )
-        # The schema script also creates functions and enum and composite types; whichever the installed
-        # procrastinate version made, drop every one so that upgrading again succeeds.
+        # The schema script also creates functions and enum and composite types: whichever
+        # the installed procrastinate version made, drop every one so upgrading again works.
         op.execute(
             """
             DO $$
