@@ -8,6 +8,7 @@ too small); a job that fails mid-run exits 1 after writing what it has. No trace
 from __future__ import annotations
 
 import json
+import logging
 import os
 import sys
 from pathlib import Path
@@ -218,6 +219,8 @@ def worker(
 
     if nice and hasattr(os, "nice"):  # a worker beside the API must not starve it (2 cores)
         os.nice(nice)
+    # Operators read a worker's log: which jobs it took, resumed, finished (never secrets).
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s %(message)s")
 
     settings = _settings()
     if settings.is_sqlite:

@@ -12,11 +12,12 @@ from __future__ import annotations
 
 import contextlib
 import logging
+import multiprocessing as mp
 import os
-import sys
 import threading
 import time
 from collections.abc import Callable
+from multiprocessing.process import BaseProcess
 
 from sqlalchemy import select, update
 
@@ -28,8 +29,7 @@ from app.worker import LEASE_TIMEOUT, execute_job
 log = logging.getLogger("reprogram.queue")
 HEARTBEAT_SECONDS = 2.0
 STALLED_AFTER_SECONDS = 10.0
-JOB_NICENESS = 19
-GIL_SWITCH_SECONDS = 0.001
+JOB_NICENESS = 19  # jobs are batch work: on a shared machine the API answers first
 
 
 def make_queue_app(settings: Settings, db: Database):  # type: ignore[no-untyped-def]
@@ -47,7 +47,10 @@ def make_queue_app(settings: Settings, db: Database):  # type: ignore[no-untyped
         attempt = context.job.attempts if context.job else 0
         execute_job(db, settings, job_id, force=attempt > 0)
 
-    @app.periodic(cron="*/5 * * * * *", periodic_id="requeue_stalled")
+    # croniter's sixth field is the second: "* * * * * */5" is every 5 s. ("*/5 * * * * *",
+    # as this once read, is every second of every fifth minute: a dead worker's job then
+    # waited up to 5 minutes.)
+    @app.periodic(cron="* * * * * */5", periodic_id="requeue_stalled")
     @app.task(name="requeue_stalled", queue="maintenance", queueing_lock="requeue_stalled")
     async def requeue_stalled(timestamp: int) -> None:
         stalled = await app.job_manager.get_stalled_jobs(
@@ -72,26 +75,95 @@ def run_worker(settings: Settings, db: Database, concurrency: int) -> None:
         )
 
 
+def _execute_child(settings: Settings, job_id: str) -> None:
+    """A child process's whole life: one job, at batch priority, on its own connections."""
+    with contextlib.suppress(OSError):
+        os.nice(JOB_NICENESS)
+    db = Database(settings.db_url)
+    try:
+        execute_job(db, settings, job_id)
+    finally:
+        db.dispose()
+
+
+class ChildExecutor:
+    """Runs one job in a child process and waits for it. A process of its own, not a thread:
+    a job's Python code would otherwise share the interpreter lock with the API's event loop
+    (measured: p99 115 ms instead of ~20 ms with 4 jobs, BENCHMARKS.md). Spawned, not forked:
+    the parent already runs threads (uvicorn, torch).
+
+    A child that dies mid-job (killed, out of memory) leaves its job failed with the exit
+    code, never stuck as running. ``stop`` ends the children of a server shutting down and
+    puts their jobs back in the queue: the next start resumes them from their checkpoints."""
+
+    def __init__(self) -> None:
+        self._children: set[BaseProcess] = set()
+        self._lock = threading.Lock()
+        self._stopping = False
+
+    def __call__(self, db: Database, settings: Settings, job_id: str) -> int:
+        child = mp.get_context("spawn").Process(
+            target=_execute_child, args=(settings, job_id), name=f"job-{job_id}", daemon=True
+        )
+        with self._lock:
+            if self._stopping:
+                return 0
+            child.start()
+            self._children.add(child)
+        child.join()
+        with self._lock:
+            self._children.discard(child)
+            stopping = self._stopping
+        if child.exitcode != 0:
+            log.warning("job %s: its process exited with code %s", job_id, child.exitcode)
+            from app.models import utcnow
+
+            values: dict[str, object] = (
+                {"status": "queued", "lease": None}
+                if stopping
+                else {
+                    "status": "failed",
+                    "error": f"the job's process exited with code {child.exitcode}",
+                    "finished_at": utcnow(),
+                }
+            )
+            with db.session() as s:
+                s.execute(
+                    update(Job).where(Job.id == job_id, Job.status == "running").values(**values)
+                )
+        return child.exitcode or 0
+
+    def stop(self, timeout: float) -> None:
+        with self._lock:
+            self._stopping = True
+            children = list(self._children)
+        for child in children:
+            child.terminate()
+        for child in children:
+            child.join(timeout)
+
+
 class EmbeddedRunner:
-    """Threads that run queued jobs in this process (SQLite mode)."""
+    """Runs queued jobs beside the API (SQLite mode): ``threads`` at a time, each job in a
+    child process of its own (``ChildExecutor``)."""
 
     def __init__(
         self,
         settings: Settings,
         db: Database,
         threads: int,
-        execute: Callable[[Database, Settings, str], object] = execute_job,
+        execute: Callable[[Database, Settings, str], object] | None = None,
     ) -> None:
         self.settings, self.db, self.n = settings, db, threads
-        self.execute = execute
+        self._children = ChildExecutor() if execute is None else None
+        self.execute = execute or self._children
         self._stop = threading.Event()
         self._threads: list[threading.Thread] = []
+        self._taken: set[str] = set()
+        self._taken_lock = threading.Lock()
 
     def start(self) -> None:
         self._requeue_orphans()
-        # Job threads share the GIL with the API's event loop; a shorter switch interval
-        # (default 5 ms) bounds how long a request waits behind a job's Python code.
-        sys.setswitchinterval(GIL_SWITCH_SECONDS)
         for i in range(self.n):
             t = threading.Thread(target=self._loop, name=f"job-runner-{i}", daemon=True)
             t.start()
@@ -99,6 +171,8 @@ class EmbeddedRunner:
 
     def stop(self, timeout: float = 5.0) -> None:
         self._stop.set()
+        if self._children is not None:
+            self._children.stop(timeout)
         for t in self._threads:
             t.join(timeout)
 
@@ -114,20 +188,18 @@ class EmbeddedRunner:
             )
 
     def _next(self) -> str | None:
-        with self.db.session() as s:
-            return s.scalar(
-                select(Job.id)
-                .where(Job.status == "queued", Job.cancel_requested.is_(False))
-                .order_by(Job.created_at)
-                .limit(1)
-            )
+        """The oldest queued job that no other thread of this runner has taken (a job stays
+        queued until its process claims it; a second process for it would be wasted)."""
+        with self._taken_lock, self.db.session() as s:
+            query = select(Job.id).where(Job.status == "queued", Job.cancel_requested.is_(False))
+            if self._taken:
+                query = query.where(Job.id.not_in(self._taken))
+            job_id = s.scalar(query.order_by(Job.created_at).limit(1))
+            if job_id is not None:
+                self._taken.add(job_id)
+            return job_id
 
     def _loop(self) -> None:
-        # Jobs are batch work beside the API in this process: lower this thread's (and the
-        # torch threads it starts') CPU priority so answering requests comes first.
-        if hasattr(os, "setpriority"):
-            with contextlib.suppress(OSError):
-                os.setpriority(os.PRIO_PROCESS, threading.get_native_id(), JOB_NICENESS)
         while not self._stop.is_set():
             job_id = self._next()
             if job_id is None:
@@ -138,3 +210,6 @@ class EmbeddedRunner:
             except Exception:  # never let one job kill the runner thread
                 log.exception("job %s", job_id)
                 time.sleep(0.5)
+            finally:
+                with self._taken_lock:
+                    self._taken.discard(job_id)

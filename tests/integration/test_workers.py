@@ -215,3 +215,55 @@ def test_cancel_stops_a_running_job_within_an_iteration(backend, request, tmp_pa
         assert job["status"] == "cancelled"
         assert job["progress"]["iteration"] <= at_cancel + 1
         assert client.get(f"/v1/jobs/{job_id}/program", headers=h).status_code == 200
+
+
+def test_embedded_job_whose_process_dies_fails_and_the_runner_goes_on(tmp_path, small_npz):
+    """SQLite mode runs each job in a child process: killing it mid-job marks that job failed
+    (not stuck as running) and the next queued job still runs."""
+    settings = settings_for(f"sqlite:///{tmp_path / 's.db'}", tmp_path)
+    with service(settings) as (client, h):
+        ds = upload(client, h, small_npz)
+        long = spec(ds["id"], optimizer={"iterations": 100_000, "q": 2, "batch_size": 4})
+        doomed = client.post("/v1/jobs", headers=h, json=long).json()["id"]
+        deadline = time.monotonic() + 120
+        while client.get(f"/v1/jobs/{doomed}", headers=h).json()["progress"]["iteration"] < 2:
+            assert time.monotonic() < deadline
+            time.sleep(0.1)
+        children = [p for p in mp.active_children() if p.name == f"job-{doomed}"]
+        assert len(children) == 1, mp.active_children()
+        children[0].kill()
+        job = wait_final(client, h, doomed, timeout=60)
+        assert job["status"] == "failed"
+        assert "exited with code -9" in job["error"]
+        after = client.post("/v1/jobs", headers=h, json=spec(ds["id"], seed=4)).json()["id"]
+        assert wait_final(client, h, after)["status"] == "succeeded"
+
+
+def test_embedded_shutdown_requeues_running_jobs_and_the_next_start_resumes(tmp_path, small_npz):
+    settings = settings_for(f"sqlite:///{tmp_path / 's.db'}", tmp_path)
+    with service(settings) as (client, h):
+        ds = upload(client, h, small_npz)
+        body = spec(ds["id"], optimizer={"iterations": 100_000, "q": 2, "batch_size": 4})
+        job_id = client.post("/v1/jobs", headers=h, json=body).json()["id"]
+        deadline = time.monotonic() + 120
+        while client.get(f"/v1/jobs/{job_id}", headers=h).json()["progress"]["iteration"] < 2:
+            assert time.monotonic() < deadline
+            time.sleep(0.1)
+    db = Database(settings.db_url)
+    with db.session() as s:
+        stopped = s.get(Job, job_id)
+        assert stopped.status == "queued" and stopped.iteration >= 2
+        at_stop = stopped.iteration
+    db.dispose()
+    with service(settings) as (client, h):
+        seen = []
+        deadline = time.monotonic() + 120
+        while not seen or seen[-1] < at_stop + 3:
+            assert time.monotonic() < deadline
+            job = client.get(f"/v1/jobs/{job_id}", headers=h).json()
+            if job["status"] == "running":
+                seen.append(job["progress"]["iteration"])
+            time.sleep(0.05)
+        client.post(f"/v1/jobs/{job_id}/cancel", headers=h)
+        assert wait_final(client, h, job_id)["status"] == "cancelled"
+    assert min(seen) >= at_stop  # continued from the checkpoint, not from iteration 0

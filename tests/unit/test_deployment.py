@@ -217,3 +217,22 @@ def test_health_endpoints_exist(tmp_path):
 
     paths = set(create_app(Settings(data_dir=tmp_path)).openapi()["paths"])
     assert {"/healthz", "/readyz"} <= paths
+
+
+def test_stalled_jobs_are_looked_for_every_five_seconds():
+    """The periodic requeue of a dead worker's jobs runs every 5 s, all minute long
+    (croniter reads a sixth field as seconds; the expression once ran only every 5 minutes)."""
+    import itertools
+    from datetime import datetime
+
+    from croniter import croniter
+
+    from app.queue import make_queue_app
+    from app.settings import Settings
+
+    app = make_queue_app(Settings(secret_key="k"), db=None)  # type: ignore[arg-type]
+    (task,) = [t for t in app.periodic_registry.periodic_tasks.values()]
+    it = croniter(task.cron, datetime(2026, 1, 1, 0, 1, 2))
+    ticks = [it.get_next(datetime) for _ in range(12)]
+    gaps = {(b - a).total_seconds() for a, b in itertools.pairwise(ticks)}
+    assert gaps == {5.0}
