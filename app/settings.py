@@ -31,7 +31,7 @@ class Settings(BaseSettings):
     rate_limit_backend: str | None = None  # default: follows the database
     max_upload_bytes: int = 200 * 1024**2
     job_poll_seconds: float = 0.5
-    embedded_workers: int = 2  # in-process job threads in embedded mode
+    embedded_workers: int = 2  # jobs run at once by `reprogram serve` (child processes)
 
     @model_validator(mode="after")
     def _production_needs_key(self) -> Settings:
