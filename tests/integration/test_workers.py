@@ -44,6 +44,14 @@ def spec(dataset_id: str, **over) -> dict:
     return base | over
 
 
+def wait_iteration(client, headers: dict, job_id: str, n: int, timeout: float = 120) -> None:
+    """Until the job has finished ``n`` iterations (it is running by then)."""
+    deadline = time.monotonic() + timeout
+    while client.get(f"/v1/jobs/{job_id}", headers=headers).json()["progress"]["iteration"] < n:
+        assert time.monotonic() < deadline, f"job {job_id} never reached iteration {n}"
+        time.sleep(0.1)
+
+
 def _hammer(url: str, job_id: str, tenant_id: str, n: int, out: mp.Queue) -> None:
     ledger = DbLedger(Database(url), job_id, tenant_id, "clarifai", None, 0.001)
     granted = 0
@@ -154,10 +162,7 @@ def test_killed_worker_job_resumes_elsewhere_to_the_same_program(pg_url, tmp_pat
         ds = upload(client, h, small_npz)
         first = start_workers(settings, 1, tmp_path, prefix="doomed")[0]
         killed = client.post("/v1/jobs", headers=h, json=spec(ds["id"])).json()["id"]
-        deadline = time.monotonic() + 120
-        while client.get(f"/v1/jobs/{killed}", headers=h).json()["progress"]["iteration"] < 8:
-            assert time.monotonic() < deadline, "the job never got going"
-            time.sleep(0.2)
+        wait_iteration(client, h, killed, 8)
         first.send_signal(signal.SIGKILL)
         first.wait(10)
         at_kill = client.get(f"/v1/jobs/{killed}", headers=h).json()
@@ -201,10 +206,7 @@ def test_cancel_stops_a_running_job_within_an_iteration(backend, request, tmp_pa
                     optimizer={"iterations": 100_000, "q": 2, "batch_size": 4, "eval_every": 1000},
                 ),
             ).json()["id"]
-            deadline = time.monotonic() + 120
-            while client.get(f"/v1/jobs/{job_id}", headers=h).json()["progress"]["iteration"] < 3:
-                assert time.monotonic() < deadline
-                time.sleep(0.1)
+            wait_iteration(client, h, job_id, 3)
             assert client.post(f"/v1/jobs/{job_id}/cancel", headers=h).status_code == 202
             at_cancel = client.get(f"/v1/jobs/{job_id}", headers=h).json()["progress"]["iteration"]
             job = wait_final(client, h, job_id, timeout=60)
@@ -225,10 +227,7 @@ def test_embedded_job_whose_process_dies_fails_and_the_runner_goes_on(tmp_path, 
         ds = upload(client, h, small_npz)
         long = spec(ds["id"], optimizer={"iterations": 100_000, "q": 2, "batch_size": 4})
         doomed = client.post("/v1/jobs", headers=h, json=long).json()["id"]
-        deadline = time.monotonic() + 120
-        while client.get(f"/v1/jobs/{doomed}", headers=h).json()["progress"]["iteration"] < 2:
-            assert time.monotonic() < deadline
-            time.sleep(0.1)
+        wait_iteration(client, h, doomed, 2)
         children = [p for p in mp.active_children() if p.name == f"job-{doomed}"]
         assert len(children) == 1, mp.active_children()
         children[0].kill()
@@ -245,10 +244,7 @@ def test_embedded_shutdown_requeues_running_jobs_and_the_next_start_resumes(tmp_
         ds = upload(client, h, small_npz)
         body = spec(ds["id"], optimizer={"iterations": 100_000, "q": 2, "batch_size": 4})
         job_id = client.post("/v1/jobs", headers=h, json=body).json()["id"]
-        deadline = time.monotonic() + 120
-        while client.get(f"/v1/jobs/{job_id}", headers=h).json()["progress"]["iteration"] < 2:
-            assert time.monotonic() < deadline
-            time.sleep(0.1)
+        wait_iteration(client, h, job_id, 2)
     db = Database(settings.db_url)
     with db.session() as s:
         stopped = s.get(Job, job_id)
