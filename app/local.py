@@ -19,7 +19,7 @@ from app.accounting import MemoryLedger, query_cap
 from app.artifacts import program_arrays
 from app.data import Dataset
 from app.engine.trainer import Event, Trainer
-from app.oracles import SecretResolver, build_dispatcher, build_oracle, secret_from_env
+from app.oracles import SecretResolver, open_oracle, secret_from_env
 from app.settings import Settings
 from app.spec import JobSpec
 
@@ -78,14 +78,13 @@ def run_local(
     result with status ``failed`` / ``budget_exhausted`` / ``cancelled`` and its best program."""
     settings = settings or Settings()
     start = time.monotonic()
-    oracle = build_oracle(spec.oracle, input_size=runner.input_size_of(spec), secret=secret)
-    price = settings.price(oracle.provider)
+    price = settings.price(spec.oracle.kind)
     ledger = MemoryLedger(price, spec.budget.max_queries, spec.budget.max_cost_usd)
-    dispatcher = build_dispatcher(
-        oracle, spec.oracle, settings=settings, ledger=ledger, secret=secret
-    )
-    try:
-        runner.discover_labels(oracle, dispatcher, runner.input_size_of(spec))
+    size = runner.input_size_of(spec)
+    with open_oracle(
+        spec.oracle, input_size=size, settings=settings, ledger=ledger, secret=secret
+    ) as (oracle, dispatcher):
+        runner.discover_labels(oracle, dispatcher, size)
         cap = query_cap(spec.budget.max_queries, spec.budget.max_cost_usd, price)
         job = runner.prepare(spec, dataset, oracle, query_cap=cap, spent=ledger.totals.queries)
         if on_prepared is not None:
@@ -96,15 +95,12 @@ def run_local(
             runner.run(job.trainer, dispatcher, hooks)
         except (runner.Cancelled, BudgetExceeded, OracleError) as err:
             error = err
-        status = runner.final_status(job, error)
-        result = runner.summarize(job, ledger.totals.as_dict(), status, time.monotonic() - start)
-        if error is not None and status == "failed":
-            result["error"] = f"{type(error).__name__}: {error}"
-        arrays = None
-        if job.trainer.best_program()[1] is not None:  # a failure before any mapping: none
-            spec_json = json.dumps(job.spec.model_dump(mode="json"))
-            arrays = program_arrays(job.trainer, spec_json, job.classes, job.source_labels)
-        return LocalRun(result, hooks.rows, arrays)
-    finally:
-        dispatcher.close()
-        oracle.close()
+    status = runner.final_status(job, error)
+    result = runner.summarize(job, ledger.totals.as_dict(), status, time.monotonic() - start)
+    if error is not None and status == "failed":
+        result["error"] = f"{type(error).__name__}: {error}"
+    arrays = None
+    if job.trainer.best_program()[1] is not None:  # a failure before any mapping: none
+        spec_json = json.dumps(job.spec.model_dump(mode="json"))
+        arrays = program_arrays(job.trainer, spec_json, job.classes, job.source_labels)
+    return LocalRun(result, hooks.rows, arrays)

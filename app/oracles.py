@@ -7,7 +7,8 @@ is one adapter module plus one branch here.
 from __future__ import annotations
 
 import os
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 
 from adapters.base import Oracle
 from adapters.dispatch import Dispatcher, Ledger
@@ -89,3 +90,26 @@ def build_dispatcher(
         key = credential_key(oracle.provider, secret(spec))
         limiter = shared_limiter(key, per_second, settings.limiter_backend)
     return Dispatcher(oracle, ledger=ledger, limiter=limiter, limit_unit=unit)
+
+
+@contextmanager
+def open_oracle(
+    spec: OracleSpec,
+    *,
+    input_size: int,
+    settings: Settings,
+    ledger: Ledger,
+    secret: SecretResolver,
+) -> Iterator[tuple[Oracle, Dispatcher]]:
+    """The oracle a spec names and its dispatcher (``ledger``, the shared limiter, retries),
+    closed together: the CLI, the worker and ``predict`` all query through this. A ledger's
+    price is ``settings.price(spec.kind)``: an oracle's provider is its spec's kind."""
+    oracle = build_oracle(spec, input_size=input_size, secret=secret)
+    try:
+        dispatcher = build_dispatcher(oracle, spec, settings=settings, ledger=ledger, secret=secret)
+        try:
+            yield oracle, dispatcher
+        finally:
+            dispatcher.close()
+    finally:
+        oracle.close()

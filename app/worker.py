@@ -27,14 +27,14 @@ from app.data import DataError
 from app.db import Database
 from app.engine.trainer import Event, Trainer
 from app.models import Checkpoint, Credential, Dataset, Job, MetricRow, utcnow
-from app.oracles import build_dispatcher, build_oracle
-from app.services.credentials import reveal
+from app.oracles import open_oracle
+from app.services.credentials import resolver
 from app.services.crypto import SecretBox
 from app.services.datasets import load_stored
 from app.services.jobs import FINAL
 from app.services.ledger import DbLedger, LeaseLost, totals_by_purpose
 from app.settings import Settings
-from app.spec import CloudCredential, JobSpec
+from app.spec import JobSpec
 
 log = logging.getLogger("reprogram.worker")
 LEASE_TIMEOUT = timedelta(seconds=30)  # a running job silent this long may be taken over
@@ -125,7 +125,6 @@ def execute_job(
     start = time.monotonic()
     prepared: runner.PreparedJob | None = None
     error: BaseException | None = None
-    oracle = dispatcher = None
     try:
         spec = JobSpec.model_validate(job.resolved_spec or job.spec)
         with db.session() as s:
@@ -136,40 +135,35 @@ def execute_job(
             state = ckpt.state if ckpt is not None else None
             seq = s.query(MetricRow).filter(MetricRow.job_id == job_id).count()
         dataset = load_stored(ds_row, settings.data_dir)
-        box = SecretBox(settings)
-
-        def secret(_: CloudCredential) -> str:
-            if cred is None:
-                raise ConfigurationError("the job's credential no longer exists")
-            return reveal(box, cred)
-
         size = runner.input_size_of(spec)
-        oracle = build_oracle(spec.oracle, input_size=size, secret=secret)
         ledger = DbLedger(
             db,
             job_id,
             job.tenant_id,
-            oracle.provider,
+            spec.oracle.kind,
             job.credential_id,
-            settings.price(oracle.provider),
+            settings.price(spec.oracle.kind),
             lease=lease,
         )
-        dispatcher = build_dispatcher(
-            oracle, spec.oracle, settings=settings, ledger=ledger, secret=secret
-        )
-        if state is None:
-            runner.discover_labels(oracle, dispatcher, size)
-            prepared = runner.prepare(
-                spec, dataset, oracle, query_cap=job.query_cap, spent=_spent(db, job_id)
-            )
-            _save_plan(db, job_id, lease, prepared)
-        else:
-            prepared = runner.prepare(spec, dataset, oracle, query_cap=None)
-            prepared.trainer.load_state(state)
-            prepared.notes = job.choices or []
-            _refit_budget(db, job_id, prepared)
-        hooks = _Hooks(db, job_id, lease, seq)
-        runner.run(prepared.trainer, dispatcher, hooks)
+        with open_oracle(
+            spec.oracle,
+            input_size=size,
+            settings=settings,
+            ledger=ledger,
+            secret=resolver(SecretBox(settings), cred),
+        ) as (oracle, dispatcher):
+            if state is None:
+                runner.discover_labels(oracle, dispatcher, size)
+                prepared = runner.prepare(
+                    spec, dataset, oracle, query_cap=job.query_cap, spent=_spent(db, job_id)
+                )
+                _save_plan(db, job_id, lease, prepared)
+            else:
+                prepared = runner.prepare(spec, dataset, oracle, query_cap=None)
+                prepared.trainer.load_state(state)
+                prepared.notes = job.choices or []
+                _refit_budget(db, job_id, prepared)
+            runner.run(prepared.trainer, dispatcher, _Hooks(db, job_id, lease, seq))
     except LeaseLost:
         log.warning("job %s: lease lost to another worker; stopping", job_id)
         return None
@@ -180,11 +174,6 @@ def execute_job(
     except Exception as err:  # a bug: record it on the job instead of losing the job
         log.exception("job %s crashed", job_id)
         error = err
-    finally:
-        if dispatcher is not None:
-            dispatcher.close()
-        if oracle is not None:
-            oracle.close()
     return _finish(db, settings, job_id, lease, prepared, error, time.monotonic() - start)
 
 

@@ -6,11 +6,10 @@ from typing import Literal
 
 from fastapi import APIRouter, HTTPException, status
 from pydantic import BaseModel, ConfigDict, Field, SecretStr
-from sqlalchemy import select
 
 from app.api.deps import CurrentTenant, ServicesDep, SessionDep, find_owned
 from app.api.errors import check_storable
-from app.models import Credential, Job
+from app.models import Credential
 from app.services import credentials
 
 router = APIRouter(prefix="/v1/credentials", tags=["credentials"])
@@ -63,7 +62,7 @@ def list_credentials(s: SessionDep, tenant: CurrentTenant) -> list[CredentialOut
 @router.delete("/{credential_id}", status_code=status.HTTP_204_NO_CONTENT)
 def delete(credential_id: str, s: SessionDep, tenant: CurrentTenant) -> None:
     row = find_owned(s, Credential, credential_id, tenant.id)
-    user = s.scalar(select(Job.id).where(Job.credential_id == row.id).limit(1))
+    user = credentials.job_using(s, row.id)
     if user is not None:
         raise HTTPException(status.HTTP_409_CONFLICT, f"credential in use by job {user}")
     s.delete(row)

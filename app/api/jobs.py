@@ -10,17 +10,16 @@ import numpy as np
 from fastapi import APIRouter, File, HTTPException, Query, UploadFile, status
 from fastapi.responses import Response
 from pydantic import BaseModel
-from sqlalchemy import select
 
 from adapters.errors import ConfigurationError, OracleError
-from app.api.deps import CurrentTenant, OwnedJob, Services, ServicesDep, SessionDep
+from app.api.deps import CurrentTenant, OwnedJob, ServicesDep, SessionDep
 from app.api.errors import check_storable, refused, unprocessable
 from app.artifacts import ProgramFile, curve_png, program_png
 from app.data import DataError, decode_image
-from app.models import Credential, Job, MetricRow
-from app.oracles import build_dispatcher, build_oracle
+from app.models import Credential
+from app.oracles import open_oracle
+from app.services import credentials
 from app.services import jobs as job_service
-from app.services.credentials import reveal
 from app.services.ledger import DbLedger
 from app.spec import JobSpec
 
@@ -52,20 +51,13 @@ def create(spec: JobSpec, s: SessionDep, tenant: CurrentTenant, svc: ServicesDep
         except Exception as err:
             # The error's type only: connection errors can carry connection strings.
             log.error("job %s: could not be queued (%s)", job.id, type(err).__name__)
-            _unqueued(svc, job.id)
+            with svc.db.session() as cleanup:  # the 503 leaves nothing behind
+                job_service.discard_unqueued(cleanup, job.id)
             raise HTTPException(
                 status.HTTP_503_SERVICE_UNAVAILABLE,
                 "the job queue is unavailable; the job was not created, try again",
             ) from err
     return JobCreated(id=job.id, status=job.status)
-
-
-def _unqueued(svc: Services, job_id: str) -> None:
-    """A job that never reached the queue is taken back: the 503 leaves nothing behind."""
-    with svc.db.session() as s:
-        job = s.get(Job, job_id)
-        if job is not None and job.status == "queued":
-            s.delete(job)
 
 
 @router.get("")
@@ -116,18 +108,13 @@ def program(
 @router.get("/{job_id}/metrics")
 def metrics(job: OwnedJob, s: SessionDep) -> list[dict[str, Any]]:
     """One row per iteration / validation: queries, loss, accuracies."""
-    rows = s.scalars(
-        select(MetricRow.row).where(MetricRow.job_id == job.id).order_by(MetricRow.seq)
-    )
-    return list(rows)
+    return job_service.metric_rows(s, job.id)
 
 
 @router.get("/{job_id}/curve", responses={200: {"content": {"image/png": {}}}})
 def curve(job: OwnedJob, s: SessionDep) -> Response:
     """The learning curve: accuracy and loss against queries."""
-    rows = list(
-        s.scalars(select(MetricRow.row).where(MetricRow.job_id == job.id).order_by(MetricRow.seq))
-    )
+    rows = job_service.metric_rows(s, job.id)
     baselines = (job.result or {}).get("baselines", {})
     return Response(
         curve_png(rows, baselines, f"job {job.id} ({job.status})"), media_type="image/png"
@@ -160,31 +147,24 @@ def predict(
             raise HTTPException(status.HTTP_400_BAD_REQUEST, str(err)) from err
     spec = JobSpec.model_validate(job.resolved_spec or job.spec)
     cred = s.get(Credential, job.credential_id) if job.credential_id else None
-
-    def secret(_: Any) -> str:
-        if cred is None:
-            raise ConfigurationError("the job's credential no longer exists")
-        return reveal(svc.box, cred)
-
+    ledger = DbLedger(
+        svc.db,
+        job.id,
+        job.tenant_id,
+        spec.oracle.kind,
+        job.credential_id,
+        svc.settings.price(spec.oracle.kind),
+        training=False,
+    )
     try:
-        oracle = build_oracle(spec.oracle, input_size=int(prog.arrays["input_size"]), secret=secret)
-        ledger = DbLedger(
-            svc.db,
-            job.id,
-            job.tenant_id,
-            oracle.provider,
-            job.credential_id,
-            svc.settings.price(oracle.provider),
-            training=False,
-        )
-        dispatcher = build_dispatcher(
-            oracle, spec.oracle, settings=svc.settings, ledger=ledger, secret=secret
-        )
-        try:
+        with open_oracle(
+            spec.oracle,
+            input_size=int(prog.arrays["input_size"]),
+            settings=svc.settings,
+            ledger=ledger,
+            secret=credentials.resolver(svc.box, cred),
+        ) as (_, dispatcher):
             labels = prog.predict(images, lambda x: dispatcher.query(x, "predict"))
-        finally:
-            dispatcher.close()
-            oracle.close()
     except (ConfigurationError, OracleError) as err:
         raise HTTPException(status.HTTP_502_BAD_GATEWAY, f"oracle: {err}") from err
     return {

@@ -8,7 +8,7 @@ from sqlalchemy import select
 from sqlalchemy.orm import Session
 
 from app.accounting import query_cap
-from app.models import Base, Credential, Dataset, Job, utcnow
+from app.models import Base, Credential, Dataset, Job, MetricRow, utcnow
 from app.settings import Settings
 from app.spec import CloudCredential, JobSpec
 
@@ -114,3 +114,16 @@ def view(job: Job) -> dict[str, Any]:
 def list_for(session: Session, tenant_id: str) -> list[Job]:
     q = select(Job).where(Job.tenant_id == tenant_id).order_by(Job.created_at.desc())
     return list(session.scalars(q))
+
+
+def metric_rows(session: Session, job_id: str) -> list[dict[str, Any]]:
+    """The job's metrics rows (one per iteration / validation), in order."""
+    q = select(MetricRow.row).where(MetricRow.job_id == job_id).order_by(MetricRow.seq)
+    return list(session.scalars(q))
+
+
+def discard_unqueued(session: Session, job_id: str) -> None:
+    """Take back a job that never reached the queue (still queued, nothing ran)."""
+    job = session.get(Job, job_id)
+    if job is not None and job.status == "queued":
+        session.delete(job)
