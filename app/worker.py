@@ -79,7 +79,7 @@ class _Hooks:
     def __init__(self, db: Database, job_id: str, lease: str, seq: int) -> None:
         self.db, self.job_id, self.lease, self.seq = db, job_id, lease, seq
         self.metrics = runner.MetricRows()
-        self._cancel = False
+        self._cancel: bool | None = None  # as of the last transaction that read it
 
     def after_tell(self, trainer: Trainer, event: Event | None) -> None:
         state = trainer.state_bytes()
@@ -104,7 +104,9 @@ class _Hooks:
                 job.metrics = row
 
     def cancelled(self) -> bool:
-        if not self._cancel:
+        # after_tell reads the flag in its transaction, just before the next ask; only the
+        # first ask of an execution has to ask the database.
+        if self._cancel is None:
             with self.db.session() as s:
                 self._cancel = bool(
                     s.scalar(select(Job.cancel_requested).where(Job.id == self.job_id))

@@ -26,15 +26,7 @@ class DatasetOut(BaseModel):
 
 
 def _out(row: Dataset) -> DatasetOut:
-    return DatasetOut(
-        id=row.id,
-        n_samples=row.n_samples,
-        classes=row.classes,
-        image_shape=row.image_shape,
-        filename=row.filename,
-        has_split=row.has_split,
-        sha256=row.sha256,
-    )
+    return DatasetOut.model_validate(row, from_attributes=True)
 
 
 @router.post(
