@@ -26,6 +26,13 @@ SMALL = {
 }
 
 
+def train(config: object, data: object, out: object):  # type: ignore[no-untyped-def]
+    """`reprogram train --config CONFIG --data DATA --out OUT`, in process."""
+    return runner.invoke(
+        app, ["train", "--config", str(config), "--data", str(data), "--out", str(out)]
+    )
+
+
 def write_spec(tmp_path: Path, spec: dict) -> Path:
     path = tmp_path / "spec.json"
     path.write_text(json.dumps(spec))
@@ -35,9 +42,7 @@ def write_spec(tmp_path: Path, spec: dict) -> Path:
 def test_train_writes_every_output_and_beats_chance(tmp_path, small_npz_path):
     spec = write_spec(tmp_path, {"oracle": {"kind": "torch"}, **SMALL})
     out = tmp_path / "out"
-    res = runner.invoke(
-        app, ["train", "--config", str(spec), "--data", str(small_npz_path), "--out", str(out)]
-    )
+    res = train(spec, small_npz_path, out)
     assert res.exit_code == 0, res.output
     result = json.loads((out / "result.json").read_text())
     for key in ("test_accuracy", "queries", "requests", "cost_usd", "breakdown", "baselines"):
@@ -75,12 +80,7 @@ def test_a_program_file_classifies_without_the_service(tmp_path, small_npz_path)
         tmp_path, {"oracle": {"kind": "torch"}, **SMALL, "mapping": {"method": "frequency"}}
     )
     out = tmp_path / "out"
-    assert (
-        runner.invoke(
-            app, ["train", "--config", str(spec), "--data", str(small_npz_path), "--out", str(out)]
-        ).exit_code
-        == 0
-    )
+    assert train(spec, small_npz_path, out).exit_code == 0
     prog = ProgramFile.load(out / "program.npz")
     data = load_dataset(small_npz_path)
     oracle = TorchOracle(input_size=64)
@@ -116,18 +116,7 @@ def bad_zip(kind: str) -> bytes:
     ],
 )
 def test_invalid_specs_exit_2_naming_the_field(tmp_path, small_npz_path, case, message):
-    res = runner.invoke(
-        app,
-        [
-            "train",
-            "--config",
-            str(write_spec(tmp_path, case)),
-            "--data",
-            str(small_npz_path),
-            "--out",
-            str(tmp_path / "o"),
-        ],
-    )
+    res = train(write_spec(tmp_path, case), small_npz_path, tmp_path / "o")
     assert res.exit_code == 2
     assert message in res.output and "Traceback" not in res.output
 
@@ -144,73 +133,27 @@ def test_bad_data_exits_2_naming_the_problem(tmp_path, kind, message):
     data = tmp_path / "data.zip"
     data.write_bytes(bad_zip(kind))
     spec = write_spec(tmp_path, {"oracle": {"kind": "torch"}, **SMALL})
-    res = runner.invoke(
-        app, ["train", "--config", str(spec), "--data", str(data), "--out", str(tmp_path / "o")]
-    )
+    res = train(spec, data, tmp_path / "o")
     assert res.exit_code == 2, res.output
     assert message in res.output and "Traceback" not in res.output
 
 
 def test_missing_paths_and_broken_models_exit_2(tmp_path, small_npz_path):
     spec = write_spec(tmp_path, {"oracle": {"kind": "torch"}, **SMALL})
-    res = runner.invoke(
-        app,
-        [
-            "train",
-            "--config",
-            str(spec),
-            "--data",
-            str(tmp_path / "nowhere"),
-            "--out",
-            str(tmp_path / "o"),
-        ],
-    )
+    res = train(spec, tmp_path / "nowhere", tmp_path / "o")
     assert res.exit_code == 2 and "no such file" in res.output
-    res = runner.invoke(
-        app,
-        [
-            "train",
-            "--config",
-            str(tmp_path / "none.json"),
-            "--data",
-            str(small_npz_path),
-            "--out",
-            str(tmp_path / "o"),
-        ],
-    )
+    res = train(tmp_path / "none.json", small_npz_path, tmp_path / "o")
     assert res.exit_code == 2 and "none.json" in res.output
     broken = tmp_path / "model.pt"
     broken.write_bytes(b"garbage")
     spec = write_spec(tmp_path, {"oracle": {"kind": "torch", "model": str(broken)}, **SMALL})
-    res = runner.invoke(
-        app,
-        [
-            "train",
-            "--config",
-            str(spec),
-            "--data",
-            str(small_npz_path),
-            "--out",
-            str(tmp_path / "o"),
-        ],
-    )
+    res = train(spec, small_npz_path, tmp_path / "o")
     assert res.exit_code == 2 and "does not load" in res.output
     # A budget below what mapping and evaluation need is refused up front, with the minimum.
     tiny = write_spec(
         tmp_path, {"oracle": {"kind": "torch"}, **SMALL, "budget": {"max_queries": 10}}
     )
-    res = runner.invoke(
-        app,
-        [
-            "train",
-            "--config",
-            str(tiny),
-            "--data",
-            str(small_npz_path),
-            "--out",
-            str(tmp_path / "o"),
-        ],
-    )
+    res = train(tiny, small_npz_path, tmp_path / "o")
     assert res.exit_code == 2 and "budget of 10 queries" in res.output
 
 
@@ -250,9 +193,7 @@ def test_torchscript_oracle_end_to_end(tmp_path, small_npz_path):
         torch.jit.script(Pool()).save(str(path))
     spec = write_spec(tmp_path, {"oracle": {"kind": "torch", "model": str(path)}, **SMALL})
     out = tmp_path / "out"
-    res = runner.invoke(
-        app, ["train", "--config", str(spec), "--data", str(small_npz_path), "--out", str(out)]
-    )
+    res = train(spec, small_npz_path, out)
     assert res.exit_code == 0, res.output
     result = json.loads((out / "result.json").read_text())
     assert result["n_source_labels"] == 48
