@@ -1,4 +1,4 @@
-"""`GET /v1/jobs/{id}` latency while 4 jobs train on the local model.
+"""`GET /v1/jobs/{id}` latency while jobs (4 by default) train on the local model.
 
 Starts the real server (`reprogram serve`, uvicorn) and, for PostgreSQL, `reprogram worker`
 processes; submits 4 long jobs; once they run, an open-loop load generator on loopback sends
@@ -96,7 +96,7 @@ def main() -> None:
         **os.environ,
         "REPROGRAM_DATA_DIR": str(tmp),
         "REPROGRAM_SECRET_KEY": "bench",
-        "REPROGRAM_EMBEDDED_WORKERS": "4",
+        "REPROGRAM_EMBEDDED_WORKERS": str(max(a.jobs, 1)),
     }
     pg = None
     if a.backend == "postgres":
@@ -161,7 +161,7 @@ def main() -> None:
                     "optimizer": {"iterations": 100_000},
                 },
             ).json()["id"]
-            for i in range(4)
+            for i in range(max(a.jobs, 1))  # with --jobs 0: one, cancelled before it runs
         ]
         deadline = time.monotonic() + 180
         while time.monotonic() < deadline:
@@ -197,7 +197,7 @@ def main() -> None:
     ms = np.array(lat) * 1000
     print(
         f"\n{a.backend}: {len(ms)} answered, {errors} errors, at {a.rate:.0f} req/s for "
-        f"{a.seconds:.0f} s while 4 jobs trained (iterations reached: {its})\n"
+        f"{a.seconds:.0f} s while {a.jobs} jobs trained (iterations reached: {its})\n"
     )
     print("| backend | rate | p50 | p90 | p99 | max | errors |")
     print("| --- | ---: | ---: | ---: | ---: | ---: | ---: |")
