@@ -7,7 +7,9 @@ import hashlib
 import secrets
 import threading
 import time
+from collections.abc import Callable
 
+from cachetools import TTLCache
 from sqlalchemy import select
 from sqlalchemy.orm import Session
 
@@ -37,23 +39,23 @@ def tenant_for_token(session: Session, token: str) -> Tenant | None:
 
 class TokenCache:
     """token digest → tenant, for ``ttl`` seconds: an authenticated GET then costs one query
-    instead of three. Tokens are never revoked while cached for longer than ``ttl``."""
+    instead of three. Tokens are never revoked while cached for longer than ``ttl``; at most
+    ``maxsize`` are kept (least recently used go first)."""
 
-    def __init__(self, ttl: float = 30.0, clock=time.monotonic) -> None:  # type: ignore[no-untyped-def]
-        self.ttl, self.clock = ttl, clock
-        self._hits: dict[str, tuple[str, str, float]] = {}
-        self._lock = threading.Lock()
+    def __init__(
+        self, ttl: float = 30.0, maxsize: int = 10_000, clock: Callable[[], float] = time.monotonic
+    ) -> None:
+        self._hits: TTLCache[str, tuple[str, str]] = TTLCache(maxsize, ttl, timer=clock)
+        self._lock = threading.Lock()  # TTLCache is not thread-safe
 
     def tenant(self, session: Session, token: str) -> Tenant | None:
-        digest, now = _digest(token), self.clock()
+        digest = _digest(token)
         with self._lock:
             hit = self._hits.get(digest)
-        if hit is not None and hit[2] > now:
+        if hit is not None:
             return Tenant(id=hit[0], name=hit[1])  # detached: callers read id and name only
         tenant = tenant_for_token(session, token)
         if tenant is not None:
             with self._lock:
-                if len(self._hits) > 10_000:  # bounded: drop everything rather than grow
-                    self._hits.clear()
-                self._hits[digest] = (tenant.id, tenant.name, now + self.ttl)
+                self._hits[digest] = (tenant.id, tenant.name)
         return tenant
