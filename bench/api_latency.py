@@ -104,7 +104,7 @@ def main() -> None:
 
         pg = create_database()
         env["REPROGRAM_DATABASE_URL"] = pg
-    exe = [sys.executable, "-m", "app.cli"]
+    exe = [sys.executable, "-m", "app.cli.main"]
     token = (
         subprocess.run(
             [*exe, "token", "create", "--tenant", "bench"],

@@ -16,7 +16,7 @@ import torch
 
 from adapters.dispatch import Dispatcher
 from adapters.torch_local import TorchOracle, _load_bundled, configure_threads
-from app.accounting import MemoryLedger
+from app.jobs.accounting import MemoryLedger
 
 
 def rate(fn: Callable[[], object], n_images: int, seconds: float) -> float:

@@ -27,8 +27,8 @@ from typing import Any
 import numpy as np
 
 from adapters.torch_local import TorchOracle
-from app import runner
-from app.spec import JobSpec
+from app.config.spec import JobSpec
+from app.jobs import runner
 from bench.tasks import TASKS, load_task
 
 ORACLES = {"imagenet": None, "moderation": "moderation", "nsfw": "nsfw"}

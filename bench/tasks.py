@@ -14,7 +14,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from app.data import Dataset
+from app.data.loading import Dataset
 
 TASKS = ("mnist10", "mnist5", "mnist2", "optdigits10", "cancer")
 

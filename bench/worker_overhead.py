@@ -22,18 +22,18 @@ from pathlib import Path
 import numpy as np
 
 from adapters.torch_local import TorchOracle
-from app import runner
-from app.data import load_bytes
-from app.db import Database
-from app.engine.trainer import Trainer
-from app.migrate import upgrade
+from app.config.settings import Settings
+from app.config.spec import JobSpec
+from app.data.loading import load_bytes
+from app.data.store import store_upload
+from app.jobs import runner
+from app.jobs.execute import execute_job
 from app.services.auth import create_token
-from app.services.datasets import store_upload
 from app.services.jobs import create_job
-from app.settings import Settings
-from app.spec import JobSpec
-from app.worker import execute_job
+from app.storage.db import Database
+from app.storage.migrate import upgrade
 from bench.tasks import load_task
+from engine.trainer import Trainer
 
 
 def dataset_npz() -> bytes:
@@ -114,7 +114,7 @@ def worker(content: bytes, iterations: int, url: str | None, data_dir: Path) -> 
     db = Database(settings.db_url)
     with db.session() as s:
         create_token(s, tenant_name="bench")
-        from app.models import Tenant
+        from app.storage.models import Tenant
 
         tenant = s.query(Tenant).one()
         ds = store_upload(

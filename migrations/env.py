@@ -1,12 +1,12 @@
-"""Alembic environment: the URL comes from the caller's config (``app.migrate``) or from
+"""Alembic environment: the URL comes from the caller's config (``app.storage.migrate``) or from
 settings (``REPROGRAM_DATABASE_URL``); types are compared; SQLite gets batch mode so the
 same chain runs on both databases."""
 
 from alembic import context
 
-from app.db import make_engine
-from app.models import Base
-from app.settings import Settings
+from app.config.settings import Settings
+from app.storage.db import make_engine
+from app.storage.models import Base
 
 config = context.config
 url = config.get_main_option("sqlalchemy.url") or Settings().db_url

@@ -12,7 +12,7 @@ from pathlib import Path
 
 from fastapi.testclient import TestClient
 
-from app.settings import Settings
+from app.config.settings import Settings
 
 FINAL = ("succeeded", "failed", "cancelled", "budget_exhausted")
 
@@ -32,7 +32,7 @@ def start_workers(
         with open(log_dir / f"{prefix}{i}.log", "w") as log:  # the child keeps its own copy
             procs.append(
                 subprocess.Popen(
-                    [sys.executable, "-m", "app.cli", "worker", "--concurrency", "2"],
+                    [sys.executable, "-m", "app.cli.main", "worker", "--concurrency", "2"],
                     env=env,
                     stdout=log,
                     stderr=subprocess.STDOUT,
@@ -57,8 +57,8 @@ def service(
 ) -> Iterator[tuple[TestClient, dict[str, str]]]:
     """The API in-process, and auth headers of a fresh tenant."""
     from app.api.app import create_app
-    from app.db import Database
     from app.services.auth import create_token
+    from app.storage.db import Database
 
     with TestClient(create_app(settings, run_jobs=run_jobs)) as client:
         db = Database(settings.db_url)

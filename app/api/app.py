@@ -10,10 +10,10 @@ from fastapi import FastAPI
 
 from app.api import credentials, datasets, errors, jobs, spend
 from app.api.deps import Services
-from app.db import Database
-from app.migrate import upgrade
-from app.services.crypto import SecretBox
-from app.settings import Settings
+from app.config.settings import Settings
+from app.storage.crypto import SecretBox
+from app.storage.db import Database
+from app.storage.migrate import upgrade
 
 log = logging.getLogger("reprogram.api")
 
@@ -31,12 +31,12 @@ def create_app(settings: Settings | None = None, *, run_jobs: bool = True) -> Fa
         runner = None
         if db.is_sqlite:
             if run_jobs:
-                from app.queue import EmbeddedRunner
+                from app.jobs.queue import EmbeddedRunner
 
                 runner = EmbeddedRunner(settings, db, settings.embedded_workers)
                 runner.start()
         else:
-            from app.queue import make_queue_app
+            from app.jobs.queue import make_queue_app
 
             svc.queue = make_queue_app(settings, db)
             svc.queue.open()

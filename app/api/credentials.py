@@ -9,8 +9,8 @@ from pydantic import BaseModel, ConfigDict, Field, SecretStr
 
 from app.api.deps import CurrentTenant, ServicesDep, SessionDep, find_owned
 from app.api.errors import check_storable
-from app.models import Credential
 from app.services import credentials
+from app.storage.models import Credential
 
 router = APIRouter(prefix="/v1/credentials", tags=["credentials"])
 

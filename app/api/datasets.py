@@ -8,9 +8,9 @@ from fastapi import APIRouter, HTTPException, UploadFile, status
 from pydantic import BaseModel
 
 from app.api.deps import CurrentTenant, ServicesDep, SessionDep, find_owned
-from app.data import DataError
-from app.models import Dataset
-from app.services import datasets
+from app.data import store as datasets
+from app.data.loading import DataError
+from app.storage.models import Dataset
 
 router = APIRouter(prefix="/v1/datasets", tags=["datasets"])
 

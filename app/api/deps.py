@@ -10,12 +10,12 @@ from fastapi import Depends, HTTPException, Request, status
 from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
 from sqlalchemy.orm import Session
 
-from app.db import Database
-from app.models import Base, Job, Tenant
+from app.config.settings import Settings
 from app.services.auth import TokenCache
-from app.services.crypto import SecretBox
 from app.services.jobs import NotFoundError, get_owned
-from app.settings import Settings
+from app.storage.crypto import SecretBox
+from app.storage.db import Database
+from app.storage.models import Base, Job, Tenant
 
 M = TypeVar("M", bound=Base)
 

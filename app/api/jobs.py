@@ -14,14 +14,14 @@ from pydantic import BaseModel
 from adapters.errors import ConfigurationError, OracleError
 from app.api.deps import CurrentTenant, OwnedJob, ServicesDep, SessionDep
 from app.api.errors import check_storable, refused, unprocessable
-from app.artifacts import ProgramFile, curve_png, program_png
-from app.data import DataError, decode_image
-from app.models import Credential
-from app.oracles import open_oracle
+from app.config.spec import JobSpec
+from app.data.loading import DataError, decode_image
+from app.jobs.artifacts import ProgramFile, curve_png, program_png
+from app.jobs.ledger import DbLedger
+from app.jobs.oracles import open_oracle
 from app.services import credentials
 from app.services import jobs as job_service
-from app.services.ledger import DbLedger
-from app.spec import JobSpec
+from app.storage.models import Credential
 
 router = APIRouter(prefix="/v1/jobs", tags=["jobs"])
 log = logging.getLogger("reprogram.api")

@@ -8,7 +8,7 @@ from fastapi import APIRouter, HTTPException, status
 from sqlalchemy import text
 
 from app.api.deps import CurrentTenant, ServicesDep
-from app.services.ledger import spend as spend_totals
+from app.jobs.ledger import spend as spend_totals
 
 router = APIRouter()
 

@@ -13,7 +13,7 @@ from cachetools import TTLCache
 from sqlalchemy import select
 from sqlalchemy.orm import Session
 
-from app.models import Tenant, Token
+from app.storage.models import Tenant, Token
 
 
 def _digest(token: str) -> str:

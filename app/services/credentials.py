@@ -9,8 +9,8 @@ from sqlalchemy import select
 from sqlalchemy.orm import Session
 
 from adapters.errors import ConfigurationError
-from app.models import Credential, Job
-from app.services.crypto import SecretBox
+from app.storage.crypto import SecretBox
+from app.storage.models import Credential, Job
 
 PROVIDERS = ("clarifai", "customvision")
 

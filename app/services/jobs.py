@@ -7,10 +7,10 @@ from typing import Any, TypeVar
 from sqlalchemy import select
 from sqlalchemy.orm import Session
 
-from app.accounting import query_cap
-from app.models import Base, Credential, Dataset, Job, MetricRow, utcnow
-from app.settings import Settings
-from app.spec import CloudCredential, JobSpec
+from app.config.settings import Settings
+from app.config.spec import CloudCredential, JobSpec
+from app.jobs.accounting import query_cap
+from app.storage.models import Base, Credential, Dataset, Job, MetricRow, utcnow
 
 FINAL = ("succeeded", "failed", "cancelled", "budget_exhausted")
 M = TypeVar("M", bound=Base)

@@ -23,11 +23,11 @@ from PIL import Image
 from sqlalchemy import select, update
 
 from app.api.app import create_app
-from app.artifacts import npz_bytes
-from app.db import Database
-from app.models import Base, Job
+from app.config.settings import Settings
+from app.jobs.artifacts import npz_bytes
 from app.services.auth import create_token
-from app.settings import Settings
+from app.storage.db import Database
+from app.storage.models import Base, Job
 from tests.conftest import create_database, drop_database
 
 UPLOAD_LIMIT = 64 * 1024  # small, so that "oversize" is cheap to build
@@ -663,7 +663,7 @@ def test_a_good_upload_is_stored_so_the_refusals_are_about_the_content(world):
 def test_a_failed_insert_leaves_no_file_behind(world, monkeypatch):
     """Fault injection: the dataset row cannot be written (its tenant vanished), after the
     file was. The request fails and takes the file back."""
-    import app.services.datasets as service
+    import app.data.store as service
 
     real = service.store_upload
 

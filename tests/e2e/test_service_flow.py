@@ -13,10 +13,10 @@ from fastapi.testclient import TestClient
 from PIL import Image
 
 from app.api.app import create_app
-from app.artifacts import ProgramFile
-from app.db import Database
+from app.config.settings import Settings
+from app.jobs.artifacts import ProgramFile
 from app.services.auth import create_token
-from app.settings import Settings
+from app.storage.db import Database
 from tests.fakes.clarifai import FakeClarifai
 from tests.fakes.customvision import MODERATION_PROJECT, PUBLISHED, FakeCustomVision
 from tests.helpers import start_workers, wait_final

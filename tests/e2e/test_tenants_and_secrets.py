@@ -21,12 +21,12 @@ from pydantic import SecretStr, ValidationError
 from sqlalchemy import select
 from typer.testing import CliRunner
 
-from app import cli
 from app.api.app import create_app
-from app.db import Database
-from app.models import Base, Credential, LedgerEntry, Tenant, Token
-from app.services.crypto import SecretBox
-from app.settings import Settings
+from app.cli import main as cli
+from app.config.settings import Settings
+from app.storage.crypto import SecretBox
+from app.storage.db import Database
+from app.storage.models import Base, Credential, LedgerEntry, Tenant, Token
 from tests.e2e.test_api_errors import bearer, give_program, png
 
 SECRET = "sk-live-7f3b9d0e1c2a4b5d-tenant-test"
@@ -278,7 +278,7 @@ def test_production_mode_refuses_to_start_without_a_server_key(tmp_path, monkeyp
 
 def reprogram_command() -> list[str]:
     script = Path(sys.executable).with_name("reprogram")
-    return [str(script)] if script.exists() else [sys.executable, "-m", "app.cli"]
+    return [str(script)] if script.exists() else [sys.executable, "-m", "app.cli.main"]
 
 
 def test_token_create_prints_a_token_that_authenticates(settings, small_npz):

@@ -16,7 +16,7 @@ import torch
 from PIL import Image
 from typer.testing import CliRunner
 
-from app.cli import app
+from app.cli.main import app
 
 runner = CliRunner()
 SMALL = {
@@ -73,8 +73,8 @@ def test_a_program_file_classifies_without_the_service(tmp_path, small_npz_path)
     """product.md's recipe, applied by hand to the oracle's answers, agrees with the job's
     own test accuracy on the same images."""
     from adapters.torch_local import TorchOracle
-    from app.artifacts import ProgramFile
-    from app.data import load_dataset
+    from app.data.loading import load_dataset
+    from app.jobs.artifacts import ProgramFile
 
     spec = write_spec(
         tmp_path, {"oracle": {"kind": "torch"}, **SMALL, "mapping": {"method": "frequency"}}
@@ -163,7 +163,7 @@ def test_cli_errors_carry_no_traceback_in_a_real_process(tmp_path, small_npz_pat
         [
             sys.executable,
             "-m",
-            "app.cli",
+            "app.cli.main",
             "train",
             "--config",
             str(spec),

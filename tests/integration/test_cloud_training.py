@@ -8,7 +8,7 @@ import json
 import pytest
 from typer.testing import CliRunner
 
-from app.cli import app
+from app.cli.main import app
 from tests.conftest import digits_npz
 from tests.fakes.clarifai import FakeClarifai
 from tests.fakes.customvision import MODERATION_PROJECT, PUBLISHED, FakeCustomVision

@@ -23,7 +23,7 @@ from adapters.dispatch import Dispatcher
 from adapters.errors import AuthFailed, BadInput, BudgetExceeded
 from adapters.ratelimit import shared_limiter
 from adapters.retry import RetryPolicy
-from app.accounting import MemoryLedger
+from app.jobs.accounting import MemoryLedger
 from tests.fakes.clarifai import FakeClarifai
 from tests.fakes.customvision import MODERATION_PROJECT, PUBLISHED, FakeCustomVision
 from tests.fakes.model import CheapModel

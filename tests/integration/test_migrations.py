@@ -7,7 +7,7 @@ from pathlib import Path
 import pytest
 import sqlalchemy as sa
 
-from app.migrate import downgrade, upgrade
+from app.storage.migrate import downgrade, upgrade
 
 TABLES = {"tenants", "tokens", "datasets", "credentials", "jobs", "checkpoints", "ledger"}
 

@@ -12,12 +12,12 @@ import pytest
 
 from adapters.dispatch import RequestRecord
 from adapters.errors import BudgetExceeded
-from app.artifacts import ProgramFile
-from app.db import Database
-from app.migrate import upgrade
-from app.models import Dataset, Job, Tenant
-from app.services.ledger import DbLedger
-from app.settings import Settings
+from app.config.settings import Settings
+from app.jobs.artifacts import ProgramFile
+from app.jobs.ledger import DbLedger
+from app.storage.db import Database
+from app.storage.migrate import upgrade
+from app.storage.models import Dataset, Job, Tenant
 from tests.fakes.clarifai import FakeClarifai
 from tests.helpers import service, start_workers, upload, wait_final
 

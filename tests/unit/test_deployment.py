@@ -16,8 +16,8 @@ import pytest
 import yaml
 from typer.testing import CliRunner
 
-from app import cli
-from app.settings import Settings
+from app.cli import main as cli
+from app.config.settings import Settings
 
 ROOT = Path(__file__).resolve().parents[2]
 COMPOSE = ROOT / "docker-compose.yml"
@@ -202,7 +202,7 @@ def test_the_image_command_and_health_check_are_real():
     assert command[:2] == ["reprogram", "serve"] and help_of(command) == 0
     assert "ENTRYPOINT" not in steps
     scripts = tomllib.loads((ROOT / "pyproject.toml").read_text())["project"]["scripts"]
-    assert scripts["reprogram"] == "app.cli:main"
+    assert scripts["reprogram"] == "app.cli.main:main"
     port = command[command.index("--port") + 1]
     assert f"127.0.0.1:{port}/healthz" in steps["HEALTHCHECK"]
     assert f"EXPOSE {port}" in {f"{k} {v}" for k, v in instructions()}
@@ -227,8 +227,8 @@ def test_stalled_jobs_are_looked_for_every_five_seconds():
 
     from croniter import croniter
 
-    from app.queue import make_queue_app
-    from app.settings import Settings
+    from app.config.settings import Settings
+    from app.jobs.queue import make_queue_app
 
     app = make_queue_app(Settings(secret_key="k"), db=None)  # type: ignore[arg-type]
     (task,) = [t for t in app.periodic_registry.periodic_tasks.values()]

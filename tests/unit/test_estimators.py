@@ -3,7 +3,7 @@
 import numpy as np
 import pytest
 
-from app.engine.estimators import ESTIMATORS, Estimator, register
+from engine.estimators import ESTIMATORS, Estimator, register
 
 DIM = 40
 A = np.diag(np.linspace(0.5, 3.0, DIM))

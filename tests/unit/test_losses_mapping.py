@@ -6,8 +6,8 @@ import numpy as np
 import pytest
 import torch
 
-from app.engine.losses import class_weights, mean_loss, per_sample_loss
-from app.engine.mapping import (
+from engine.losses import class_weights, mean_loss, per_sample_loss
+from engine.mapping import (
     ManyToOneMapping,
     cross_fit_readout,
     frequency_mapping,

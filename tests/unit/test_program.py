@@ -3,7 +3,7 @@
 import numpy as np
 import pytest
 
-from app.engine.program import Program, bilinear_matrix
+from engine.program import Program, bilinear_matrix
 
 
 def test_mask_and_shapes() -> None:

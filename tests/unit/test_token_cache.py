@@ -5,9 +5,9 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from app.db import Database
-from app.migrate import upgrade
 from app.services.auth import TokenCache, create_token
+from app.storage.db import Database
+from app.storage.migrate import upgrade
 
 
 class Clock:

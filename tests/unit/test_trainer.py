@@ -3,8 +3,8 @@
 import numpy as np
 import pytest
 
-from app.engine.program import Program
-from app.engine.trainer import Split, Trainer, TrainerConfig
+from engine.program import Program
+from engine.trainer import Split, Trainer, TrainerConfig
 
 K = 12  # source labels
 RNG = np.random.default_rng(42)

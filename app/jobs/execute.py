@@ -1,4 +1,4 @@
-"""Execute one job from the database: the service's counterpart of ``app.local``.
+"""Execute one job from the database: the service's counterpart of ``app.jobs.local``.
 
 A job is leased to one execution at a time (``jobs.lease``). Every ``tell`` writes the
 complete engine state, the metrics row and the progress in one transaction, conditional on
@@ -21,20 +21,20 @@ from typing import Any
 from sqlalchemy import select, update
 
 from adapters.errors import BudgetExceeded, ConfigurationError, OracleError
-from app import runner
-from app.artifacts import npz_bytes, program_arrays
-from app.data import DataError
-from app.db import Database
-from app.engine.trainer import Event, Trainer
-from app.models import Checkpoint, Credential, Dataset, Job, MetricRow, utcnow
-from app.oracles import open_oracle
+from app.config.settings import Settings
+from app.config.spec import JobSpec
+from app.data.loading import DataError
+from app.data.store import load_stored
+from app.jobs import runner
+from app.jobs.artifacts import npz_bytes, program_arrays
+from app.jobs.ledger import DbLedger, LeaseLost, totals_by_purpose
+from app.jobs.oracles import open_oracle
 from app.services.credentials import resolver
-from app.services.crypto import SecretBox
-from app.services.datasets import load_stored
 from app.services.jobs import FINAL
-from app.services.ledger import DbLedger, LeaseLost, totals_by_purpose
-from app.settings import Settings
-from app.spec import JobSpec
+from app.storage.crypto import SecretBox
+from app.storage.db import Database
+from app.storage.models import Checkpoint, Credential, Dataset, Job, MetricRow, utcnow
+from engine.trainer import Event, Trainer
 
 log = logging.getLogger("reprogram.worker")
 LEASE_TIMEOUT = timedelta(seconds=30)  # a running job silent this long may be taken over

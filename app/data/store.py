@@ -10,9 +10,9 @@ from pathlib import Path
 from sqlalchemy import select
 from sqlalchemy.orm import Session
 
-from app.data import DataError, load_bytes
-from app.data import Dataset as Data
-from app.models import Dataset, new_id
+from app.data.loading import DataError, load_bytes
+from app.data.loading import Dataset as Data
+from app.storage.models import Dataset, new_id
 
 
 def store_upload(

@@ -1,7 +1,7 @@
 """The job spec: the same JSON for ``POST /v1/jobs`` and ``reprogram train --config``.
 
 Every field but ``oracle`` has a default; fields left ``null`` are chosen by
-``app.defaults.resolve`` from the oracle's label count, the number of classes and the budget,
+``app.config.defaults.resolve`` from the oracle's label count, the number of classes and the budget,
 and the resolved spec is what a job stores and reports. Unknown fields and out-of-range
 values are refused, naming the field.
 """

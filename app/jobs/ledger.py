@@ -14,8 +14,8 @@ from sqlalchemy import func, select, update
 
 from adapters.dispatch import NOT_SENT, RequestRecord
 from adapters.errors import BudgetExceeded
-from app.db import Database
-from app.models import Job, LedgerEntry
+from app.storage.db import Database
+from app.storage.models import Job, LedgerEntry
 
 
 class LeaseLost(Exception):
@@ -112,7 +112,7 @@ class _DbReservation:
 
 def totals_by_purpose(db: Database, job_id: str) -> dict[str, object]:
     """The job's training spend (predictions excluded) in the shape of
-    ``app.accounting.Totals.as_dict``."""
+    ``app.jobs.accounting.Totals.as_dict``."""
     with db.session() as s:
         rows = s.execute(
             select(

@@ -16,11 +16,11 @@ import numpy as np
 from adapters.base import Oracle
 from adapters.dispatch import Dispatcher
 from adapters.errors import BudgetExceeded
-from app.data import Dataset, split_indices, to_target
-from app.defaults import Facts, resolve
-from app.engine.program import Program
-from app.engine.trainer import Event, Split, Trainer, TrainerConfig
-from app.spec import JobSpec
+from app.config.defaults import Facts, resolve
+from app.config.spec import JobSpec
+from app.data.loading import Dataset, split_indices, to_target
+from engine.program import Program
+from engine.trainer import Event, Split, Trainer, TrainerConfig
 
 DEFAULT_INPUT_SIZE = 128
 

@@ -15,8 +15,8 @@ from typing import Any
 import numpy as np
 from PIL import Image
 
-from app.engine.mapping import READOUT_EPS, LinearReadout, ManyToOneMapping
-from app.engine.trainer import Trainer
+from engine.mapping import READOUT_EPS, LinearReadout, ManyToOneMapping
+from engine.trainer import Trainer
 
 READOUT_TRANSFORM = f"log(p + {READOUT_EPS:g})"
 

@@ -1,6 +1,6 @@
 """Run a whole job in this process, without the server: what ``reprogram train``,
 ``reprogram demo`` and the benchmarks use. The service's worker runs the same
-``app.runner`` functions with a database ledger and checkpoints instead.
+``app.jobs.runner`` functions with a database ledger and checkpoints instead.
 """
 
 from __future__ import annotations
@@ -14,14 +14,14 @@ from typing import Any
 import numpy as np
 
 from adapters.errors import BudgetExceeded, OracleError
-from app import runner
-from app.accounting import MemoryLedger, query_cap
-from app.artifacts import program_arrays
-from app.data import Dataset
-from app.engine.trainer import Event, Trainer
-from app.oracles import SecretResolver, open_oracle, secret_from_env
-from app.settings import Settings
-from app.spec import JobSpec
+from app.config.settings import Settings
+from app.config.spec import JobSpec
+from app.data.loading import Dataset
+from app.jobs import runner
+from app.jobs.accounting import MemoryLedger, query_cap
+from app.jobs.artifacts import program_arrays
+from app.jobs.oracles import SecretResolver, open_oracle, secret_from_env
+from engine.trainer import Event, Trainer
 
 
 @dataclass

@@ -21,9 +21,9 @@ from rich.progress import BarColumn, Progress, TextColumn, TimeElapsedColumn
 from rich.table import Table
 
 from adapters.errors import ConfigurationError, OracleError
-from app.data import DataError
-from app.runner import PlanError, PreparedJob
-from app.spec import JobSpec, error_fields
+from app.config.spec import JobSpec, error_fields
+from app.data.loading import DataError
+from app.jobs.runner import PlanError, PreparedJob
 
 app = typer.Typer(
     add_completion=False,
@@ -90,8 +90,8 @@ class _ProgressView:
 
 def run_job(spec: JobSpec, dataset_loader: Any, out: Path) -> dict[str, Any]:
     """Shared by ``train`` and ``demo``: run, show progress, write the artifacts."""
-    from app.artifacts import write_outputs
-    from app.local import run_local
+    from app.jobs.artifacts import write_outputs
+    from app.jobs.local import run_local
 
     try:
         dataset = dataset_loader()
@@ -151,7 +151,7 @@ def train(
 ) -> None:
     """Run one job in this process and write program.npz, metrics.jsonl, result.json,
     curve.png and program.png."""
-    from app.data import load_dataset
+    from app.data.loading import load_dataset
 
     spec = load_spec(config)
     result = run_job(spec, lambda: load_dataset(data), out)
@@ -166,7 +166,7 @@ def demo(
     seed: int = 0,
 ) -> None:
     """Reprogram the bundled ImageNet model to read handwritten digits (black box)."""
-    from app.demo import demo_spec, mnist_digits
+    from app.cli.demo import demo_spec, mnist_digits
 
     console.print(
         "[bold]reprogram demo[/]: EfficientNet-Lite0 (ImageNet, 1,000 labels), "
@@ -180,7 +180,7 @@ def demo(
 def _settings():  # type: ignore[no-untyped-def]
     from pydantic import ValidationError as SettingsError
 
-    from app.settings import Settings
+    from app.config.settings import Settings
 
     try:
         return Settings()
@@ -213,9 +213,9 @@ def worker(
     ),
 ) -> None:
     """A queue worker (PostgreSQL mode): runs jobs from the procrastinate queue."""
-    from app.db import Database
-    from app.migrate import upgrade
-    from app.queue import run_worker
+    from app.jobs.queue import run_worker
+    from app.storage.db import Database
+    from app.storage.migrate import upgrade
 
     if nice and hasattr(os, "nice"):  # a worker beside the API must not starve it (2 cores)
         os.nice(nice)
@@ -235,7 +235,7 @@ def worker(
 @app.command()
 def migrate() -> None:
     """Bring the database to the newest schema."""
-    from app.migrate import upgrade
+    from app.storage.migrate import upgrade
 
     settings = _settings()
     settings.data_dir.mkdir(parents=True, exist_ok=True)
@@ -246,9 +246,9 @@ def migrate() -> None:
 @token_app.command("create")
 def token_create(tenant: Annotated[str, typer.Option(help="tenant name")]) -> None:
     """Create an API token for TENANT (created on first use); prints it on the last line."""
-    from app.db import Database
-    from app.migrate import upgrade
     from app.services.auth import create_token
+    from app.storage.db import Database
+    from app.storage.migrate import upgrade
 
     settings = _settings()
     if not tenant.strip():

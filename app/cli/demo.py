@@ -11,8 +11,8 @@ from __future__ import annotations
 
 import numpy as np
 
-from app.data import Dataset
-from app.spec import JobSpec
+from app.config.spec import JobSpec
+from app.data.loading import Dataset
 
 
 def mnist_digits(

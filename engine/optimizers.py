@@ -8,7 +8,7 @@ from typing import ClassVar
 
 import numpy as np
 
-from app.engine.registry import Registry
+from engine.registry import Registry
 
 OPTIMIZERS: Registry[Optimizer] = Registry()
 register = OPTIMIZERS.register

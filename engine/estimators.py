@@ -13,7 +13,7 @@ from typing import ClassVar
 
 import numpy as np
 
-from app.engine.registry import Registry
+from engine.registry import Registry
 
 ESTIMATORS: Registry[Estimator] = Registry()
 register = ESTIMATORS.register

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from app.spec import JobSpec
+from app.config.spec import JobSpec
 
 BUDGET_DECIDES = 1_000_000  # "as many iterations as the budget allows"
 

@@ -14,8 +14,8 @@ from adapters.base import Oracle
 from adapters.dispatch import Dispatcher, Ledger
 from adapters.errors import ConfigurationError
 from adapters.ratelimit import credential_key, shared_limiter
-from app.settings import Settings
-from app.spec import (
+from app.config.settings import Settings
+from app.config.spec import (
     ClarifaiOracleSpec,
     CloudCredential,
     CustomVisionOracleSpec,

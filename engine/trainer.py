@@ -29,10 +29,10 @@ from typing import Any, Literal
 import numpy as np
 import torch
 
-from app.engine import state as state_io
-from app.engine.estimators import ESTIMATORS, Estimator
-from app.engine.losses import LossKind, class_weights, mean_loss, per_sample_loss
-from app.engine.mapping import (
+from engine import state as state_io
+from engine.estimators import ESTIMATORS, Estimator
+from engine.losses import LossKind, class_weights, mean_loss, per_sample_loss
+from engine.mapping import (
     CrossFitReadout,
     OutputMapping,
     cross_fit_readout,
@@ -40,8 +40,8 @@ from app.engine.mapping import (
     mapping_from_state,
     random_mapping,
 )
-from app.engine.optimizers import OPTIMIZERS, Optimizer
-from app.engine.program import Program
+from engine.optimizers import OPTIMIZERS, Optimizer
+from engine.program import Program
 
 Purpose = Literal["mapping", "baseline", "training", "validation", "test"]
 MappingMethod = Literal["frequency", "random", "learned"]

@@ -14,7 +14,7 @@ from pathlib import Path
 
 from cryptography.fernet import Fernet, InvalidToken
 
-from app.settings import Settings
+from app.config.settings import Settings
 
 KEY_FILE = "secret.key"
 

@@ -21,10 +21,10 @@ from multiprocessing.process import BaseProcess
 
 from sqlalchemy import select, update
 
-from app.db import Database, libpq_url
-from app.models import Job
-from app.settings import Settings
-from app.worker import LEASE_TIMEOUT, execute_job
+from app.config.settings import Settings
+from app.jobs.execute import LEASE_TIMEOUT, execute_job
+from app.storage.db import Database, libpq_url
+from app.storage.models import Job
 
 log = logging.getLogger("reprogram.queue")
 HEARTBEAT_SECONDS = 2.0
@@ -116,7 +116,7 @@ class ChildExecutor:
             stopping = self._stopping
         if child.exitcode != 0:
             log.warning("job %s: its process exited with code %s", job_id, child.exitcode)
-            from app.models import utcnow
+            from app.storage.models import utcnow
 
             values: dict[str, object] = (
                 {"status": "queued", "lease": None}
@@ -178,7 +178,7 @@ class EmbeddedRunner:
 
     def _requeue_orphans(self) -> None:
         """Jobs left running by a previous process that died go back to the queue."""
-        from app.models import utcnow
+        from app.storage.models import utcnow
 
         with self.db.session() as s:
             s.execute(

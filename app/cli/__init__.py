@@ -1,0 +1,1 @@
+"""The `reprogram` command line."""

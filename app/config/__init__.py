@@ -1,0 +1,1 @@
+"""Configuration: the job spec, its defaults, and the service's settings."""

@@ -1,0 +1,1 @@
+"""Data sets: reading users' uploads and storing them."""

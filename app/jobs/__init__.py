@@ -1,0 +1,1 @@
+"""Job execution: lifecycle, runner, worker, queue, oracles, accounting, artifacts."""

@@ -1,0 +1,1 @@
+"""Storage: the database, its tables, migrations and sealed secrets."""
