@@ -16,10 +16,9 @@ from typing import Any
 import numpy as np
 import pytest
 
-from adapters import ratelimit
 from adapters.clarifai import ClarifaiOracle
 from adapters.dispatch import Dispatcher
-from adapters.ratelimit import bucket_table, shared_limiter
+from adapters.ratelimit import bucket_table, build_limiter, shared_limiter
 from adapters.retry import RetryPolicy
 from tests.fakes.clarifai import FakeClarifai
 
@@ -139,7 +138,7 @@ def test_two_processes_stay_under_the_limit_together(request, backend_fixture, k
 def test_a_pause_reaches_every_limiter_of_the_credential(request, backend_fixture, key):
     backend = request.getfixturevalue(backend_fixture)
     # What two worker processes hold: limiters built apart, sharing only the database.
-    mine, theirs = ratelimit._build(key, RATE, backend), ratelimit._build(key, RATE, backend)
+    mine, theirs = build_limiter(key, RATE, backend), build_limiter(key, RATE, backend)
     try:
         theirs.acquire()
         mine.pause(0.6)  # a Retry-After met here...

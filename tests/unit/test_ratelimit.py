@@ -7,7 +7,6 @@ import itertools
 import pytest
 from pyrate_limiter import InMemoryBucket
 
-from adapters import ratelimit
 from adapters.ratelimit import (
     CONTENTION_RETRY_S,
     LEAK_EVERY_S,
@@ -18,6 +17,7 @@ from adapters.ratelimit import (
     credential_key,
     pacing_rates,
     shared_limiter,
+    sqlite_connection,
 )
 
 
@@ -136,8 +136,8 @@ def test_a_pause_set_while_waiting_is_honoured():
 
 def test_pauses_are_shared_through_sqlite(tmp_path):
     path = str(tmp_path / "limits.db")
-    store = SqlPauseStore(lambda: ratelimit._sqlite_connection(path), "?")
-    other_process_store = SqlPauseStore(lambda: ratelimit._sqlite_connection(path), "?")
+    store = SqlPauseStore(lambda: sqlite_connection(path), "?")
+    other_process_store = SqlPauseStore(lambda: sqlite_connection(path), "?")
     clock = FakeTime()
     one = limiter_on(clock, 10, pauses=store)
     other = limiter_on(clock, 10, pauses=other_process_store)
