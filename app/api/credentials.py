@@ -4,11 +4,12 @@ from __future__ import annotations
 
 from typing import Literal
 
-from fastapi import APIRouter, HTTPException, status
+from fastapi import APIRouter, HTTPException, Response, status
 from pydantic import BaseModel, ConfigDict, Field, SecretStr
 
 from app.api.deps import CurrentTenant, ServicesDep, SessionDep, find_owned
 from app.api.errors import check_storable
+from app.api.paging import DEFAULT_LIMIT, Limit, Offset, page
 from app.services import credentials
 from app.storage.models import Credential
 
@@ -52,11 +53,16 @@ def create(
 
 
 @router.get("", response_model=list[CredentialOut])
-def list_credentials(s: SessionDep, tenant: CurrentTenant) -> list[CredentialOut]:
-    return [
-        CredentialOut(id=r.id, provider=r.provider, name=r.name)
-        for r in credentials.list_for(s, tenant.id)
-    ]
+def list_credentials(
+    s: SessionDep,
+    tenant: CurrentTenant,
+    response: Response,
+    limit: Limit = DEFAULT_LIMIT,
+    offset: Offset = 0,
+) -> list[CredentialOut]:
+    """The tenant's credentials (never their secrets), oldest first, one page at a time."""
+    rows = page(s, Credential, tenant.id, response, limit=limit, offset=offset)
+    return [CredentialOut(id=r.id, provider=r.provider, name=r.name) for r in rows]
 
 
 @router.delete("/{credential_id}", status_code=status.HTTP_204_NO_CONTENT)

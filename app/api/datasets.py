@@ -4,10 +4,11 @@ from __future__ import annotations
 
 from pathlib import PurePosixPath
 
-from fastapi import APIRouter, HTTPException, UploadFile, status
+from fastapi import APIRouter, HTTPException, Response, UploadFile, status
 from pydantic import BaseModel
 
 from app.api.deps import CurrentTenant, ServicesDep, SessionDep, find_owned
+from app.api.paging import DEFAULT_LIMIT, Limit, Offset, page
 from app.data import store as datasets
 from app.data.loading import DataError
 from app.storage.models import Dataset
@@ -71,8 +72,15 @@ def _clean_filename(name: str | None) -> str:
 
 
 @router.get("", response_model=list[DatasetOut])
-def list_datasets(s: SessionDep, tenant: CurrentTenant) -> list[DatasetOut]:
-    return [_out(r) for r in datasets.list_for(s, tenant.id)]
+def list_datasets(
+    s: SessionDep,
+    tenant: CurrentTenant,
+    response: Response,
+    limit: Limit = DEFAULT_LIMIT,
+    offset: Offset = 0,
+) -> list[DatasetOut]:
+    """The tenant's data sets, oldest first, one page at a time (`X-Total-Count`: all)."""
+    return [_out(r) for r in page(s, Dataset, tenant.id, response, limit=limit, offset=offset)]
 
 
 @router.get("/{dataset_id}", response_model=DatasetOut)

@@ -14,6 +14,7 @@ from pydantic import BaseModel
 from adapters.errors import ConfigurationError, OracleError
 from app.api.deps import CurrentTenant, OwnedJob, ServicesDep, SessionDep
 from app.api.errors import check_storable, refused, unprocessable
+from app.api.paging import DEFAULT_LIMIT, Limit, Offset, page
 from app.config.spec import JobSpec
 from app.data.loading import DataError, decode_image
 from app.jobs.artifacts import ProgramFile, curve_png, program_png
@@ -21,7 +22,7 @@ from app.jobs.ledger import DbLedger
 from app.jobs.oracles import open_oracle
 from app.services import credentials
 from app.services import jobs as job_service
-from app.storage.models import Credential
+from app.storage.models import Credential, Job
 
 router = APIRouter(prefix="/v1/jobs", tags=["jobs"])
 log = logging.getLogger("reprogram.api")
@@ -61,8 +62,16 @@ def create(spec: JobSpec, s: SessionDep, tenant: CurrentTenant, svc: ServicesDep
 
 
 @router.get("")
-def list_jobs(s: SessionDep, tenant: CurrentTenant) -> list[dict[str, Any]]:
-    return [job_service.view(j) for j in job_service.list_for(s, tenant.id)]
+def list_jobs(
+    s: SessionDep,
+    tenant: CurrentTenant,
+    response: Response,
+    limit: Limit = DEFAULT_LIMIT,
+    offset: Offset = 0,
+) -> list[dict[str, Any]]:
+    """The tenant's jobs, newest first, one page at a time (`X-Total-Count`: all of them)."""
+    rows = page(s, Job, tenant.id, response, limit=limit, offset=offset, newest_first=True)
+    return [job_service.view(j) for j in rows]
 
 
 @router.get("/{job_id}")
