@@ -21,6 +21,7 @@ from rich.progress import BarColumn, Progress, TextColumn, TimeElapsedColumn
 from rich.table import Table
 
 from adapters.errors import ConfigurationError, OracleError
+from app.cli.remote import jobs_app
 from app.config.spec import JobSpec, error_fields
 from app.data.loading import DataError
 from app.jobs.runner import PlanError, PreparedJob
@@ -32,6 +33,7 @@ app = typer.Typer(
 )
 token_app = typer.Typer(no_args_is_help=True, help="API tokens.")
 app.add_typer(token_app, name="token")
+app.add_typer(jobs_app, name="jobs")  # jobs on a server, through app.client
 console = Console()
 err_console = Console(stderr=True, soft_wrap=True)  # messages stay greppable, unwrapped
 
