@@ -1,20 +1,174 @@
-"""Helpers for tests that drive the service: worker processes and polling."""
+"""What several test modules need: data (digits, images), PostgreSQL databases, the service
+in-process with tenants, jobs and programs, worker processes and polling.
+
+Test modules import these from here, never from one another. The application is imported
+inside the helpers that use it, so that ``conftest.py`` (which imports this module for every
+test) stays light for the unit tests.
+"""
 
 from __future__ import annotations
 
+import io
 import os
+import secrets
 import subprocess
 import sys
 import time
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
+from typing import TYPE_CHECKING, Any
 
-from fastapi.testclient import TestClient
+import numpy as np
+import psycopg
 
-from app.config.settings import Settings
+if TYPE_CHECKING:
+    from fastapi.testclient import TestClient
+
+    from app.config.settings import Settings
+    from app.storage.db import Database
 
 FINAL = ("succeeded", "failed", "cancelled", "budget_exhausted")
+PG_ADMIN = "postgresql://postgres@127.0.0.1:5432/postgres"
+
+
+# --- data --------------------------------------------------------------------------------------
+
+
+def digits_npz(n_per_class: int = 12, classes: int = 3, size: int = 16, seed: int = 0) -> bytes:
+    """Real handwritten digits (scikit-learn's 8×8 set, upscaled) as product.md's .npz."""
+    from PIL import Image
+    from sklearn.datasets import load_digits
+
+    d = load_digits()
+    rng = np.random.default_rng(seed)
+    xs, ys = [], []
+    for c in range(classes):
+        idx = rng.permutation(np.flatnonzero(d.target == c))[:n_per_class]
+        for i in idx:
+            img = (d.images[i] / 16.0 * 255).astype(np.uint8)
+            xs.append(np.asarray(Image.fromarray(img).resize((size, size), Image.BILINEAR)))
+            ys.append(c)
+    buf = io.BytesIO()
+    np.savez(
+        buf,
+        x=np.stack(xs)[..., None],
+        y=np.array(ys),
+        classes=np.array([f"digit{c}" for c in range(classes)]),
+    )
+    return buf.getvalue()
+
+
+def png(size: int = 8, seed: int = 0, fmt: str = "PNG") -> bytes:
+    """A ``size``×``size`` RGB image of noise, encoded as ``fmt`` (PNG unless told)."""
+    from PIL import Image
+
+    img = np.random.default_rng(seed).integers(0, 255, (size, size, 3), dtype=np.uint8)
+    buf = io.BytesIO()
+    Image.fromarray(img).save(buf, format=fmt)
+    return buf.getvalue()
+
+
+# --- databases ---------------------------------------------------------------------------------
+
+
+def create_database() -> str:
+    """A fresh, empty PostgreSQL database; its URL."""
+    name = f"rp_test_{secrets.token_hex(6)}"
+    with psycopg.connect(PG_ADMIN, autocommit=True) as conn:
+        conn.execute(f'CREATE DATABASE "{name}"')
+    return f"postgresql://postgres@127.0.0.1:5432/{name}"
+
+
+def drop_database(url: str) -> None:
+    name = url.rsplit("/", 1)[1]
+    with psycopg.connect(PG_ADMIN, autocommit=True) as conn:
+        conn.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
+
+
+# --- the service in-process --------------------------------------------------------------------
+
+
+@contextmanager
+def api(
+    settings: Settings, *, run_jobs: bool = True, raise_server_exceptions: bool = True
+) -> Iterator[tuple[TestClient, Database]]:
+    """The API in-process, and the database behind it (for tokens and what workers do)."""
+    from fastapi.testclient import TestClient
+
+    from app.api.app import create_app
+    from app.storage.db import Database
+
+    app = create_app(settings, run_jobs=run_jobs)
+    with TestClient(app, raise_server_exceptions=raise_server_exceptions) as client:
+        db = Database(settings.db_url)
+        try:
+            yield client, db
+        finally:
+            db.dispose()
+
+
+@contextmanager
+def service(
+    settings: Settings, *, run_jobs: bool = True, tenant: str = "acme"
+) -> Iterator[tuple[TestClient, dict[str, str]]]:
+    """The API in-process, and auth headers of a fresh tenant."""
+    with api(settings, run_jobs=run_jobs) as (client, db):
+        yield client, bearer(db, tenant)
+
+
+def bearer(db: Database, tenant: str) -> dict[str, str]:
+    """Auth headers with a new token of ``tenant`` (created if it does not exist)."""
+    from app.services.auth import create_token
+
+    with db.session() as s:
+        return {"Authorization": f"Bearer {create_token(s, tenant_name=tenant)}"}
+
+
+def upload(
+    client: TestClient, headers: dict[str, str], content: bytes, name: str = "data.npz"
+) -> dict:
+    r = client.post("/v1/datasets", headers=headers, files={"file": (name, content)})
+    assert r.status_code == 201, r.text
+    return r.json()
+
+
+def post_job(client: TestClient, headers: dict[str, str], spec: dict[str, Any]) -> str:
+    """Submit a job; its id."""
+    r = client.post("/v1/jobs", headers=headers, json=spec)
+    assert r.status_code == 202, r.text
+    return r.json()["id"]
+
+
+def give_program(db: Database, data_dir: Path, job_id: str, classes: list[str]) -> None:
+    """Make a queued job look finished, with a program file, as a worker would leave it."""
+    from sqlalchemy import update
+
+    from app.jobs.artifacts import npz_bytes
+    from app.storage.models import Job
+
+    arrays = {
+        "P": np.zeros((32, 32, 3), np.float32),
+        "mask": np.ones((32, 32, 3), np.float32),
+        "mapping": np.zeros((len(classes), 1), np.int64),
+        "source_labels": np.array(["a"]),
+        "target_classes": np.array(classes),
+        "target_size": np.array(16),
+        "input_size": np.array(32),
+        "spec": np.array("{}"),
+    }
+    rel = Path("artifacts") / job_id / "program.npz"
+    (data_dir / rel).parent.mkdir(parents=True)
+    (data_dir / rel).write_bytes(npz_bytes(arrays))
+    with db.session() as s:
+        s.execute(
+            update(Job)
+            .where(Job.id == job_id)
+            .values(status="succeeded", program_path=str(rel), iterations=0)
+        )
+
+
+# --- workers and polling -----------------------------------------------------------------------
 
 
 def start_workers(
@@ -49,28 +203,3 @@ def wait_final(client: TestClient, headers: dict, job_id: str, timeout: float = 
             return job
         time.sleep(0.5)
     raise AssertionError(f"job {job_id} did not finish: {job}")
-
-
-@contextmanager
-def service(
-    settings: Settings, *, run_jobs: bool = True, tenant: str = "acme"
-) -> Iterator[tuple[TestClient, dict[str, str]]]:
-    """The API in-process, and auth headers of a fresh tenant."""
-    from app.api.app import create_app
-    from app.services.auth import create_token
-    from app.storage.db import Database
-
-    with TestClient(create_app(settings, run_jobs=run_jobs)) as client:
-        db = Database(settings.db_url)
-        with db.session() as s:
-            token = create_token(s, tenant_name=tenant)
-        db.dispose()
-        yield client, {"Authorization": f"Bearer {token}"}
-
-
-def upload(
-    client: TestClient, headers: dict[str, str], content: bytes, name: str = "data.npz"
-) -> dict:
-    r = client.post("/v1/datasets", headers=headers, files={"file": (name, content)})
-    assert r.status_code == 201, r.text
-    return r.json()

@@ -13,22 +13,27 @@ import json
 import zipfile
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
-from pathlib import Path
 from typing import Any
 
 import numpy as np
 import pytest
 from fastapi.testclient import TestClient
 from PIL import Image
-from sqlalchemy import select, update
+from sqlalchemy import select
 
-from app.api.app import create_app
 from app.config.settings import Settings
-from app.jobs.artifacts import npz_bytes
-from app.services.auth import create_token
 from app.storage.db import Database
 from app.storage.models import Base, Job
-from tests.conftest import create_database, drop_database
+from tests.helpers import (
+    api,
+    bearer,
+    create_database,
+    drop_database,
+    give_program,
+    png,
+    post_job,
+    upload,
+)
 
 UPLOAD_LIMIT = 64 * 1024  # small, so that "oversize" is cheap to build
 
@@ -40,13 +45,6 @@ class World:
     settings: Settings
     headers: dict[str, str]
     ids: dict[str, str] = field(default_factory=dict)
-
-
-def png(size: int = 8, seed: int = 0, fmt: str = "PNG") -> bytes:
-    img = np.random.default_rng(seed).integers(0, 255, (size, size, 3), dtype=np.uint8)
-    buf = io.BytesIO()
-    Image.fromarray(img).save(buf, format=fmt)
-    return buf.getvalue()
 
 
 def make_zip(entries: dict[str, bytes], compress: int = zipfile.ZIP_DEFLATED) -> bytes:
@@ -64,34 +62,6 @@ def make_npz(compressed: bool = False, **arrays: Any) -> bytes:
     return buf.getvalue()
 
 
-def bearer(db: Database, tenant: str) -> dict[str, str]:
-    with db.session() as s:
-        return {"Authorization": f"Bearer {create_token(s, tenant_name=tenant)}"}
-
-
-def give_program(db: Database, data_dir: Path, job_id: str, classes: list[str]) -> None:
-    """Make a queued job look finished, with a program file, as a worker would leave it."""
-    arrays = {
-        "P": np.zeros((32, 32, 3), np.float32),
-        "mask": np.ones((32, 32, 3), np.float32),
-        "mapping": np.zeros((len(classes), 1), np.int64),
-        "source_labels": np.array(["a"]),
-        "target_classes": np.array(classes),
-        "target_size": np.array(16),
-        "input_size": np.array(32),
-        "spec": np.array("{}"),
-    }
-    rel = Path("artifacts") / job_id / "program.npz"
-    (data_dir / rel).parent.mkdir(parents=True)
-    (data_dir / rel).write_bytes(npz_bytes(arrays))
-    with db.session() as s:
-        s.execute(
-            update(Job)
-            .where(Job.id == job_id)
-            .values(status="succeeded", program_path=str(rel), iterations=0)
-        )
-
-
 @pytest.fixture(
     scope="module", params=["sqlite", pytest.param("postgres", marks=pytest.mark.postgres)]
 )
@@ -106,14 +76,10 @@ def world(request, tmp_path_factory, small_npz) -> Iterator[World]:
         max_upload_bytes=UPLOAD_LIMIT,
     )
     try:
-        app = create_app(settings, run_jobs=False)
-        with TestClient(app, raise_server_exceptions=False) as client:
-            db = Database(settings.db_url)
+        with api(settings, run_jobs=False, raise_server_exceptions=False) as (client, db):
             w = World(client, db, settings, bearer(db, "acme"))
-            r = client.post("/v1/datasets", headers=w.headers, files={"file": ("d.npz", small_npz)})
-            assert r.status_code == 201, r.text
-            w.ids["ds"] = r.json()["id"]
-            classes = r.json()["classes"]
+            ds = upload(client, w.headers, small_npz, "d.npz")
+            w.ids["ds"] = ds["id"]
             r = client.post(
                 "/v1/credentials", headers=w.headers, json={"provider": "clarifai", "secret": "k1"}
             )
@@ -124,12 +90,9 @@ def world(request, tmp_path_factory, small_npz) -> Iterator[World]:
                 "oracle": {"kind": "clarifai", "credential_id": w.ids["cred"]},
             }
             for name, spec in (("queued", torch), ("done", torch), ("cloud", cloud)):
-                r = client.post("/v1/jobs", headers=w.headers, json=spec)
-                assert r.status_code == 202, r.text
-                w.ids[name] = r.json()["id"]
-            give_program(db, settings.data_dir, w.ids["done"], classes)
+                w.ids[name] = post_job(client, w.headers, spec)
+            give_program(db, settings.data_dir, w.ids["done"], ds["classes"])
             yield w
-            db.dispose()
     finally:
         if request.param == "postgres":
             drop_database(url)

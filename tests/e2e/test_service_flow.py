@@ -4,22 +4,15 @@ process) and on PostgreSQL (jobs run in `reprogram worker` processes from the qu
 
 from __future__ import annotations
 
-import io
 from collections.abc import Iterator
 
-import numpy as np
 import pytest
-from fastapi.testclient import TestClient
-from PIL import Image
 
-from app.api.app import create_app
 from app.config.settings import Settings
 from app.jobs.artifacts import ProgramFile
-from app.services.auth import create_token
-from app.storage.db import Database
 from tests.fakes.clarifai import FakeClarifai
 from tests.fakes.customvision import MODERATION_PROJECT, PUBLISHED, FakeCustomVision
-from tests.helpers import start_workers, wait_final
+from tests.helpers import png, post_job, service, start_workers, upload, wait_final
 
 CLARIFAI_KEY = "clarifai-secret-e2e-91c2"
 CV_KEY = "customvision-secret-e2e-55aa"
@@ -60,13 +53,6 @@ def fakes() -> Iterator[tuple[FakeClarifai, FakeCustomVision]]:
         yield c, v
 
 
-def png_bytes(seed: int) -> bytes:
-    img = np.random.default_rng(seed).integers(0, 255, (20, 20, 3), dtype=np.uint8)
-    buf = io.BytesIO()
-    Image.fromarray(img).save(buf, format="PNG")
-    return buf.getvalue()
-
-
 @pytest.mark.slow
 @pytest.mark.parametrize(
     "backend", ["sqlite", pytest.param("postgres", marks=pytest.mark.postgres)]
@@ -87,17 +73,8 @@ def test_whole_flow_over_http(backend, request, tmp_path, small_npz, fakes, capf
     )
     workers = start_workers(settings, 1, tmp_path) if backend == "postgres" else []
     try:
-        with TestClient(create_app(settings)) as client:
-            db = Database(settings.db_url)
-            with db.session() as s:
-                token = create_token(s, tenant_name="acme")
-            db.dispose()
-            headers = {"Authorization": f"Bearer {token}"}
-            up = client.post(
-                "/v1/datasets", headers=headers, files={"file": ("digits.npz", small_npz)}
-            )
-            assert up.status_code == 201, up.text
-            ds = up.json()
+        with service(settings) as (client, headers):
+            ds = upload(client, headers, small_npz, "digits.npz")
             assert ds["n_samples"] == 36 and ds["classes"] == ["digit0", "digit1", "digit2"]
             creds = {}
             for provider, secret in (("clarifai", CLARIFAI_KEY), ("customvision", CV_KEY)):
@@ -110,13 +87,8 @@ def test_whole_flow_over_http(backend, request, tmp_path, small_npz, fakes, capf
                 creds[provider] = r.json()["id"]
             ids = {}
             for name, oracle in oracle_specs(clarifai, cv, creds).items():
-                r = client.post(
-                    "/v1/jobs",
-                    headers=headers,
-                    json={"dataset_id": ds["id"], "oracle": oracle, **SMALL_RUN},
-                )
-                assert r.status_code == 202, r.text
-                ids[name] = r.json()["id"]
+                spec = {"dataset_id": ds["id"], "oracle": oracle, **SMALL_RUN}
+                ids[name] = post_job(client, headers, spec)
             jobs = {name: wait_final(client, headers, jid) for name, jid in ids.items()}
             for name, job in jobs.items():
                 assert job["status"] == "succeeded", (name, job)
@@ -139,8 +111,8 @@ def test_whole_flow_over_http(backend, request, tmp_path, small_npz, fakes, capf
                 arrays = ProgramFile.load(prog.content).arrays
                 assert arrays["P"].shape == (64, 64, 3)
                 assert list(arrays["target_classes"]) == ds["classes"]
-                png = client.get(f"/v1/jobs/{jid}/program?format=png", headers=headers)
-                assert png.headers["content-type"] == "image/png"
+                drawn = client.get(f"/v1/jobs/{jid}/program?format=png", headers=headers)
+                assert drawn.headers["content-type"] == "image/png"
                 metrics = client.get(f"/v1/jobs/{jid}/metrics", headers=headers).json()
                 assert [m["iteration"] for m in metrics if m["kind"] == "iteration"] == [
                     1,
@@ -154,7 +126,7 @@ def test_whole_flow_over_http(backend, request, tmp_path, small_npz, fakes, capf
             pred = client.post(
                 f"/v1/jobs/{ids['customvision']}/predict",
                 headers=headers,
-                files=[("files", (f"x{i}.png", png_bytes(i))) for i in range(3)],
+                files=[("files", (f"x{i}.png", png(20, seed=i))) for i in range(3)],
             )
             assert pred.status_code == 200, pred.text
             assert {p["class"] for p in pred.json()["predictions"]} <= set(ds["classes"])

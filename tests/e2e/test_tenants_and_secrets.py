@@ -10,24 +10,20 @@ import logging
 import os
 import subprocess
 import sys
-from collections.abc import Iterator
-from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
 import pytest
-from fastapi.testclient import TestClient
 from pydantic import SecretStr, ValidationError
 from sqlalchemy import select
 from typer.testing import CliRunner
 
-from app.api.app import create_app
 from app.cli import main as cli
 from app.config.settings import Settings
 from app.storage.crypto import SecretBox
 from app.storage.db import Database
 from app.storage.models import Base, Credential, LedgerEntry, Tenant, Token
-from tests.e2e.test_api_errors import bearer, give_program, png
+from tests.helpers import api, bearer, give_program, png, post_job, upload
 
 SECRET = "sk-live-7f3b9d0e1c2a4b5d-tenant-test"
 REPO = Path(__file__).resolve().parents[2]
@@ -47,28 +43,6 @@ def settings(request, tmp_path) -> Settings:
     )
 
 
-@contextmanager
-def service(settings: Settings) -> Iterator[tuple[TestClient, Database]]:
-    with TestClient(create_app(settings, run_jobs=False), raise_server_exceptions=False) as c:
-        db = Database(settings.db_url)
-        try:
-            yield c, db
-        finally:
-            db.dispose()
-
-
-def upload(client: TestClient, headers: dict[str, str], content: bytes) -> dict[str, Any]:
-    r = client.post("/v1/datasets", headers=headers, files={"file": ("d.npz", content)})
-    assert r.status_code == 201, r.text
-    return r.json()
-
-
-def post_job(client: TestClient, headers: dict[str, str], spec: dict[str, Any]) -> str:
-    r = client.post("/v1/jobs", headers=headers, json=spec)
-    assert r.status_code == 202, r.text
-    return r.json()["id"]
-
-
 def tenant_id(db: Database, name: str) -> str:
     with db.session() as s:
         return s.scalar(select(Tenant.id).where(Tenant.name == name))
@@ -78,7 +52,7 @@ def tenant_id(db: Database, name: str) -> str:
 
 
 def test_another_tenants_objects_do_not_exist(settings, small_npz):
-    with service(settings) as (client, db):
+    with api(settings, run_jobs=False, raise_server_exceptions=False) as (client, db):
         a, b = bearer(db, "acme"), bearer(db, "globex")
         ds = upload(client, a, small_npz)
         cred = client.post(
@@ -171,7 +145,7 @@ def test_a_secret_never_leaves_the_credentials_table_in_clear(settings, small_np
     caplog.set_level(logging.DEBUG)
     caplog.set_level(logging.INFO, logger="sqlalchemy.engine")  # SQL and its parameters too
     seen: list[str] = []  # every response body the tenant got
-    with service(settings) as (client, db):
+    with api(settings, run_jobs=False, raise_server_exceptions=False) as (client, db):
         a = bearer(db, "acme")
         ds = upload(client, a, small_npz)
 
@@ -304,7 +278,7 @@ def test_token_create_prints_a_token_that_authenticates(settings, small_npz):
     assert len({token, again_token, other_token}) == 3
     assert runner.invoke(cli.app, ["token", "create", "--tenant", "  "]).exit_code == 2
 
-    with service(settings) as (client, db):
+    with api(settings, run_jobs=False, raise_server_exceptions=False) as (client, db):
         h = {"Authorization": f"Bearer {token}"}
         assert client.get("/v1/spend", headers=h).status_code == 200
         assert (
@@ -328,7 +302,7 @@ def test_token_create_prints_a_token_that_authenticates(settings, small_npz):
 
 
 def test_cancelling_a_queued_job_is_immediate(settings, small_npz):
-    with service(settings) as (client, db):
+    with api(settings, run_jobs=False, raise_server_exceptions=False) as (client, db):
         a, b = bearer(db, "acme"), bearer(db, "globex")
         ds = upload(client, a, small_npz)
         spec = {"dataset_id": ds["id"], "oracle": {"kind": "torch"}}

@@ -9,9 +9,9 @@ import pytest
 from typer.testing import CliRunner
 
 from app.cli.main import app
-from tests.conftest import digits_npz
 from tests.fakes.clarifai import FakeClarifai
 from tests.fakes.customvision import MODERATION_PROJECT, PUBLISHED, FakeCustomVision
+from tests.helpers import digits_npz
 
 KEY = "cloud-training-key-0c1d"
 RUN = {
