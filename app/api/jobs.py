@@ -17,6 +17,7 @@ from app.api.errors import check_storable, refused, unprocessable
 from app.api.paging import DEFAULT_LIMIT, Limit, Offset, page
 from app.config.spec import JobSpec
 from app.data.loading import DataError, decode_image
+from app.jobs import lifecycle
 from app.jobs.artifacts import ProgramFile, curve_png, program_png
 from app.jobs.ledger import DbLedger
 from app.jobs.oracles import open_oracle
@@ -53,7 +54,7 @@ def create(spec: JobSpec, s: SessionDep, tenant: CurrentTenant, svc: ServicesDep
             # The error's type only: connection errors can carry connection strings.
             log.error("job %s: could not be queued (%s)", job.id, type(err).__name__)
             with svc.db.session() as cleanup:  # the 503 leaves nothing behind
-                job_service.discard_unqueued(cleanup, job.id)
+                lifecycle.discard_unqueued(cleanup, job.id)
             raise HTTPException(
                 status.HTTP_503_SERVICE_UNAVAILABLE,
                 "the job queue is unavailable; the job was not created, try again",
@@ -82,7 +83,7 @@ def get_job(job: OwnedJob) -> dict[str, Any]:
 
 @router.post("/{job_id}/cancel", status_code=status.HTTP_202_ACCEPTED, response_model=JobCreated)
 def cancel(job: OwnedJob, s: SessionDep) -> JobCreated:
-    job_service.request_cancel(s, job)
+    lifecycle.request_cancel(s, job)
     return JobCreated(id=job.id, status=job.status)
 
 

@@ -4,7 +4,6 @@ atomically under the data directory and referenced from the database with a chec
 from __future__ import annotations
 
 import hashlib
-import os
 from pathlib import Path
 
 from sqlalchemy import select
@@ -12,6 +11,7 @@ from sqlalchemy.orm import Session
 
 from app.data.loading import DataError, load_bytes
 from app.data.loading import Dataset as Data
+from app.storage.files import write_atomic
 from app.storage.models import Dataset, new_id
 
 
@@ -25,11 +25,7 @@ def store_upload(
     data = load_bytes(content, filename)  # decodes every image: bad input never lands
     ds_id = new_id("ds")
     rel = Path("datasets") / f"{ds_id}{suffix}"
-    path = data_dir / rel
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_suffix(suffix + ".part")
-    tmp.write_bytes(content)
-    os.replace(tmp, path)  # atomic: a reader sees the whole file or none
+    write_atomic(data_dir / rel, content)
     row = Dataset(
         id=ds_id,
         tenant_id=tenant_id,

@@ -14,12 +14,9 @@ from sqlalchemy import func, select, update
 
 from adapters.dispatch import NOT_SENT, RequestRecord
 from adapters.errors import BudgetExceeded
+from app.jobs.lifecycle import LeaseLost, release_reservation
 from app.storage.db import Database
 from app.storage.models import Job, LedgerEntry
-
-
-class LeaseLost(Exception):
-    """Another worker has taken this job over; this one must stop."""
 
 
 @dataclass
@@ -68,7 +65,7 @@ class DbLedger:
                     s.execute(
                         update(Job)
                         .where(Job.id == self.job_id)
-                        .values(reserved_queries=Job.reserved_queries - held)
+                        .values(reserved_queries=release_reservation(held))
                     )
             return
         with self.db.session() as s:
@@ -77,7 +74,7 @@ class DbLedger:
                     update(Job)
                     .where(Job.id == self.job_id)
                     .values(
-                        reserved_queries=Job.reserved_queries - held,
+                        reserved_queries=release_reservation(held),
                         queries=Job.queries + record.answered,
                         requests=Job.requests + 1,
                         cost_usd=Job.cost_usd + cost,

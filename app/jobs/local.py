@@ -5,7 +5,6 @@
 
 from __future__ import annotations
 
-import json
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -13,13 +12,11 @@ from typing import Any
 
 import numpy as np
 
-from adapters.errors import BudgetExceeded, OracleError
 from app.config.settings import Settings
 from app.config.spec import JobSpec
 from app.data.loading import Dataset
 from app.jobs import runner
 from app.jobs.accounting import MemoryLedger, query_cap
-from app.jobs.artifacts import program_arrays
 from app.jobs.oracles import SecretResolver, open_oracle, secret_from_env
 from engine.trainer import Event, Trainer
 
@@ -90,17 +87,9 @@ def run_local(
         if on_prepared is not None:
             on_prepared(job)
         hooks = _Hooks(job, ledger, on_row, should_stop)
-        error: BaseException | None = None
-        try:
-            runner.run(job.trainer, dispatcher, hooks)
-        except (runner.Cancelled, BudgetExceeded, OracleError) as err:
-            error = err
+        error = runner.run_to_end(job.trainer, dispatcher, hooks)
     status = runner.final_status(job, error)
     result = runner.summarize(job, ledger.totals.as_dict(), status, time.monotonic() - start)
-    if error is not None and status == "failed":
-        result["error"] = f"{type(error).__name__}: {error}"
-    arrays = None
-    if job.trainer.best_program()[1] is not None:  # a failure before any mapping: none
-        spec_json = json.dumps(job.spec.model_dump(mode="json"))
-        arrays = program_arrays(job.trainer, spec_json, job.classes, job.source_labels)
-    return LocalRun(result, hooks.rows, arrays)
+    if status == "failed":
+        result["error"] = runner.error_message(error)
+    return LocalRun(result, hooks.rows, runner.program_of(job))

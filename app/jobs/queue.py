@@ -5,7 +5,10 @@
   killed mid-job stops sending heartbeats; the periodic ``requeue_stalled`` task (run by every
   worker) hands its jobs back to the queue, and the next worker resumes from the checkpoint.
 * Embedded (SQLite): ``EmbeddedRunner`` threads inside ``reprogram serve`` claim queued jobs
-  from the jobs table, so the server alone is a complete service.
+  from the jobs table, so the server alone is a complete service. Every few seconds it also
+  requeues jobs whose lease went silent (their process died, maybe with a previous server).
+
+State changes go through ``app.jobs.lifecycle``; this module only orchestrates.
 """
 
 from __future__ import annotations
@@ -19,12 +22,10 @@ import time
 from collections.abc import Callable
 from multiprocessing.process import BaseProcess
 
-from sqlalchemy import select, update
-
 from app.config.settings import Settings
-from app.jobs.execute import LEASE_TIMEOUT, execute_job
+from app.jobs import lifecycle
+from app.jobs.execute import execute_job
 from app.storage.db import Database, libpq_url
-from app.storage.models import Job
 
 log = logging.getLogger("reprogram.queue")
 HEARTBEAT_SECONDS = 2.0
@@ -75,8 +76,23 @@ def run_worker(settings: Settings, db: Database, concurrency: int) -> None:
         )
 
 
-def _execute_child(settings: Settings, job_id: str) -> None:
+def _exit_with_parent(parent: int) -> None:
+    """A job's process dies with the server that started it: an orphan would run on
+    unsupervised, outside the next server's concurrency limit. Its lease then goes silent
+    and the next server requeues the job."""
+
+    def watch() -> None:
+        while os.getppid() == parent:
+            time.sleep(0.5)
+        log.warning("the server (pid %d) is gone; stopping", parent)
+        os._exit(1)
+
+    threading.Thread(target=watch, name="parent-watch", daemon=True).start()
+
+
+def _execute_child(settings: Settings, job_id: str, parent: int) -> None:
     """A child process's whole life: one job, at batch priority, on its own connections."""
+    _exit_with_parent(parent)
     with contextlib.suppress(OSError):
         os.nice(JOB_NICENESS)
     db = Database(settings.db_url)
@@ -103,7 +119,10 @@ class ChildExecutor:
 
     def __call__(self, db: Database, settings: Settings, job_id: str) -> int:
         child = mp.get_context("spawn").Process(
-            target=_execute_child, args=(settings, job_id), name=f"job-{job_id}", daemon=True
+            target=_execute_child,
+            args=(settings, job_id, os.getpid()),
+            name=f"job-{job_id}",
+            daemon=True,
         )
         with self._lock:
             if self._stopping:
@@ -116,21 +135,7 @@ class ChildExecutor:
             stopping = self._stopping
         if child.exitcode != 0:
             log.warning("job %s: its process exited with code %s", job_id, child.exitcode)
-            from app.storage.models import utcnow
-
-            values: dict[str, object] = (
-                {"status": "queued", "lease": None}
-                if stopping
-                else {
-                    "status": "failed",
-                    "error": f"the job's process exited with code {child.exitcode}",
-                    "finished_at": utcnow(),
-                }
-            )
-            with db.session() as s:
-                s.execute(
-                    update(Job).where(Job.id == job_id, Job.status == "running").values(**values)
-                )
+            lifecycle.process_exited(db, job_id, child.exitcode, requeue=stopping)
         return child.exitcode or 0
 
     def stop(self, timeout: float) -> None:
@@ -163,7 +168,9 @@ class EmbeddedRunner:
         self._taken_lock = threading.Lock()
 
     def start(self) -> None:
-        self._requeue_orphans()
+        reaper = threading.Thread(target=self._reap, name="job-reaper", daemon=True)
+        reaper.start()
+        self._threads.append(reaper)
         for i in range(self.n):
             t = threading.Thread(target=self._loop, name=f"job-runner-{i}", daemon=True)
             t.start()
@@ -176,25 +183,21 @@ class EmbeddedRunner:
         for t in self._threads:
             t.join(timeout)
 
-    def _requeue_orphans(self) -> None:
-        """Jobs left running by a previous process that died go back to the queue."""
-        from app.storage.models import utcnow
-
-        with self.db.session() as s:
-            s.execute(
-                update(Job)
-                .where(Job.status == "running", Job.heartbeat_at < utcnow() - LEASE_TIMEOUT)
-                .values(status="queued", lease=None)
-            )
+    def _reap(self) -> None:
+        """Requeue jobs whose process died (lease silent), now and every few seconds."""
+        while True:
+            try:
+                lifecycle.requeue_stale(self.db)
+            except Exception:  # a database hiccup: try again next round
+                log.exception("requeueing stale jobs")
+            if self._stop.wait(lifecycle.HEARTBEAT.total_seconds()):
+                return
 
     def _next(self) -> str | None:
         """The oldest queued job that no other thread of this runner has taken (a job stays
         queued until its process claims it; a second process for it would be wasted)."""
-        with self._taken_lock, self.db.session() as s:
-            query = select(Job.id).where(Job.status == "queued", Job.cancel_requested.is_(False))
-            if self._taken:
-                query = query.where(Job.id.not_in(self._taken))
-            job_id = s.scalar(query.order_by(Job.created_at).limit(1))
+        with self._taken_lock:
+            job_id = lifecycle.next_queued(self.db, self._taken)
             if job_id is not None:
                 self._taken.add(job_id)
             return job_id

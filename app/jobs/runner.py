@@ -8,17 +8,19 @@ every ``tell`` (the CLI writes metrics; the worker checkpoints in the same trans
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+import json
+from dataclasses import dataclass
 from typing import Any, Protocol
 
 import numpy as np
 
 from adapters.base import Oracle
 from adapters.dispatch import Dispatcher
-from adapters.errors import BudgetExceeded
+from adapters.errors import BudgetExceeded, ConfigurationError, OracleError
 from app.config.defaults import Facts, resolve
 from app.config.spec import JobSpec
-from app.data.loading import Dataset, split_indices, to_target
+from app.data.loading import DataError, Dataset, split_indices, to_target
+from app.jobs.artifacts import program_arrays
 from engine.program import Program
 from engine.trainer import Event, Split, Trainer, TrainerConfig
 
@@ -186,6 +188,36 @@ def run(trainer: Trainer, dispatcher: Dispatcher, hooks: RunHooks) -> None:
         else:
             event = trainer.tell(dispatcher.query(ask.frames, ask.purpose))
         hooks.after_tell(trainer, event)
+
+
+#: Errors that end a run as a status (cancelled, budget_exhausted, failed) with the best
+#: program so far, rather than as a crash.
+RUN_ERRORS = (Cancelled, BudgetExceeded, OracleError)
+#: Errors of a job that cannot start as specified (raised before any training query).
+CONFIGURATION_ERRORS = (ConfigurationError, DataError, PlanError, ValueError)
+
+
+def run_to_end(trainer: Trainer, dispatcher: Dispatcher, hooks: RunHooks) -> BaseException | None:
+    """``run``, with the errors that end a run normally returned instead of raised."""
+    try:
+        run(trainer, dispatcher, hooks)
+    except RUN_ERRORS as err:
+        return err
+    return None
+
+
+def error_message(error: BaseException | None) -> str | None:
+    """How a job's error is reported to its owner (result.json, GET /v1/jobs/{id})."""
+    return None if error is None else f"{type(error).__name__}: {error}"
+
+
+def program_of(job: PreparedJob) -> dict[str, np.ndarray] | None:
+    """The contract's program arrays of the best program, or None when the job ended before
+    it had one (a failure before the mapping)."""
+    if job.trainer.best_program()[1] is None:
+        return None
+    spec_json = json.dumps(job.spec.model_dump(mode="json"))
+    return program_arrays(job.trainer, spec_json, job.classes, job.source_labels)
 
 
 def discover_labels(oracle: Oracle, dispatcher: Dispatcher, input_size: int) -> None:

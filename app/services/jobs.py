@@ -1,4 +1,5 @@
-"""Jobs as tenants see them: creation (with ownership and budget checks), views, cancel."""
+"""Jobs as tenants see them: creation (with ownership and budget checks), views, cancel
+(state changes themselves are ``app.jobs.lifecycle``'s)."""
 
 from __future__ import annotations
 
@@ -10,9 +11,8 @@ from sqlalchemy.orm import Session
 from app.config.settings import Settings
 from app.config.spec import CloudCredential, JobSpec
 from app.jobs.accounting import query_cap
-from app.storage.models import Base, Credential, Dataset, Job, MetricRow, utcnow
+from app.storage.models import Base, Credential, Dataset, Job, MetricRow
 
-FINAL = ("succeeded", "failed", "cancelled", "budget_exhausted")
 M = TypeVar("M", bound=Base)
 
 
@@ -78,15 +78,6 @@ def create_job(session: Session, settings: Settings, *, tenant_id: str, spec: Jo
     return job
 
 
-def request_cancel(session: Session, job: Job) -> None:
-    """A queued job ends at once; a running one stops within one iteration."""
-    if job.status in FINAL:
-        return
-    job.cancel_requested = True
-    if job.status == "queued":
-        job.status, job.finished_at = "cancelled", utcnow()
-
-
 def view(job: Job) -> dict[str, Any]:
     """The contract's job object (product.md), plus what was chosen and the result."""
     return {
@@ -120,10 +111,3 @@ def metric_rows(session: Session, job_id: str) -> list[dict[str, Any]]:
     """The job's metrics rows (one per iteration / validation), in order."""
     q = select(MetricRow.row).where(MetricRow.job_id == job_id).order_by(MetricRow.seq)
     return list(session.scalars(q))
-
-
-def discard_unqueued(session: Session, job_id: str) -> None:
-    """Take back a job that never reached the queue (still queued, nothing ran)."""
-    job = session.get(Job, job_id)
-    if job is not None and job.status == "queued":
-        session.delete(job)

@@ -1,0 +1,123 @@
+"""Job state transitions and leases (app.jobs.lifecycle) on a real SQLite database."""
+
+from __future__ import annotations
+
+from datetime import timedelta
+
+import pytest
+from sqlalchemy import update
+
+from app.jobs import lifecycle
+from app.jobs.ledger import DbLedger
+from app.jobs.lifecycle import LeaseLost, Status
+from app.storage.db import Database
+from app.storage.migrate import upgrade
+from app.storage.models import Dataset, Job, Tenant, utcnow
+
+
+@pytest.fixture
+def db(tmp_path):
+    url = f"sqlite:///{tmp_path / 'l.db'}"
+    upgrade(url)
+    db = Database(url)
+    with db.session() as s:
+        s.add(Tenant(id="tn_a", name="a"))
+        s.flush()
+        s.add(
+            Dataset(
+                id="ds_a", tenant_id="tn_a", filename="a.npz", path="a", sha256="0",
+                size_bytes=1, n_samples=1, classes=["x", "y"],
+            )
+        )  # fmt: skip
+        s.flush()
+        s.add(
+            Job(id="job_a", tenant_id="tn_a", dataset_id="ds_a", provider="torch", spec={},
+                query_cap=1000)
+        )  # fmt: skip
+    yield db
+    db.dispose()
+
+
+def silence(db: Database, seconds: float) -> None:
+    """Make the job's lease look ``seconds`` old."""
+    with db.session() as s:
+        s.execute(update(Job).values(heartbeat_at=utcnow() - timedelta(seconds=seconds)))
+
+
+def get(db: Database) -> Job:
+    with db.session() as s:
+        return s.get(Job, "job_a")
+
+
+def test_one_lease_at_a_time_and_a_silent_one_is_taken_over(db):
+    assert lifecycle.claim(db, "job_a", "one") is not None
+    assert lifecycle.claim(db, "job_a", "two") is None  # alive: not ours
+    silence(db, lifecycle.LEASE_TIMEOUT.total_seconds() + 1)
+    assert lifecycle.claim(db, "job_a", "two") is not None
+    with pytest.raises(LeaseLost):
+        lifecycle.record_progress(
+            db, "job_a", "one", iteration=1, iterations=2, state=b"", metrics_row=None, seq=0
+        )
+    assert get(db).attempts == 2
+
+
+def test_taking_over_releases_the_dead_holders_reservations(db):
+    lifecycle.claim(db, "job_a", "one")
+    dead = DbLedger(db, "job_a", "tn_a", "torch", None, 0.0, lease="one")
+    dead.reserve("training", 300)
+    assert get(db).reserved_queries == 300
+    silence(db, 60)
+    assert lifecycle.requeue_stale(db) == ["job_a"]
+    job = get(db)
+    assert job.status == Status.QUEUED and job.reserved_queries == 0
+    lifecycle.claim(db, "job_a", "two")
+    live = DbLedger(db, "job_a", "tn_a", "torch", None, 0.0, lease="two")
+    live.reserve("training", 1000)  # the whole budget is there again
+    with pytest.raises(Exception, match="budget"):
+        live.reserve("training", 1)
+
+
+def test_a_late_settle_never_makes_reservations_negative(db):
+    from adapters.dispatch import RequestRecord
+
+    lifecycle.claim(db, "job_a", "one")
+    ledger = DbLedger(db, "job_a", "tn_a", "torch", None, 0.0, lease="one")
+    held = ledger.reserve("training", 50)
+    silence(db, 60)
+    lifecycle.claim(db, "job_a", "two")  # resets reservations to 0
+    held.settle(RequestRecord("training", 50, 50, "ok", None, 0.0))
+    job = get(db)
+    assert job.reserved_queries == 0 and job.queries == 50  # what was answered still counts
+
+
+def test_cancel_ends_a_job_in_any_non_final_state(db):
+    lifecycle.claim(db, "job_a", "one")
+    with db.session() as s:
+        lifecycle.request_cancel(s, s.get(Job, "job_a"))
+    assert get(db).status == Status.RUNNING  # alive: it stops at its next iteration
+    silence(db, 60)
+    with db.session() as s:
+        lifecycle.request_cancel(s, s.get(Job, "job_a"))
+    job = get(db)
+    assert job.status == Status.CANCELLED and job.finished_at is not None
+
+
+def test_a_stale_job_whose_cancel_was_asked_ends_cancelled_not_requeued(db):
+    lifecycle.claim(db, "job_a", "one")
+    with db.session() as s:
+        s.execute(update(Job).values(cancel_requested=True))
+    silence(db, 60)
+    assert lifecycle.requeue_stale(db) == []
+    assert get(db).status == Status.CANCELLED
+
+
+def test_the_heartbeat_keeps_a_lease_alive(db, monkeypatch):
+    monkeypatch.setattr(lifecycle, "HEARTBEAT", timedelta(seconds=0.05))
+    lifecycle.claim(db, "job_a", "one")
+    silence(db, 60)
+    with lifecycle.Heartbeat(db, "job_a", "one"):
+        import time
+
+        time.sleep(0.3)
+    assert lifecycle.requeue_stale(db) == []
+    assert get(db).status == Status.RUNNING
