@@ -18,10 +18,12 @@ One idea a module:
 - ``clock``: the database's clock, followed locally;
 - ``limiter``: ``SharedRateLimiter``, the waiting loop (and why it is not pyrate's);
 - ``backends``: a limiter on a backend URL (``build_limiter``);
-- ``registry``: one limiter per process and credential (``shared_limiter``).
+- ``registry``: one limiter per process and credential (``shared_limiter``);
+- ``cleanup``: removing what limiters leave in PostgreSQL (tests, benchmarks).
 """
 
 from adapters.ratelimit.backends import build_limiter
+from adapters.ratelimit.cleanup import drop_postgres_state, pause_table_exists
 from adapters.ratelimit.clock import ServerClock
 from adapters.ratelimit.keys import bucket_table, credential_key
 from adapters.ratelimit.limiter import (
@@ -55,7 +57,9 @@ __all__ = [
     "bucket_table",
     "build_limiter",
     "credential_key",
+    "drop_postgres_state",
     "pacing_rates",
+    "pause_table_exists",
     "shared_limiter",
     "sqlite_connection",
 ]

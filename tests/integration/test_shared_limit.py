@@ -18,7 +18,12 @@ import pytest
 
 from adapters.clarifai import ClarifaiOracle
 from adapters.dispatch import Dispatcher
-from adapters.ratelimit import bucket_table, build_limiter, shared_limiter
+from adapters.ratelimit import (
+    build_limiter,
+    drop_postgres_state,
+    pause_table_exists,
+    shared_limiter,
+)
 from adapters.retry import RetryPolicy
 from tests.fakes.clarifai import FakeClarifai
 
@@ -96,22 +101,9 @@ def sqlite_backend(tmp_path) -> Iterator[str]:
 def postgres_backend(key) -> Iterator[str]:
     """The production backend. Afterwards the bucket of ``key`` and its pause row go, and the
     shared pause table too if this test created it (otherwise other limiters may use it)."""
-    import psycopg
-    from psycopg import sql
-
-    def pause_table(conn: psycopg.Connection) -> bool:
-        return conn.execute("SELECT to_regclass('rate_pause')").fetchone()[0] is not None
-
-    with psycopg.connect(POSTGRES, autocommit=True) as conn:
-        existed = pause_table(conn)
+    existed = pause_table_exists(POSTGRES)
     yield POSTGRES
-    with psycopg.connect(POSTGRES, autocommit=True) as conn:
-        bucket = sql.Identifier(bucket_table(key, POSTGRES))
-        conn.execute(sql.SQL("DROP TABLE IF EXISTS {}").format(bucket))
-        if pause_table(conn):
-            conn.execute("DELETE FROM rate_pause WHERE key = %s", (key,))
-            if not existed and not conn.execute("SELECT 1 FROM rate_pause").fetchone():
-                conn.execute("DROP TABLE rate_pause")
+    drop_postgres_state(POSTGRES, [key], pause_table_existed=existed)
 
 
 @pytest.mark.parametrize(
