@@ -31,6 +31,7 @@ class Estimator(ABC):
     name: ClassVar[str]
 
     def __init__(self, dim: int, q: int, beta: float, scale: float | None = None) -> None:
+        """q directions of radius β in ℝ^dim; ``scale`` is the b of the sphere estimates."""
         if dim < 1 or q < 1 or beta <= 0:
             raise ValueError("dim, q and beta must be positive")
         self.dim, self.q, self.beta = dim, q, beta
@@ -48,6 +49,7 @@ class Estimator(ABC):
         return None
 
     def ask(self, theta: np.ndarray, rng: np.random.Generator) -> np.ndarray:
+        """The K×d candidate points around θ whose losses ``tell`` needs next."""
         theta = np.asarray(theta, dtype=np.float64)
         if theta.shape != (self.dim,):
             raise ValueError(f"theta must have shape ({self.dim},)")
@@ -56,6 +58,7 @@ class Estimator(ABC):
         return theta[None, :] + self._offsets(directions)
 
     def tell(self, losses: np.ndarray) -> np.ndarray:
+        """The gradient estimate from the losses at the last ask's candidates, in order."""
         if self._pending is None:
             raise RuntimeError("tell() without a matching ask()")
         losses = np.array(losses, dtype=np.float64)  # a copy: the caller's array stays as is
@@ -84,10 +87,12 @@ class BarEstimator(Estimator):
 
     @property
     def n_candidates(self) -> int:
+        """θ itself, then q one-sided perturbations."""
         return self.q + 1
 
     @property
     def center_index(self) -> int:
+        """θ itself comes first."""
         return 0
 
     def _directions(self, rng: np.random.Generator) -> np.ndarray:
@@ -106,6 +111,7 @@ class TwoSidedEstimator(Estimator):
 
     @property
     def n_candidates(self) -> int:
+        """Two points (±) per direction."""
         return 2 * self.q
 
     def _offsets(self, directions: np.ndarray) -> np.ndarray:

@@ -15,9 +15,12 @@ register = OPTIMIZERS.register
 
 
 class Optimizer(ABC):
+    """An update rule θ ← θ − step(g) with learning rate lr · lr_decay^t at step t."""
+
     name: ClassVar[str]
 
     def __init__(self, dim: int, lr: float, *, lr_decay: float = 1.0, clip: float | None = None):
+        """An optimiser for d = ``dim`` coefficients; ``clip`` caps ‖g‖₂ when given."""
         self.dim, self.lr, self.lr_decay, self.clip = dim, lr, lr_decay, clip
         self.t = 0
 
@@ -36,9 +39,11 @@ class Optimizer(ABC):
     def _direction(self, grad: np.ndarray, lr: float) -> np.ndarray: ...
 
     def state(self) -> dict[str, np.ndarray]:
+        """The step count and any moments, as arrays."""
         return {"t": np.array(self.t)}
 
     def load_state(self, state: dict[str, np.ndarray]) -> None:
+        """Continue from ``state()``."""
         self.t = int(state["t"])
 
 
@@ -60,6 +65,7 @@ class Adam(Optimizer):
     beta1, beta2, eps = 0.9, 0.999, 1e-8
 
     def __init__(self, dim: int, lr: float, **kwargs: float | None) -> None:
+        """Zero moments; ``kwargs`` as for ``Optimizer``."""
         super().__init__(dim, lr, **kwargs)  # type: ignore[arg-type]
         self.m = np.zeros(dim)
         self.v = np.zeros(dim)
@@ -72,9 +78,11 @@ class Adam(Optimizer):
         return lr * m_hat / (np.sqrt(v_hat) + self.eps)
 
     def state(self) -> dict[str, np.ndarray]:
+        """The step count and both moment estimates."""
         return {**super().state(), "m": self.m.copy(), "v": self.v.copy()}
 
     def load_state(self, state: dict[str, np.ndarray]) -> None:
+        """Continue from ``state()``."""
         super().load_state(state)
         self.m = np.array(state["m"], dtype=np.float64)
         self.v = np.array(state["v"], dtype=np.float64)

@@ -60,6 +60,7 @@ class Program:
     resolution: int | None = None  # r; None means input_size (only meaningful for "pixel")
 
     def __post_init__(self) -> None:
+        """Refuse a geometry that does not fit."""
         if not 0 < self.target_size <= self.input_size:
             raise ValueError("target_size must be in (0, input_size]")
         if self.basis == "pixel" and self.resolution not in (None, self.input_size):
@@ -69,6 +70,7 @@ class Program:
 
     @property
     def r(self) -> int:
+        """The coefficient grid's side r."""
         return self.input_size if self.resolution is None else self.resolution
 
     @property
@@ -78,6 +80,7 @@ class Program:
 
     @property
     def offset(self) -> int:
+        """Row (and column) of the frame where the target image starts."""
         return (self.input_size - self.target_size) // 2
 
     @cached_property

@@ -8,6 +8,8 @@ T = TypeVar("T")
 
 
 class Registry(dict[str, type[T]], Generic[T]):
+    """Classes by their ``name`` attribute; a name can be registered once."""
+
     def register(self, cls: type[T]) -> type[T]:
         """Class decorator: add ``cls`` under ``cls.name``."""
         name = cls.name  # type: ignore[attr-defined]

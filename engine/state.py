@@ -46,6 +46,7 @@ def dumps(tree: dict[str, Any]) -> bytes:
 
 
 def loads(data: bytes) -> dict[str, Any]:
+    """Inverse of ``dumps``."""
     with np.load(io.BytesIO(data), allow_pickle=False) as npz:
         arrays = {k: npz[k] for k in npz.files if k != "__meta__"}
         meta = json.loads(npz["__meta__"].tobytes().decode())
