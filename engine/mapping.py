@@ -27,17 +27,18 @@ class OutputMapping(ABC):
     """h = mapping(F). Subclasses are small value objects that serialise to arrays."""
 
     kind: str
-    trainable: bool = False
 
     @abstractmethod
     def target_probs_t(self, source: torch.Tensor) -> torch.Tensor:
         """Differentiable h (N×C) from F (N×K), float64."""
 
     def target_probs(self, source: np.ndarray) -> np.ndarray:
+        """h (N×C) from F (N×K), as numpy, without a gradient."""
         with torch.no_grad():
             return self.target_probs_t(torch.as_tensor(source, dtype=torch.float64)).numpy()
 
     def predict(self, source: np.ndarray) -> np.ndarray:
+        """The target class of each row of F: argmax h."""
         return self.target_probs(source).argmax(axis=1)
 
     @abstractmethod
@@ -47,20 +48,26 @@ class OutputMapping(ABC):
 
 @dataclass
 class ManyToOneMapping(OutputMapping):
+    """Class j owns the source labels ``indices[j]``; h_j is their mean probability,
+    renormalised over classes."""
+
     indices: np.ndarray  # C×m source-label indices, all distinct
     kind: str = "many_to_one"
 
     def __post_init__(self) -> None:
+        """Refuse a source label shared by two classes."""
         self.indices = np.asarray(self.indices, dtype=np.int64)
         if len(np.unique(self.indices)) != self.indices.size:
             raise ValueError("a source label may belong to one target class only")
 
     def target_probs_t(self, source: torch.Tensor) -> torch.Tensor:
+        """Mean probability of each class's labels, renormalised over classes."""
         idx = torch.as_tensor(self.indices)
         h = source[:, idx].mean(dim=2)
         return h / h.sum(dim=1, keepdim=True).clamp_min(1e-30)
 
     def state(self) -> dict[str, np.ndarray]:
+        """Kind and indices."""
         return {"kind": np.array(self.kind), "indices": self.indices}
 
 
@@ -75,36 +82,28 @@ class LinearReadout(OutputMapping):
     sigma: np.ndarray  # K
     l2: float = 1e-2
     kind: str = "linear_readout"
-    trainable: bool = True
     _w: torch.Tensor = field(init=False, repr=False)
     _b: torch.Tensor = field(init=False, repr=False)
 
     def __post_init__(self) -> None:
+        """Hold the weights as float64 tensors."""
         self._w = torch.tensor(np.asarray(self.weight, dtype=np.float64))
         self._b = torch.tensor(np.asarray(self.bias, dtype=np.float64))
 
     @staticmethod
     def features(source: torch.Tensor) -> torch.Tensor:
+        """φ(F) = log(F + ε), before standardisation."""
         return torch.log(source + READOUT_EPS)
 
     def logits_t(self, source: torch.Tensor, w: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
+        """Standardised features times (w, b): the read-out's logits for given weights."""
         mu = torch.as_tensor(self.mu, dtype=torch.float64)
         sigma = torch.as_tensor(self.sigma, dtype=torch.float64)
         return ((self.features(source) - mu) / sigma) @ w.T + b
 
     def target_probs_t(self, source: torch.Tensor) -> torch.Tensor:
+        """Softmax of the read-out's logits."""
         return torch.softmax(self.logits_t(source, self._w, self._b), dim=1)
-
-    @property
-    def params(self) -> np.ndarray:
-        """Flat (W, b) for an optimiser."""
-        return np.concatenate([self._w.numpy().ravel(), self._b.numpy()])
-
-    def set_params(self, flat: np.ndarray) -> None:
-        c, k = self._w.shape
-        self._w = torch.tensor(np.asarray(flat[: c * k], dtype=np.float64).reshape(c, k))
-        self._b = torch.tensor(np.asarray(flat[c * k :], dtype=np.float64))
-        self.weight, self.bias = self._w.numpy(), self._b.numpy()
 
     def exported(self) -> tuple[np.ndarray, np.ndarray]:
         """(weight, bias) acting on log(F + ε) directly, standardisation folded in, for a
@@ -114,6 +113,7 @@ class LinearReadout(OutputMapping):
         return w.astype(np.float32), b.astype(np.float32)
 
     def state(self) -> dict[str, np.ndarray]:
+        """Kind, weights, standardisation and L2 strength."""
         return {
             "kind": np.array(self.kind),
             "weight": self._w.numpy(),
@@ -125,6 +125,7 @@ class LinearReadout(OutputMapping):
 
 
 def mapping_from_state(state: dict[str, np.ndarray]) -> OutputMapping:
+    """The mapping whose ``state()`` this is."""
     kind = str(state["kind"])
     if kind == "many_to_one":
         return ManyToOneMapping(indices=state["indices"])
@@ -137,6 +138,13 @@ def mapping_from_state(state: dict[str, np.ndarray]) -> OutputMapping:
             l2=float(state["l2"]),
         )
     raise ValueError(f"unknown mapping kind {kind!r}")
+
+
+def labels_per_class(n_source: int, n_classes: int, wanted: int) -> int:
+    """How many source labels each class owns in a disjoint many-to-one mapping: ``wanted``,
+    fewer when the oracle's ``n_source`` labels cannot give every class that many, never
+    fewer than one."""
+    return max(1, min(wanted, n_source // n_classes))
 
 
 def frequency_mapping(
@@ -233,17 +241,8 @@ class CrossFitReadout:
     folds: list[LinearReadout]
     fold_of: np.ndarray  # fold index of each training image
 
-    def oof_target_probs(self, source: np.ndarray, sample_idx: np.ndarray) -> np.ndarray:
-        """h for training images ``sample_idx`` (answers ``source``), each by the read-out
-        that left its fold out."""
-        h = np.empty((len(source), self.full.weight.shape[0]))
-        folds = self.fold_of[sample_idx]
-        for f in np.unique(folds):
-            sel = folds == f
-            h[sel] = self.folds[f].target_probs(source[sel])
-        return h
-
     def state(self) -> dict[str, object]:
+        """Arrays that recreate these read-outs with ``from_state``."""
         return {
             "full": self.full.state(),
             "folds": [m.state() for m in self.folds],
@@ -252,6 +251,7 @@ class CrossFitReadout:
 
     @classmethod
     def from_state(cls, s: dict) -> CrossFitReadout:
+        """Inverse of ``state``."""
         return cls(
             full=mapping_from_state(s["full"]),  # type: ignore[arg-type]
             folds=[mapping_from_state(m) for m in s["folds"]],  # type: ignore[misc]
@@ -316,8 +316,3 @@ def cross_fit_readout(
     init = previous.full if previous is not None else None
     w, b = _fit_readout_once(z, yt, n_classes, best_l2, init)
     return CrossFitReadout(full=readout(w, b, best_l2), folds=best_folds, fold_of=fold)
-
-
-def fit_readout(source: np.ndarray, y: np.ndarray, n_classes: int) -> LinearReadout:
-    """The linear-probe baseline: the full read-out of ``cross_fit_readout``."""
-    return cross_fit_readout(source, y, n_classes).full

@@ -3,6 +3,9 @@ exposes, how many classes the task has, how much data and how large a budget.
 
 Each choice is written down in plain words so ``reprogram train`` and ``GET /v1/jobs/{id}``
 can say what was chosen and why. The numbers come from the measurements in BENCHMARKS.md.
+
+These are the only defaults of a job: the engine's ``TrainerConfig`` has none of its own
+(a second set there drifted from these), so what a job runs is what ``resolve`` chose.
 """
 
 from __future__ import annotations
@@ -10,6 +13,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 from app.config.spec import JobSpec
+from engine.mapping import labels_per_class
 
 BUDGET_DECIDES = 1_000_000  # "as many iterations as the budget allows"
 
@@ -64,7 +68,7 @@ def resolve(spec: JobSpec, facts: Facts) -> tuple[JobSpec, list[str]]:
     choose(
         s.mapping,
         "labels_per_class",
-        max(1, min(10, k // c)),
+        labels_per_class(k, c, wanted=10),
         f"{k} labels shared disjointly by {c} classes (at most 10 each)",
     )
 

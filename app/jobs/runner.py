@@ -44,7 +44,6 @@ class PreparedJob:
     source_labels: tuple[str, ...]
     sizes: dict[str, int]
     budget_limited: bool = False
-    timings: dict[str, float] = field(default_factory=dict)
 
 
 def input_size_of(spec: JobSpec) -> int:
