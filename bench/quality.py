@@ -30,6 +30,7 @@ from adapters.torch_local import TorchOracle
 from app.config.spec import JobSpec
 from app.jobs import runner
 from bench.tasks import TASKS, load_task
+from engine.trainer import Phase
 
 ORACLES = {"imagenet": None, "moderation": "moderation", "nsfw": "nsfw"}
 METHODS = ("default", "bar", "white_box")
@@ -101,7 +102,7 @@ def run(
                 "balanced_accuracy": balanced_accuracy(pred, t.test.y),
                 "spent": spent,
                 "iteration": t.iteration,
-                "best_iteration": int(t.best["iteration"]),
+                "best_iteration": t.best.iteration,
             }
         )
         print(
@@ -111,7 +112,7 @@ def run(
         )
 
     while not t.done:
-        while pending and spent >= pending[0] - reserve and t.phase != "blank_train":
+        while pending and spent >= pending[0] - reserve and t.phase != Phase.BLANK_TRAIN:
             snapshot(pending.pop(0))
         ask = t.ask()
         if ask.loss_grad is not None:

@@ -13,9 +13,7 @@ program, and blank program for the baselines). The caller loops
 and may serialise ``trainer.state_bytes()`` after any ``tell``. A trainer rebuilt from those
 bytes continues bit-for-bit: every random draw comes from the generator in the state.
 
-Phases: blank_train → validate → (train → [refit] → validate)* → test → blank_test → done.
-``refit`` exists for the learned read-out only: at every evaluation point the training set is
-answered once under the current program and the read-outs are refitted exactly.
+The phases and what ``ask``/``tell`` do in each are described on ``Trainer``.
 """
 
 from __future__ import annotations
@@ -24,6 +22,7 @@ import copy
 import dataclasses
 from collections.abc import Callable
 from dataclasses import asdict, dataclass, field
+from enum import StrEnum
 from typing import Any, Literal
 
 import numpy as np
@@ -37,6 +36,7 @@ from engine.mapping import (
     OutputMapping,
     cross_fit_readout,
     frequency_mapping,
+    labels_per_class,
     mapping_from_state,
     random_mapping,
 )
@@ -53,31 +53,50 @@ WHITE_BOX = "white_box"
 TrainerState = dict[str, Any]
 
 
+class Phase(StrEnum):
+    """Where a trainer is in its query plan (see ``Trainer``). The values are what a
+    checkpoint stores: never rename one, or older checkpoints stop loading."""
+
+    BLANK_TRAIN = "blank_train"
+    VALIDATE = "validate"
+    TRAIN = "train"
+    REFIT = "refit"
+    TEST = "test"
+    BLANK_TEST = "blank_test"
+    DONE = "done"
+
+
 @dataclass(frozen=True)
 class TrainerConfig:
-    """Everything the engine needs to know about a job besides data and geometry."""
+    """Everything the engine needs to know about a job besides data and geometry.
 
-    estimator: str = "antithetic"
-    q: int = 10
-    beta: float = 0.005
-    scale: float | None = None
-    optimizer: str = "adam"
-    lr: float = 1e-3
-    lr_decay: float = 1.0
-    clip: float | None = None
-    batch_size: int = 10
-    iterations: int = 500
-    eval_every: int = 50
-    loss: LossKind = "focal"
-    gamma: float = 2.0
-    class_balance: bool = True
-    mapping: MappingMethod = "frequency"
-    labels_per_class: int = 10
-    remap_every: int = 0  # >0: re-estimate a frequency mapping from recent outputs (ILM-VP)
-    baselines: bool = True
+    No field but ``chunk`` has a default. The product's defaults have one home,
+    ``app/config/defaults.py`` (``resolve`` fills every field of a job spec before a trainer
+    is built); a second set here had drifted from it and was used by tests only, so tests
+    spell out the configuration they run."""
+
+    estimator: str  # a name in ESTIMATORS, or WHITE_BOX
+    q: int
+    beta: float
+    scale: float | None
+    optimizer: str  # a name in OPTIMIZERS
+    lr: float
+    lr_decay: float
+    clip: float | None
+    batch_size: int
+    iterations: int
+    eval_every: int
+    loss: LossKind
+    gamma: float
+    class_balance: bool
+    mapping: MappingMethod
+    labels_per_class: int  # wanted; fewer when the oracle has too few labels
+    remap_every: int  # >0: re-estimate a frequency mapping from recent outputs (ILM-VP)
+    baselines: bool
     chunk: int = 256  # largest number of frames asked at once in evaluation passes
 
     def __post_init__(self) -> None:
+        """Refuse unknown names and empty loops."""
         if self.estimator not in ESTIMATORS and self.estimator != WHITE_BOX:
             raise ValueError(f"unknown estimator {self.estimator!r}")
         if self.optimizer not in OPTIMIZERS:
@@ -87,6 +106,8 @@ class TrainerConfig:
 
     @property
     def needs_blank_pass(self) -> bool:
+        """Whether the plan starts with the blank program on the training set: for the
+        frequency mapping, the read-out, or the baselines."""
         return self.mapping != "random" or self.baselines
 
 
@@ -98,19 +119,20 @@ class Split:
     y: np.ndarray
 
     def __len__(self) -> int:
+        """The number of images."""
         return len(self.y)
 
 
 @dataclass(frozen=True)
 class Ask:
+    """The frames a trainer wants answered next, and what the answers are for (the
+    purpose the spend is booked under)."""
+
     purpose: Purpose
     frames: np.ndarray
-    # White-box only: maps the oracle's probabilities to (loss, ∂loss/∂probs).
+    # White-box only: maps the oracle's probabilities to (loss, ∂loss/∂probs); the caller
+    # then tells the trainer ∂loss/∂frames as ``input_grad``.
     loss_grad: Callable[[np.ndarray], tuple[float, np.ndarray]] | None = None
-
-    @property
-    def needs_input_gradient(self) -> bool:
-        return self.loss_grad is not None
 
 
 @dataclass
@@ -122,7 +144,80 @@ class Event:
     values: dict[str, float] = field(default_factory=dict)
 
 
+@dataclass
+class Best:
+    """The best program so far: copies of θ and of the mapping as they were after the
+    validation pass that scored highest (the first of equals), or after the blank pass
+    before any validation."""
+
+    val_acc: float  # −1.0 until a validation pass has scored a program
+    iteration: int
+    theta: np.ndarray
+    mapping: OutputMapping | None
+
+    def state(self) -> dict[str, Any]:
+        """The checkpoint form: the same keys, in the same order, as the dict it replaced."""
+        return {
+            "val_acc": self.val_acc,
+            "iteration": self.iteration,
+            "theta": self.theta,
+            "mapping": None if self.mapping is None else self.mapping.state(),
+        }
+
+    @classmethod
+    def from_state(cls, s: dict[str, Any]) -> Best:
+        """Inverse of ``state``."""
+        mapping = None if s["mapping"] is None else mapping_from_state(s["mapping"])
+        return cls(float(s["val_acc"]), int(s["iteration"]), np.asarray(s["theta"]), mapping)
+
+
 class Trainer:
+    """One job's whole query plan as a state machine driven by ``ask`` and ``tell``.
+
+    ``ask()`` returns the next frames to send; ``tell(probs)`` takes the oracle's answers to
+    exactly those frames (white box: and ``input_grad``, ∂loss/∂frames). A pass over a data
+    split is asked ``config.chunk`` images at a time; its ``tell``s return None until the
+    last chunk is in, then the pass is finished and an ``Event`` says what it completed.
+
+    Phases (``Phase``), in order::
+
+        BLANK_TRAIN → VALIDATE → ( TRAIN ×eval_every → [REFIT] → VALIDATE )* → TEST
+                    → [BLANK_TEST] → DONE
+
+    * ``BLANK_TRAIN``: asks the training set under the blank program (purpose "mapping",
+      "baseline" for a random mapping). Finishing fits the frequency mapping and the
+      cross-fitted read-outs (the linear probe), takes the job's mapping from them, and
+      goes to VALIDATE, or to TEST when there are no iterations. Skipped when neither the
+      mapping nor the baselines need it (a random mapping without baselines).
+    * ``VALIDATE``: asks the validation set under the current θ. Finishing scores it;
+      a strictly better accuracy replaces ``best``. Goes to TRAIN while iterations remain,
+      else to TEST. Without validation data no query is made and the latest program
+      becomes the best.
+    * ``TRAIN``: each ask is one iteration's minibatch: the estimator's K candidate
+      programs applied to it (K×batch frames), or, white box, the batch under θ with
+      ``Ask.loss_grad``. The tell estimates the gradient, takes one optimiser step
+      (iteration += 1) and, after every ``eval_every`` iterations and after the last,
+      goes to REFIT (learned read-out) or VALIDATE. An ask after ``set_iterations``
+      shortened the run goes to the evaluation first.
+    * ``REFIT`` (learned read-out only): asks the training set under the current θ
+      (purpose "training"); finishing refits the read-outs exactly; goes to VALIDATE.
+    * ``TEST``: asks the test set under the best θ; finishing records ``test_accuracy``
+      and goes to BLANK_TEST, or to DONE without baselines. When the best θ is blank the
+      ask goes straight to BLANK_TEST, whose pass then serves both.
+    * ``BLANK_TEST``: asks the test set under the blank program (purpose "baseline", or
+      "test" when it doubles as the test pass); finishing scores every baseline mapping on
+      it and goes to DONE.
+    * ``DONE``: ``done`` is true; ``ask`` raises.
+
+    The state (``state``/``load_state``, see ``TrainerState``) is everything that changes:
+    config (iterations may be cut to a budget), phase, iteration, answers told so far, θ,
+    the optimiser's moments, the generator, the mapping, the cross-fitted read-outs, the
+    baselines' mappings, ``best``, the last validation accuracy, the pass in progress
+    (``cursor`` and its answered chunks), the results and the remapping window. Between an
+    ask and its tell the trainer also holds the pending minibatch (and the estimator its
+    directions); that is never serialised, so ``state_bytes`` refuses to run then.
+    """
+
     def __init__(
         self,
         config: TrainerConfig,
@@ -134,6 +229,7 @@ class Trainer:
         test: Split,
         seed: int = 0,
     ) -> None:
+        """A trainer at the start of its plan; every random draw comes from ``seed``."""
         if len(train) == 0:
             raise ValueError("the training split is empty")
         self.config, self.program = config, program
@@ -149,12 +245,12 @@ class Trainer:
             program.dim, config.lr, lr_decay=config.lr_decay, clip=config.clip
         )
         self.rng = np.random.default_rng(seed)
-        self.phase: str = (
-            "blank_train"
+        self.phase = (
+            Phase.BLANK_TRAIN
             if config.needs_blank_pass
-            else "validate"
+            else Phase.VALIDATE
             if config.iterations
-            else "test"
+            else Phase.TEST
         )
         self.iteration = 0
         self.told = 0  # answers received so far, all purposes
@@ -162,10 +258,10 @@ class Trainer:
         self.mapping: OutputMapping | None = None
         self.crossfit: CrossFitReadout | None = None
         if config.mapping == "random":
-            m = max(1, min(config.labels_per_class, n_source // n_classes))
+            m = labels_per_class(n_source, n_classes, config.labels_per_class)
             self.mapping = random_mapping(self.rng, n_source, n_classes, m)
         self.baselines: dict[str, OutputMapping] = {}
-        self.best: dict[str, Any] = self._snapshot(-1.0)
+        self.best = self._snapshot(-1.0)
         self.last_val_acc: float | None = None
         self.cursor = 0
         self.partial: list[np.ndarray] = []
@@ -236,26 +332,28 @@ class Trainer:
     # ----------------------------------------------------------------- ask
     @property
     def done(self) -> bool:
-        return self.phase == "done"
+        """Whether the plan is complete (``results`` holds everything)."""
+        return self.phase == Phase.DONE
 
     def ask(self) -> Ask:
+        """The next frames to send; see the class docstring for what each phase asks."""
         if self.done:
             raise RuntimeError("the trainer is done")
-        if self.phase == "train" and self.iteration >= self.config.iterations:
-            self.phase = "refit" if self.crossfit is not None else "validate"
-        if self.phase == "validate" and not len(self.val):
+        if self.phase == Phase.TRAIN and self.iteration >= self.config.iterations:
+            self.phase = self._evaluation_phase
+        if self.phase == Phase.VALIDATE and not len(self.val):
             self._finish_validation(None)
             return self.ask()
-        if self.phase == "train":
+        if self.phase == Phase.TRAIN:
             return self._ask_training()
-        if self.phase == "test" and not self.best["theta"].any() and self.config.baselines:
-            self.phase = "blank_test"  # the best program is blank: one pass serves both
+        if self.phase == Phase.TEST and not self.best.theta.any() and self.config.baselines:
+            self.phase = Phase.BLANK_TEST  # the best program is blank: one pass serves both
         purpose, split, theta = {
-            "blank_train": (self._blank_purpose, self.train, None),
-            "refit": ("training", self.train, self.theta),
-            "validate": ("validation", self.val, self.theta),
-            "test": ("test", self.test, self.best["theta"]),
-            "blank_test": (
+            Phase.BLANK_TRAIN: (self._blank_purpose, self.train, None),
+            Phase.REFIT: ("training", self.train, self.theta),
+            Phase.VALIDATE: ("validation", self.val, self.theta),
+            Phase.TEST: ("test", self.test, self.best.theta),
+            Phase.BLANK_TEST: (
                 "baseline" if "test_accuracy" in self.results else "test",
                 self.test,
                 None,
@@ -268,6 +366,12 @@ class Trainer:
     @property
     def _blank_purpose(self) -> Purpose:
         return "mapping" if self.config.mapping != "random" else "baseline"
+
+    @property
+    def _evaluation_phase(self) -> Phase:
+        """Where training goes at an evaluation point: the learned read-out is refitted
+        before the validation pass."""
+        return Phase.REFIT if self.crossfit is not None else Phase.VALIDATE
 
     def _ask_training(self) -> Ask:
         c = self.config
@@ -288,15 +392,19 @@ class Trainer:
 
     # ----------------------------------------------------------------- tell
     def tell(self, probs: np.ndarray, input_grad: np.ndarray | None = None) -> Event | None:
+        """The oracle's answers (N×K probabilities) to the last ask's frames, in order.
+        Returns the event it completed, or None in the middle of an evaluation pass."""
         probs = np.asarray(probs, dtype=np.float64)
         if probs.ndim != 2 or probs.shape[1] != self.n_source:
             raise ValueError(f"expected N×{self.n_source} probabilities, got {probs.shape}")
         self.told += len(probs)
-        if self.phase == "train":
+        if self.phase == Phase.TRAIN:
             return self._tell_training(probs, input_grad)
-        split = {"blank_train": self.train, "refit": self.train, "validate": self.val}.get(
-            self.phase, self.test
-        )
+        split = {
+            Phase.BLANK_TRAIN: self.train,
+            Phase.REFIT: self.train,
+            Phase.VALIDATE: self.val,
+        }.get(self.phase, self.test)
         expected = min(self.cursor + self.config.chunk, len(split)) - self.cursor
         if len(probs) != expected:
             raise ValueError(f"expected {expected} answers, got {len(probs)}")
@@ -307,17 +415,17 @@ class Trainer:
         answers = np.concatenate(self.partial).astype(np.float64)
         self.partial, self.cursor = [], 0
         finish = {
-            "blank_train": self._finish_blank_train,
-            "refit": self._finish_refit,
-            "validate": self._finish_validation,
-            "test": self._finish_test,
-            "blank_test": self._finish_blank_test,
+            Phase.BLANK_TRAIN: self._finish_blank_train,
+            Phase.REFIT: self._finish_refit,
+            Phase.VALIDATE: self._finish_validation,
+            Phase.TEST: self._finish_test,
+            Phase.BLANK_TEST: self._finish_blank_test,
         }[self.phase]
         return finish(answers)
 
     def _finish_blank_train(self, answers: np.ndarray) -> Event:
         c, y = self.config, self.train.y
-        m = max(1, min(c.labels_per_class, self.n_source // self.n_classes))
+        m = labels_per_class(self.n_source, self.n_classes, c.labels_per_class)
         self.baselines["frequency"] = frequency_mapping(answers, y, self.n_classes, m)
         if self.n_source > 1:
             crossfit = cross_fit_readout(answers, y, self.n_classes)
@@ -329,7 +437,7 @@ class Trainer:
         if self.mapping is None:
             raise ValueError("a learned read-out needs an oracle with more than one label")
         self.best = self._snapshot(-1.0)
-        self.phase = "validate" if self.config.iterations else "test"
+        self.phase = Phase.VALIDATE if self.config.iterations else Phase.TEST
         acc = float((self.mapping.predict(answers) == y).mean())
         return Event("mapping", 0, {"train_acc": acc})
 
@@ -339,7 +447,7 @@ class Trainer:
             answers, self.train.y, self.n_classes, previous=self.crossfit
         )
         self.mapping = self.crossfit.full
-        self.phase = "validate"
+        self.phase = Phase.VALIDATE
         acc = float((self.mapping.predict(answers) == self.train.y).mean())
         return Event("mapping", self.iteration, {"train_acc": acc})
 
@@ -350,16 +458,16 @@ class Trainer:
         else:
             acc = float((self._mapping().predict(answers) == self.val.y).mean())
             self.last_val_acc = values["val_acc"] = acc
-            if acc > self.best["val_acc"]:
+            if acc > self.best.val_acc:
                 self.best = self._snapshot(acc)
-            values["best_val_acc"] = self.best["val_acc"]
-        self.phase = "train" if self.iteration < self.config.iterations else "test"
+            values["best_val_acc"] = self.best.val_acc
+        self.phase = Phase.TRAIN if self.iteration < self.config.iterations else Phase.TEST
         return Event("validation", self.iteration, values)
 
     def _finish_test(self, answers: np.ndarray) -> Event:
-        acc = float((self.best["mapping"].predict(answers) == self.test.y).mean())
+        acc = float((self.best_program()[1].predict(answers) == self.test.y).mean())
         self.results["test_accuracy"] = acc
-        self.phase = "blank_test" if self.config.baselines else "done"
+        self.phase = Phase.BLANK_TEST if self.config.baselines else Phase.DONE
         return Event("done" if self.done else "test", self.iteration, dict(self.results))
 
     def _finish_blank_test(self, answers: np.ndarray) -> Event:
@@ -368,7 +476,7 @@ class Trainer:
         for name, mapping in self.baselines.items():
             acc = float((mapping.predict(answers) == self.test.y).mean())
             self.results[f"baseline_{name}"] = acc
-        self.phase = "done"
+        self.phase = Phase.DONE
         return Event("done", self.iteration, dict(self.results))
 
     def _tell_training(self, probs: np.ndarray, input_grad: np.ndarray | None) -> Event:
@@ -397,7 +505,7 @@ class Trainer:
         acc = float(np.mean([(h.argmax(axis=1) == y).mean() for h in view]))
         loss = float(losses.mean() if center is None else losses[center])
         if self.iteration % c.eval_every == 0 or self.iteration >= c.iterations:
-            self.phase = "refit" if self.crossfit is not None else "validate"
+            self.phase = self._evaluation_phase
         return Event("iteration", self.iteration, {"loss": loss, "train_acc": acc})
 
     def _remap(self, per_candidate: np.ndarray, y: np.ndarray) -> None:
@@ -419,13 +527,8 @@ class Trainer:
             raise RuntimeError("no mapping yet")
         return self.mapping
 
-    def _snapshot(self, val_acc: float) -> dict[str, Any]:
-        return {
-            "val_acc": val_acc,
-            "iteration": self.iteration,
-            "theta": self.theta.copy(),
-            "mapping": copy.deepcopy(self.mapping),
-        }
+    def _snapshot(self, val_acc: float) -> Best:
+        return Best(val_acc, self.iteration, self.theta.copy(), copy.deepcopy(self.mapping))
 
     def _train_target_probs_t(self, source: torch.Tensor, idx: np.ndarray) -> torch.Tensor:
         """h for training images: by the out-of-fold read-outs when learned, so the loss keeps
@@ -456,18 +559,20 @@ class Trainer:
 
     def best_program(self) -> tuple[np.ndarray, OutputMapping]:
         """(θ, mapping) of the best program so far, as selected on validation."""
-        mapping = self.best["mapping"] if self.best["mapping"] is not None else self.mapping
-        return self.best["theta"], mapping
+        mapping = self.best.mapping if self.best.mapping is not None else self.mapping
+        return self.best.theta, mapping
 
     # ----------------------------------------------------------------- state
     def state(self) -> TrainerState:
+        """Everything ``load_state`` needs to continue bit-for-bit (see the class docstring)."""
+
         def map_state(m: OutputMapping | None) -> dict[str, np.ndarray] | None:
             return None if m is None else m.state()
 
         return {
             "version": 1,
             "config": asdict(self.config),
-            "phase": self.phase,
+            "phase": self.phase.value,
             "iteration": self.iteration,
             "told": self.told,
             "theta": self.theta,
@@ -476,7 +581,7 @@ class Trainer:
             "mapping": map_state(self.mapping),
             "crossfit": None if self.crossfit is None else self.crossfit.state(),
             "baselines": {k: v.state() for k, v in self.baselines.items()},
-            "best": {**self.best, "mapping": map_state(self.best["mapping"])},
+            "best": self.best.state(),
             "last_val_acc": self.last_val_acc,
             "cursor": self.cursor,
             "partial": self.partial,
@@ -485,14 +590,17 @@ class Trainer:
         }
 
     def state_bytes(self) -> bytes:
+        """``state()`` as bytes; only between a tell and the next ask."""
         if self._pending is not None:
             raise RuntimeError("serialise between iterations, not between ask() and tell()")
         return state_io.dumps(self.state())
 
     def load_state(self, data: bytes | TrainerState) -> None:
+        """Continue from ``state_bytes()`` (or ``state()``) of a trainer built with the same
+        program, classes, labels and data."""
         s = state_io.loads(data) if isinstance(data, bytes) else data
         self.config = TrainerConfig(**s["config"])
-        self.phase, self.iteration = s["phase"], int(s["iteration"])
+        self.phase, self.iteration = Phase(s["phase"]), int(s["iteration"])
         self.told = int(s["told"])
         self.theta = np.asarray(s["theta"], dtype=np.float64)
         self.optimizer.load_state(s["optimizer"])
@@ -503,9 +611,7 @@ class Trainer:
             self.crossfit = CrossFitReadout.from_state(s["crossfit"])
             self.mapping = self.crossfit.full
         self.baselines = {k: mapping_from_state(v) for k, v in s["baselines"].items()}
-        best = dict(s["best"])
-        best["mapping"] = None if best["mapping"] is None else mapping_from_state(best["mapping"])
-        self.best = best
+        self.best = Best.from_state(s["best"])
         self.last_val_acc = s["last_val_acc"]
         self.cursor, self.partial = int(s["cursor"]), list(s["partial"])
         self.results = dict(s["results"])
