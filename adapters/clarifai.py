@@ -5,7 +5,7 @@ answer's concepts become one probability row per image in the stable order of ``
 Clarifai reports most errors *inside* a normal response (``status.code``), so this module
 translates in-body codes and ``grpc.RpcError`` alike into ``adapters.errors``. It never
 retries: its channel has gRPC retries switched off so that ``adapters.dispatch`` alone
-decides when to try again (docs/oracles.md, "SDK traps").
+decides when to try again (docs/providers.md, Clarifai's traps).
 """
 
 from __future__ import annotations
@@ -37,7 +37,7 @@ from adapters.errors import (
 )
 
 PROVIDER = "clarifai"
-MAX_INPUTS = 128  # per PostModelOutputs request (docs/oracles.md)
+MAX_INPUTS = 128  # per PostModelOutputs request (docs/providers.md)
 #: concept names of the public models under clarifai/main, in the order we expose them
 KNOWN_CONCEPTS: dict[str, tuple[str, ...]] = {
     "nsfw-recognition": ("sfw", "nsfw"),

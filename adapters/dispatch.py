@@ -1,6 +1,6 @@
 """From "answer these N images" to provider requests, each one accounted, rate-limited and
-retried: the path every query takes (architecture.md: budget reservation → shared rate limiter
-→ call → retry policy → ledger commit).
+retried: the path every query takes (docs/architecture.md: budget reservation → shared rate
+limiter → call → retry policy → ledger commit).
 
 The dispatcher splits a batch into requests of at most ``oracle.max_images_per_request``
 images and keeps up to ``oracle.max_concurrency`` of them in flight on a thread pool. Each

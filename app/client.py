@@ -267,7 +267,7 @@ class Client:
     def download(
         self, job_id: str, dest: str | os.PathLike[str] | None = None, *, format: str = "npz"
     ) -> Path:
-        """Write the job's program (``npz``, product.md's format, or ``png``) to ``dest``
+        """Write the job's program (``npz``, docs/contract.md's format, or ``png``) to ``dest``
         (default ``program.npz`` / ``program.png``); returns the path."""
         r = self._request("GET", f"/v1/jobs/{job_id}/program", params={"format": format})
         path = Path(dest) if dest is not None else Path(f"program.{format}")

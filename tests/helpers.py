@@ -36,7 +36,7 @@ PG_ADMIN = "postgresql://postgres@127.0.0.1:5432/postgres"
 
 
 def digits_npz(n_per_class: int = 12, classes: int = 3, size: int = 16, seed: int = 0) -> bytes:
-    """Real handwritten digits (scikit-learn's 8×8 set, upscaled) as product.md's .npz."""
+    """Real handwritten digits (scikit-learn's 8×8 set, upscaled) as docs/contract.md's .npz."""
     from PIL import Image
     from sklearn.datasets import load_digits
 

@@ -102,7 +102,7 @@ def _program(job: Any, svc: Any) -> ProgramFile:
 def program(
     job: OwnedJob, svc: ServicesDep, format: Annotated[str, Query(pattern="^(npz|png)$")] = "npz"
 ) -> Response:
-    """The best program as `program.npz` (product.md's format), or `?format=png`."""
+    """The best program as `program.npz` (format: docs/contract.md), or `?format=png`."""
     prog = _program(job, svc)
     if format == "png":
         return Response(program_png(prog.arrays), media_type="image/png")

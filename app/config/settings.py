@@ -21,7 +21,7 @@ class Settings(BaseSettings):
     data_dir: Path = Field(default_factory=lambda: Path(user_data_dir("reprogram")))
     database_url: str | None = None  # default: SQLite file in data_dir
     secret_key: SecretStr | None = None  # encrypts stored credentials
-    # USD per image answered (what providers bill); configuration, not code (oracles.md).
+    # USD per image answered (what providers bill); configuration, not code (docs/providers.md).
     price_torch: float = 0.0
     price_clarifai: float = 0.0012
     price_customvision: float = 0.002

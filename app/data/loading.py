@@ -1,7 +1,7 @@
 """Labelled image data sets: loading (ImageFolder folders and zips, ``.npz``), checking,
 resizing to the program's target size, and splitting.
 
-Layouts (product.md): ``<class>/<image>`` or ``train|val|test/<class>/<image>``, PNG or JPEG;
+Layouts (docs/contract.md): ``<class>/<image>`` or ``train|val|test/<class>/<image>``, PNG or JPEG;
 or an ``.npz`` with ``x`` (uint8 N×H×W×C, C ∈ {1, 3}), ``y`` (int N), optional ``classes``
 and ``split``. Anything else is refused with a ``DataError`` that names the problem; zips are
 read in memory with limits on entries, sizes and compression ratio, and never extracted.
@@ -275,7 +275,7 @@ def load_bytes(data: bytes, name: str, limits: Limits = Limits()) -> Dataset:
 
 
 def to_target(images: list[np.ndarray], size: int) -> np.ndarray:
-    """Resize to size×size (bilinear, as product.md prescribes) as float32 N×t×t×3 in [0, 1]."""
+    """Resize to size×size (bilinear, docs/contract.md) as float32 N×t×t×3 in [0, 1]."""
     out = np.empty((len(images), size, size, 3), dtype=np.float32)
     for i, img in enumerate(images):
         pil = Image.fromarray(img)

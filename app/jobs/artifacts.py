@@ -1,6 +1,6 @@
 """What a job leaves behind: ``program.npz`` (the contract's program file), ``metrics.jsonl``,
 ``result.json``, ``curve.png`` and ``program.png``; and the reader that classifies with a
-program file the way product.md tells anyone to, without this service.
+program file the way docs/contract.md tells anyone to, without this service.
 """
 
 from __future__ import annotations
@@ -77,7 +77,7 @@ class ProgramFile:
             return cls({k: npz[k] for k in npz.files})
 
     def frames(self, images: list[np.ndarray]) -> np.ndarray:
-        """product.md's recipe: RGB in [0, 1], bilinear resize to target_size, centre in a
+        """docs/contract.md's recipe: RGB in [0, 1], bilinear resize to target_size, centre in a
         zero frame at ((S − t)//2, (S − t)//2), add P where mask is 1, clip to [0, 1]."""
         s, t = int(self.arrays["input_size"]), int(self.arrays["target_size"])
         out = np.zeros((len(images), s, s, 3), dtype=np.float32)

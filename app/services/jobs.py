@@ -79,7 +79,7 @@ def create_job(session: Session, settings: Settings, *, tenant_id: str, spec: Jo
 
 
 def view(job: Job) -> dict[str, Any]:
-    """The contract's job object (product.md), plus what was chosen and the result."""
+    """The contract's job object (docs/contract.md), plus what was chosen and the result."""
     return {
         "id": job.id,
         "status": job.status,

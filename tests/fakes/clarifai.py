@@ -1,7 +1,7 @@
 """A fake Clarifai API: the real ``clarifai.api.V2`` gRPC service (official protos) on
 127.0.0.1, answering ``PostModelOutputs`` with the bundled ImageNet model's opinion.
 
-It reproduces what docs/oracles.md lists: in-body status codes (auth 11009/11102, throttle
+It reproduces what docs/providers.md lists: in-body status codes (auth 11009/11102, throttle
 11005, model 21200, undecodable image 30101 as FAILURE or MIXED_STATUS), API keys in the
 ``authorization`` metadata, a per-key rate limit, 128 inputs per request, and concepts
 ordered by value with the ``max_concepts``/``min_value`` output config honoured (default

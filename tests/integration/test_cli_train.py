@@ -70,7 +70,7 @@ def test_train_writes_every_output_and_beats_chance(tmp_path, small_npz_path):
 
 
 def test_a_program_file_classifies_without_the_service(tmp_path, small_npz_path):
-    """product.md's recipe, applied by hand to the oracle's answers, agrees with the job's
+    """docs/contract.md's recipe, applied by hand to the oracle's answers, agrees with the job's
     own test accuracy on the same images."""
     from adapters.torch_local import TorchOracle
     from app.data.loading import load_dataset
