@@ -20,9 +20,11 @@ RUN python -c "import tomllib; print('\n'.join(tomllib.load(open('pyproject.toml
     && pip install -r /tmp/requirements.txt \
     && rm /tmp/requirements.txt
 
-# The service itself. Editable, so that app/ finds migrations/ beside it (app/migrate.py).
+# The service itself (every package pyproject.toml ships). Editable, so that app/ finds
+# migrations/ beside it (app/storage/migrate.py).
 COPY alembic.ini ./
 COPY migrations ./migrations
+COPY engine ./engine
 COPY adapters ./adapters
 COPY app ./app
 RUN pip install --no-deps -e . \

@@ -188,7 +188,12 @@ def test_the_image_copies_what_exists_and_is_not_ignored():
         if kw == "COPY":
             parts = exec_form(args)
             copied += [p for p in parts[:-1] if not p.startswith("--")]
-    assert {"app", "adapters", "migrations", "pyproject.toml"} <= set(copied)
+    pyproject = tomllib.loads((ROOT / "pyproject.toml").read_text())
+    # Every package the wheel ships must be in the image too.
+    packages = {
+        p.rstrip("*") for p in pyproject["tool"]["setuptools"]["packages"]["find"]["include"]
+    }
+    assert packages | {"pyproject.toml"} <= set(copied), packages - set(copied)
     for source in copied:
         assert (ROOT / source).exists(), f"COPY {source}: not in the repository"
         assert not any(fnmatch(source, pattern) for pattern in ignored), source
