@@ -14,6 +14,7 @@ from app.config.settings import Settings
 from app.storage.crypto import SecretBox
 from app.storage.db import Database
 from app.storage.migrate import upgrade
+from app.web import console
 
 log = logging.getLogger("reprogram.api")
 
@@ -64,4 +65,5 @@ def create_app(settings: Settings | None = None, *, run_jobs: bool = True) -> Fa
     errors.install(app)
     for router in (datasets.router, credentials.router, jobs.router, spend.router):
         app.include_router(router)
+    console.install(app)  # the web console at / (pages + /static), over the same /v1 API
     return app
