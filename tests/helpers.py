@@ -9,6 +9,7 @@ test) stays light for the unit tests.
 from __future__ import annotations
 
 import io
+import json
 import os
 import secrets
 import subprocess
@@ -23,10 +24,13 @@ import numpy as np
 import psycopg
 
 if TYPE_CHECKING:
+    from click.testing import Result
     from fastapi.testclient import TestClient
 
     from app.config.settings import Settings
     from app.storage.db import Database
+    from tests.fakes.clarifai import FakeClarifai
+    from tests.fakes.customvision import FakeCustomVision
 
 FINAL = ("succeeded", "failed", "cancelled", "budget_exhausted")
 PG_ADMIN = "postgresql://postgres@127.0.0.1:5432/postgres"
@@ -69,6 +73,51 @@ def png(size: int = 8, seed: int = 0, fmt: str = "PNG") -> bytes:
     return buf.getvalue()
 
 
+# --- runs on the fakes --------------------------------------------------------------------------
+
+
+def clarifai_oracle(fake: FakeClarifai, **fields: Any) -> dict[str, Any]:
+    """The oracle of a run or job spec: the moderation model on the Clarifai ``fake``; ``fields``
+    add how to find the key (``api_key_env`` or ``credential_id``) and anything else."""
+    return {
+        "kind": "clarifai",
+        "model_id": "moderation-recognition",
+        "endpoint": fake.endpoint,
+        **fields,
+    }
+
+
+def customvision_oracle(fake: FakeCustomVision, **fields: Any) -> dict[str, Any]:
+    """The oracle of a run or job spec: the moderation project on the Custom Vision ``fake``."""
+    from tests.fakes.customvision import MODERATION_PROJECT, PUBLISHED
+
+    return {
+        "kind": "customvision",
+        "project_id": MODERATION_PROJECT,
+        "published_name": PUBLISHED,
+        "endpoint": fake.endpoint,
+        **fields,
+    }
+
+
+def write_spec(tmp_path: Path, spec: dict) -> Path:
+    """``spec`` as ``tmp_path/spec.json``, for ``reprogram train --config``."""
+    path = tmp_path / "spec.json"
+    path.write_text(json.dumps(spec))
+    return path
+
+
+def cli_train(config: object, data: object, out: object) -> Result:
+    """`reprogram train --config CONFIG --data DATA --out OUT`, in process."""
+    from typer.testing import CliRunner
+
+    from app.cli.main import app
+
+    return CliRunner().invoke(
+        app, ["train", "--config", str(config), "--data", str(data), "--out", str(out)]
+    )
+
+
 # --- databases ---------------------------------------------------------------------------------
 
 
@@ -87,6 +136,20 @@ def drop_database(url: str) -> None:
 
 
 # --- the service in-process --------------------------------------------------------------------
+
+
+def service_settings(tmp: Path, url: str | None = None, **fields: Any) -> Settings:
+    """Settings of a service under the folder ``tmp``: its database ``url`` (default: an SQLite
+    file there), a server key, limits in memory; ``fields`` override any of them."""
+    from app.config.settings import Settings
+
+    defaults: dict[str, Any] = {
+        "data_dir": tmp / "data",
+        "database_url": url or f"sqlite:///{tmp / 'svc.db'}",
+        "secret_key": "test-server-key",
+        "rate_limit_backend": "memory",
+    }
+    return Settings(**(defaults | fields))
 
 
 @contextmanager

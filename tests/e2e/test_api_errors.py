@@ -32,6 +32,7 @@ from tests.helpers import (
     give_program,
     png,
     post_job,
+    service_settings,
     upload,
 )
 
@@ -67,14 +68,8 @@ def make_npz(compressed: bool = False, **arrays: Any) -> bytes:
 )
 def world(request, tmp_path_factory, small_npz) -> Iterator[World]:
     tmp = tmp_path_factory.mktemp(request.param)
-    url = create_database() if request.param == "postgres" else f"sqlite:///{tmp / 'svc.db'}"
-    settings = Settings(
-        data_dir=tmp / "data",
-        database_url=url,
-        secret_key="errors-test-key",
-        rate_limit_backend="memory",
-        max_upload_bytes=UPLOAD_LIMIT,
-    )
+    url = create_database() if request.param == "postgres" else None
+    settings = service_settings(tmp, url, max_upload_bytes=UPLOAD_LIMIT)
     try:
         with api(settings, run_jobs=False, raise_server_exceptions=False) as (client, db):
             w = World(client, db, settings, bearer(db, "acme"))
@@ -94,7 +89,7 @@ def world(request, tmp_path_factory, small_npz) -> Iterator[World]:
             give_program(db, settings.data_dir, w.ids["done"], ds["classes"])
             yield w
     finally:
-        if request.param == "postgres":
+        if url is not None:
             drop_database(url)
 
 

@@ -8,11 +8,20 @@ from collections.abc import Iterator
 
 import pytest
 
-from app.config.settings import Settings
 from app.jobs.artifacts import ProgramFile
 from tests.fakes.clarifai import FakeClarifai
-from tests.fakes.customvision import MODERATION_PROJECT, PUBLISHED, FakeCustomVision
-from tests.helpers import png, post_job, service, start_workers, upload, wait_final
+from tests.fakes.customvision import FakeCustomVision
+from tests.helpers import (
+    clarifai_oracle,
+    customvision_oracle,
+    png,
+    post_job,
+    service,
+    service_settings,
+    start_workers,
+    upload,
+    wait_final,
+)
 
 CLARIFAI_KEY = "clarifai-secret-e2e-91c2"
 CV_KEY = "customvision-secret-e2e-55aa"
@@ -28,19 +37,8 @@ SMALL_RUN = {
 def oracle_specs(clarifai: FakeClarifai, cv: FakeCustomVision, creds: dict[str, str]) -> dict:
     return {
         "torch": {"kind": "torch", "model": "efficientnet-lite0"},
-        "clarifai": {
-            "kind": "clarifai",
-            "model_id": "moderation-recognition",
-            "endpoint": f"http://127.0.0.1:{clarifai.port}",
-            "credential_id": creds["clarifai"],
-        },
-        "customvision": {
-            "kind": "customvision",
-            "project_id": MODERATION_PROJECT,
-            "published_name": PUBLISHED,
-            "endpoint": cv.endpoint,
-            "credential_id": creds["customvision"],
-        },
+        "clarifai": clarifai_oracle(clarifai, credential_id=creds["clarifai"]),
+        "customvision": customvision_oracle(cv, credential_id=creds["customvision"]),
     }
 
 
@@ -61,16 +59,8 @@ def test_whole_flow_over_http(backend, request, tmp_path, small_npz, fakes, capf
     clarifai, cv = fakes
     clarifai.reset()
     cv.reset()
-    if backend == "postgres":
-        url = request.getfixturevalue("pg_url")
-    else:
-        url = f"sqlite:///{tmp_path / 'service.db'}"
-    settings = Settings(
-        data_dir=tmp_path / "data",
-        database_url=url,
-        secret_key="e2e-server-key",
-        rate_limit_backend="memory",
-    )
+    url = request.getfixturevalue("pg_url") if backend == "postgres" else None
+    settings = service_settings(tmp_path, url)
     workers = start_workers(settings, 1, tmp_path) if backend == "postgres" else []
     try:
         with service(settings) as (client, headers):

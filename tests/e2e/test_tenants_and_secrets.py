@@ -23,7 +23,7 @@ from app.config.settings import Settings
 from app.storage.crypto import SecretBox
 from app.storage.db import Database
 from app.storage.models import Base, Credential, LedgerEntry, Tenant, Token
-from tests.helpers import api, bearer, give_program, png, post_job, upload
+from tests.helpers import api, bearer, give_program, png, post_job, service_settings, upload
 
 SECRET = "sk-live-7f3b9d0e1c2a4b5d-tenant-test"
 REPO = Path(__file__).resolve().parents[2]
@@ -31,16 +31,8 @@ REPO = Path(__file__).resolve().parents[2]
 
 @pytest.fixture(params=["sqlite", pytest.param("postgres", marks=pytest.mark.postgres)])
 def settings(request, tmp_path) -> Settings:
-    if request.param == "postgres":
-        url = request.getfixturevalue("pg_url")
-    else:
-        url = f"sqlite:///{tmp_path / 'svc.db'}"
-    return Settings(
-        data_dir=tmp_path / "data",
-        database_url=url,
-        secret_key="tenant-test-server-key",
-        rate_limit_backend="memory",
-    )
+    url = request.getfixturevalue("pg_url") if request.param == "postgres" else None
+    return service_settings(tmp_path, url)
 
 
 def tenant_id(db: Database, name: str) -> str:

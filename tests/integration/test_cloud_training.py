@@ -6,12 +6,10 @@ from __future__ import annotations
 import json
 
 import pytest
-from typer.testing import CliRunner
 
-from app.cli.main import app
 from tests.fakes.clarifai import FakeClarifai
-from tests.fakes.customvision import MODERATION_PROJECT, PUBLISHED, FakeCustomVision
-from tests.helpers import digits_npz
+from tests.fakes.customvision import FakeCustomVision
+from tests.helpers import clarifai_oracle, cli_train, customvision_oracle, digits_npz, write_spec
 
 KEY = "cloud-training-key-0c1d"
 RUN = {
@@ -30,12 +28,8 @@ def data(tmp_path):
 
 
 def train(tmp_path, data, oracle: dict) -> dict:
-    spec = tmp_path / "spec.json"
-    spec.write_text(json.dumps({"oracle": oracle, **RUN}))
     out = tmp_path / "out"
-    res = CliRunner().invoke(
-        app, ["train", "--config", str(spec), "--data", str(data), "--out", str(out)]
-    )
+    res = cli_train(write_spec(tmp_path, {"oracle": oracle, **RUN}), data, out)
     assert res.exit_code == 0, res.output
     assert KEY not in res.output
     return json.loads((out / "result.json").read_text())
@@ -44,17 +38,8 @@ def train(tmp_path, data, oracle: dict) -> dict:
 def test_reprogramming_through_fake_clarifai(tmp_path, data, monkeypatch):
     monkeypatch.setenv("FAKE_CLARIFAI_KEY", KEY)
     with FakeClarifai(keys=[KEY], rate_limit=50) as fake:
-        result = train(
-            tmp_path,
-            data,
-            {
-                "kind": "clarifai",
-                "model_id": "moderation-recognition",
-                "endpoint": f"http://127.0.0.1:{fake.port}",
-                "api_key_env": "FAKE_CLARIFAI_KEY",
-                "rate_limit": 40,
-            },
-        )
+        oracle = clarifai_oracle(fake, api_key_env="FAKE_CLARIFAI_KEY", rate_limit=40)
+        result = train(tmp_path, data, oracle)
         counts = fake.counts(KEY)
     assert result["status"] == "succeeded"
     assert result["queries"] == counts.billable  # what the provider billed, exactly
@@ -67,18 +52,8 @@ def test_reprogramming_through_fake_clarifai(tmp_path, data, monkeypatch):
 def test_reprogramming_through_fake_custom_vision(tmp_path, data, monkeypatch):
     monkeypatch.setenv("FAKE_CV_KEY", KEY)
     with FakeCustomVision(keys=[KEY], rate_limit=400) as fake:
-        result = train(
-            tmp_path,
-            data,
-            {
-                "kind": "customvision",
-                "project_id": MODERATION_PROJECT,
-                "published_name": PUBLISHED,
-                "endpoint": fake.endpoint,
-                "api_key_env": "FAKE_CV_KEY",
-                "rate_limit": 300,
-            },
-        )
+        oracle = customvision_oracle(fake, api_key_env="FAKE_CV_KEY", rate_limit=300)
+        result = train(tmp_path, data, oracle)
         counts = fake.counts(KEY)
     assert result["status"] == "succeeded"
     assert result["queries"] == counts["answered"]
@@ -90,23 +65,8 @@ def test_reprogramming_through_fake_custom_vision(tmp_path, data, monkeypatch):
 def test_a_wrong_key_fails_fast_with_a_clear_error(tmp_path, data, monkeypatch):
     monkeypatch.setenv("FAKE_CLARIFAI_KEY", "not-the-key")
     with FakeClarifai(keys=[KEY]) as fake:
-        spec = tmp_path / "spec.json"
-        spec.write_text(
-            json.dumps(
-                {
-                    "oracle": {
-                        "kind": "clarifai",
-                        "model_id": "moderation-recognition",
-                        "endpoint": f"http://127.0.0.1:{fake.port}",
-                        "api_key_env": "FAKE_CLARIFAI_KEY",
-                    },
-                    **RUN,
-                }
-            )
-        )
-        res = CliRunner().invoke(
-            app, ["train", "--config", str(spec), "--data", str(data), "--out", str(tmp_path / "o")]
-        )
+        oracle = clarifai_oracle(fake, api_key_env="FAKE_CLARIFAI_KEY")
+        res = cli_train(write_spec(tmp_path, {"oracle": oracle, **RUN}), data, tmp_path / "o")
         assert fake.counts().requests == 1  # no retries of an auth failure
     assert res.exit_code == 1
     assert "AuthFailed" in res.output and "not-the-key" not in res.output
