@@ -21,7 +21,7 @@ from adapters.clarifai import ClarifaiOracle
 from adapters.customvision import CustomVisionOracle
 from adapters.dispatch import Dispatcher
 from adapters.errors import AuthFailed, BadInput, BudgetExceeded
-from adapters.ratelimit import shared_limiter
+from adapters.ratelimit import SharedRateLimiter, shared_limiter
 from adapters.retry import RetryPolicy
 from app.jobs.accounting import MemoryLedger
 from tests.fakes.clarifai import FakeClarifai
@@ -135,6 +135,23 @@ def dispatch() -> Iterator[Callable[..., Dispatcher]]:
         dispatcher.oracle.close()
 
 
+def limited_customvision(
+    fakes: dict[str, Provider], per_second: float
+) -> tuple[Provider, FakeCustomVision]:
+    """The Custom Vision fake with fresh counts, allowing ``per_second`` images, no burst."""
+    provider = fakes["customvision"]
+    fake = provider.fake
+    assert isinstance(fake, FakeCustomVision)
+    fake.reset()
+    fake.set_rate_limit(per_second, burst=1)
+    return provider, fake
+
+
+def fresh_limiter(provider: str, per_second: float) -> SharedRateLimiter:
+    """A shared limiter no other test uses (a fresh key, so no pause or unit carries over)."""
+    return shared_limiter(f"{provider}_{uuid.uuid4().hex[:12]}", per_second)
+
+
 def ledger(max_queries: int | None = None) -> MemoryLedger:
     return MemoryLedger(price=0.001, max_queries=max_queries)
 
@@ -152,7 +169,7 @@ def test_clarifai_throttling_waits_and_every_answer_arrives_once(dispatch):
     book = ledger()
     # The limiter believes 40 requests/s while the account allows 10 (as when another tool
     # shares the key): throttles happen, and each pauses every user of the limiter.
-    limiter = shared_limiter(f"clarifai_{uuid.uuid4().hex[:12]}", 40)
+    limiter = fresh_limiter("clarifai", 40)
     with FakeClarifai(keys={KEY}, rate_limit=10, burst=1, model="cheap") as fake:
         oracle = ClarifaiOracle(
             api_key=KEY, endpoint=fake.endpoint, model_id="moderation-recognition",
@@ -168,14 +185,10 @@ def test_clarifai_throttling_waits_and_every_answer_arrives_once(dispatch):
 
 
 def test_customvision_retry_after_is_honoured_and_pauses_the_credential(fakes, dispatch):
-    provider = fakes["customvision"]
-    fake = provider.fake
-    assert isinstance(fake, FakeCustomVision)
-    fake.reset()
-    fake.set_rate_limit(5, burst=1)
+    provider, fake = limited_customvision(fakes, 5)
     fake.predict(KEY, MODERATION_PROJECT, PUBLISHED, b"")  # someone else spends the token
     images, book = colours(3), ledger()
-    limiter = shared_limiter(f"customvision_{uuid.uuid4().hex[:12]}", 5)
+    limiter = fresh_limiter("customvision", 5)
     dispatcher = dispatch(provider.oracle(), ledger=book, limiter=limiter, limit_unit="image")
     start = time.monotonic()
     probs = dispatcher.query(images, "train")
@@ -276,14 +289,10 @@ def test_budget_exceeded_stops_before_sending(provider, dispatch):
 
 # -- a pause is shared --------------------------------------------------------------------------
 def test_a_retry_after_pause_from_one_dispatcher_delays_another(fakes, dispatch):
-    provider = fakes["customvision"]
-    fake = provider.fake
-    assert isinstance(fake, FakeCustomVision)
-    fake.reset()
-    fake.set_rate_limit(1, burst=1)
+    provider, fake = limited_customvision(fakes, 1)
     # Two jobs on one credential; the limiter allows far more than the fake: only the pause
     # set from the fake's Retry-After can hold the second job back.
-    limiter = shared_limiter(f"customvision_{uuid.uuid4().hex[:12]}", 100)
+    limiter = fresh_limiter("customvision", 100)
     first = dispatch(provider.oracle(), limiter=limiter, limit_unit="image")
     second = dispatch(provider.oracle(), limiter=limiter, limit_unit="image")
     first.query(colours(1), "train")  # spends the fake's only token
