@@ -87,6 +87,13 @@ def run_workers(endpoint: str, backend: str, key: str) -> list[dict[str, float]]
     return reports
 
 
+#: a test on each shared backend, named by its fixture
+ON_EVERY_BACKEND = pytest.mark.parametrize(
+    "backend_fixture",
+    ["sqlite_backend", pytest.param("postgres_backend", marks=pytest.mark.postgres)],
+)
+
+
 @pytest.fixture
 def key() -> str:
     return f"clarifai_{uuid.uuid4().hex[:16]}"  # a fresh bucket: no state from earlier runs
@@ -106,10 +113,7 @@ def postgres_backend(key) -> Iterator[str]:
     drop_postgres_state(POSTGRES, [key], pause_table_existed=existed)
 
 
-@pytest.mark.parametrize(
-    "backend_fixture",
-    ["sqlite_backend", pytest.param("postgres_backend", marks=pytest.mark.postgres)],
-)
+@ON_EVERY_BACKEND
 def test_two_processes_stay_under_the_limit_together(request, backend_fixture, key):
     backend = request.getfixturevalue(backend_fixture)
     with FakeClarifai(keys={KEY}, rate_limit=RATE, burst=BURST, model="cheap") as fake:
@@ -123,10 +127,7 @@ def test_two_processes_stay_under_the_limit_together(request, backend_fixture, k
     assert achieved >= 0.85 * RATE, f"{achieved:.1f} requests/s of {RATE}"
 
 
-@pytest.mark.parametrize(
-    "backend_fixture",
-    ["sqlite_backend", pytest.param("postgres_backend", marks=pytest.mark.postgres)],
-)
+@ON_EVERY_BACKEND
 def test_a_pause_reaches_every_limiter_of_the_credential(request, backend_fixture, key):
     backend = request.getfixturevalue(backend_fixture)
     # What two worker processes hold: limiters built apart, sharing only the database.
