@@ -50,8 +50,11 @@ def free_port() -> int:
 
 
 @contextmanager
-def live_server(tmp: Path, *, workers: int = 2, timeout: float = 60) -> Iterator[LiveServer]:
-    """``reprogram serve`` in embedded mode on a free port, data under ``tmp``."""
+def live_server(
+    tmp: Path, *, workers: int = 2, timeout: float = 60, env: dict[str, str] | None = None
+) -> Iterator[LiveServer]:
+    """``reprogram serve`` in embedded mode on a free port, data under ``tmp``; ``env``: more
+    ``REPROGRAM_*`` settings."""
     from app.storage.migrate import upgrade
 
     data_dir = tmp / "data"
@@ -59,19 +62,18 @@ def live_server(tmp: Path, *, workers: int = 2, timeout: float = 60) -> Iterator
     db_url = f"sqlite:///{data_dir / 'reprogram.db'}"
     upgrade(db_url)
     port = free_port()
-    env = {
-        **os.environ,
+    environ = {k: v for k, v in os.environ.items() if not k.startswith("REPROGRAM_")}
+    environ |= {
         "REPROGRAM_DATA_DIR": str(data_dir),
         "REPROGRAM_SECRET_KEY": "live-server-test-key",
         "REPROGRAM_EMBEDDED_WORKERS": str(workers),
+        **(env or {}),
     }
-    env.pop("REPROGRAM_DATABASE_URL", None)
-    env.pop("REPROGRAM_MODE", None)
     log = tmp / "serve.log"
     with open(log, "w") as out:
         proc = subprocess.Popen(
             [sys.executable, "-m", "app.cli.main", "serve", "--port", str(port)],
-            env=env,
+            env=environ,
             stdout=out,
             stderr=subprocess.STDOUT,
         )

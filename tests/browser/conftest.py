@@ -37,7 +37,10 @@ def browser() -> Iterator:
 
 @pytest.fixture(scope="module")
 def server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[LiveServer]:
-    with live_server(tmp_path_factory.mktemp("console")) as live:
+    # The fake cloud providers listen on loopback, which a tenant's oracle may not reach
+    # unless the operator allows it.
+    allow = {"REPROGRAM_ORACLE_ALLOWED_ENDPOINTS": "127.0.0.1"}
+    with live_server(tmp_path_factory.mktemp("console"), env=allow) as live:
         yield live
 
 

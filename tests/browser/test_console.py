@@ -152,13 +152,20 @@ def test_sign_in_upload_run_download_try(page, server, small_npz, artifacts, tmp
     page.screenshot(path=str(artifacts / "console-job-phone.png"), full_page=True)
 
 
-def test_cancel_a_running_job(page, server, small_npz):
+def test_cancel_a_running_job_and_the_list_follows(page, server, small_npz):
     token = server.token("browser-cancel")
+    long = {**SMALL_RUN, "optimizer": {**SMALL_RUN["optimizer"], "iterations": 400}}
     with Client(server.url, token) as rp:
         ds = rp.upload(small_npz, "digits.npz")
-        long = {**SMALL_RUN, "optimizer": {**SMALL_RUN["optimizer"], "iterations": 400}}
-        job = rp.submit({"oracle": {"kind": "torch"}, **long, "budget": {}}, ds.id)
-    sign_in(page, server.url, token, f"/jobs/{job.id}")
+        job, other = (
+            rp.submit({"oracle": {"kind": "torch"}, **long, "budget": {}}, ds.id) for _ in range(2)
+        )
+        sign_in(page, server.url, token)
+        row = page.locator(f"tr[data-job='{other.id}']")
+        expect(row.locator(".badge")).to_have_text(re.compile(r"^(queued|running)$"))
+        rp.cancel(other.id)  # elsewhere: the open list shows it without a reload
+        expect(row.locator(".badge")).to_have_text("cancelled", timeout=30_000)
+    page.click(f"a[href='/jobs/{job.id}']")
     expect(page.locator("#job-cancel")).to_be_enabled()
     page.click("#job-cancel")
     expect(page.locator("#job-status")).to_have_text("cancelled", timeout=60_000)
@@ -213,3 +220,33 @@ def test_a_refused_token_goes_back_to_sign_in(page, server):
     expect(page).to_have_url(re.compile(r"/signin\?reason=expired"))
     expect(page.locator("#signin-reason")).to_contain_text("expired or was revoked")
     assert page.evaluate("sessionStorage.getItem('reprogram.token')") is None
+
+
+def test_a_failed_job_shows_its_error(page, server, small_npz, artifacts):
+    from tests.fakes.clarifai import FakeClarifai
+
+    token = server.token("browser-failed")
+    with FakeClarifai(keys=["the-right-key"]) as fake, Client(server.url, token) as rp:
+        ds = rp.upload(small_npz, "digits.npz")
+        cred = rp.add_credential("clarifai", "a-wrong-key")
+        oracle = {
+            "kind": "clarifai",
+            "model_id": "moderation-recognition",
+            "endpoint": f"http://127.0.0.1:{fake.port}",
+            "credential_id": cred,
+        }
+        job = rp.submit({"oracle": oracle, **SMALL_RUN}, ds.id)
+        sign_in(page, server.url, token, f"/jobs/{job.id}")
+        expect(page.locator("#job-status")).to_have_text(FINAL, timeout=60_000)
+    expect(page.locator("#job-status")).to_have_text("failed")
+    failure = page.locator("#job-failure")
+    expect(failure).to_be_visible()
+    with Client(server.url, token) as rp:
+        error = rp.job(job.id).error
+        expected = api_message(server, token, lambda c: c.download(job.id))
+    assert error
+    expect(failure).to_have_text(f"The job failed: {error}")
+    page.click("#job-download")  # no program: the API's 409, in words
+    expect(page.locator("#job-error")).to_have_text(expected)
+    assert "a-wrong-key" not in page.content()
+    page.screenshot(path=str(artifacts / "console-job-failed.png"))
