@@ -100,7 +100,7 @@ def main() -> None:
     }
     pg = None
     if a.backend == "postgres":
-        from tests.conftest import create_database
+        from tests.helpers import create_database
 
         pg = create_database()
         env["REPROGRAM_DATABASE_URL"] = pg
@@ -191,7 +191,7 @@ def main() -> None:
                 proc.kill()
                 proc.wait()
         if pg:
-            from tests.conftest import drop_database
+            from tests.helpers import drop_database
 
             drop_database(pg)
     ms = np.array(lat) * 1000

@@ -47,6 +47,8 @@ from typing import Any
 
 import numpy as np
 
+from adapters.ratelimit import drop_postgres_state, pause_table_exists
+
 ROOT = Path(__file__).resolve().parents[1]
 KEY = "bench-key-0123456789"
 CV_PROJECT, CV_PUBLISHED = "5c0f7c3e-0d6a-4f57-9a43-000000000002", "production"  # the fake's
@@ -348,31 +350,6 @@ def calibrate(provider: Provider, args: argparse.Namespace) -> dict[str, float]:
     (limiter_ms,) = medians_ms([limiter.acquire], 200)
     limiter.close()
     return {"raw_ms": raw_ms, "ours_ms": ours_ms, "limiter_ms": limiter_ms}
-
-
-def pause_table_exists(backend: str) -> bool:
-    import psycopg
-
-    with psycopg.connect(backend) as conn:
-        return conn.execute("SELECT to_regclass('rate_pause')").fetchone()[0] is not None
-
-
-def drop_postgres_state(backend: str, keys: list[str], *, pause_table_existed: bool) -> None:
-    """The benchmark's buckets and pauses leave the database with it (the shared pause
-    table too, when the benchmark created it and nobody else has used it since)."""
-    import psycopg
-    from psycopg import sql
-
-    from adapters.ratelimit import bucket_table
-
-    with psycopg.connect(backend, autocommit=True) as conn:
-        for key in keys:
-            table = sql.Identifier(bucket_table(key, backend))
-            conn.execute(sql.SQL("DROP TABLE IF EXISTS {}").format(table))
-        if pause_table_exists(backend):
-            conn.execute("DELETE FROM rate_pause WHERE key = ANY(%s)", (keys,))
-            if not pause_table_existed and not conn.execute("SELECT 1 FROM rate_pause").fetchone():
-                conn.execute("DROP TABLE rate_pause")
 
 
 # -- report --------------------------------------------------------------------------------------

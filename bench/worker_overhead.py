@@ -153,7 +153,7 @@ def main() -> None:
                 clocked(worker, content, a.iterations, None, Path(tmp))
             )
         if a.postgres:
-            from tests.conftest import create_database, drop_database
+            from tests.helpers import create_database, drop_database
 
             url = create_database()
             try:

@@ -8,17 +8,14 @@ import subprocess
 import sys
 import warnings
 import zipfile
-from pathlib import Path
 
 import numpy as np
 import pytest
 import torch
 from PIL import Image
-from typer.testing import CliRunner
 
-from app.cli.main import app
+from tests.helpers import cli_train, write_spec
 
-runner = CliRunner()
 SMALL = {
     "program": {"input_size": 64, "target_size": 24},
     "optimizer": {"iterations": 8, "q": 2, "batch_size": 6, "eval_every": 4},
@@ -26,23 +23,10 @@ SMALL = {
 }
 
 
-def train(config: object, data: object, out: object):  # type: ignore[no-untyped-def]
-    """`reprogram train --config CONFIG --data DATA --out OUT`, in process."""
-    return runner.invoke(
-        app, ["train", "--config", str(config), "--data", str(data), "--out", str(out)]
-    )
-
-
-def write_spec(tmp_path: Path, spec: dict) -> Path:
-    path = tmp_path / "spec.json"
-    path.write_text(json.dumps(spec))
-    return path
-
-
 def test_train_writes_every_output_and_beats_chance(tmp_path, small_npz_path):
     spec = write_spec(tmp_path, {"oracle": {"kind": "torch"}, **SMALL})
     out = tmp_path / "out"
-    res = train(spec, small_npz_path, out)
+    res = cli_train(spec, small_npz_path, out)
     assert res.exit_code == 0, res.output
     result = json.loads((out / "result.json").read_text())
     for key in ("test_accuracy", "queries", "requests", "cost_usd", "breakdown", "baselines"):
@@ -80,7 +64,7 @@ def test_a_program_file_classifies_without_the_service(tmp_path, small_npz_path)
         tmp_path, {"oracle": {"kind": "torch"}, **SMALL, "mapping": {"method": "frequency"}}
     )
     out = tmp_path / "out"
-    assert train(spec, small_npz_path, out).exit_code == 0
+    assert cli_train(spec, small_npz_path, out).exit_code == 0
     prog = ProgramFile.load(out / "program.npz")
     data = load_dataset(small_npz_path)
     oracle = TorchOracle(input_size=64)
@@ -116,7 +100,7 @@ def bad_zip(kind: str) -> bytes:
     ],
 )
 def test_invalid_specs_exit_2_naming_the_field(tmp_path, small_npz_path, case, message):
-    res = train(write_spec(tmp_path, case), small_npz_path, tmp_path / "o")
+    res = cli_train(write_spec(tmp_path, case), small_npz_path, tmp_path / "o")
     assert res.exit_code == 2
     assert message in res.output and "Traceback" not in res.output
 
@@ -133,27 +117,27 @@ def test_bad_data_exits_2_naming_the_problem(tmp_path, kind, message):
     data = tmp_path / "data.zip"
     data.write_bytes(bad_zip(kind))
     spec = write_spec(tmp_path, {"oracle": {"kind": "torch"}, **SMALL})
-    res = train(spec, data, tmp_path / "o")
+    res = cli_train(spec, data, tmp_path / "o")
     assert res.exit_code == 2, res.output
     assert message in res.output and "Traceback" not in res.output
 
 
 def test_missing_paths_and_broken_models_exit_2(tmp_path, small_npz_path):
     spec = write_spec(tmp_path, {"oracle": {"kind": "torch"}, **SMALL})
-    res = train(spec, tmp_path / "nowhere", tmp_path / "o")
+    res = cli_train(spec, tmp_path / "nowhere", tmp_path / "o")
     assert res.exit_code == 2 and "no such file" in res.output
-    res = train(tmp_path / "none.json", small_npz_path, tmp_path / "o")
+    res = cli_train(tmp_path / "none.json", small_npz_path, tmp_path / "o")
     assert res.exit_code == 2 and "none.json" in res.output
     broken = tmp_path / "model.pt"
     broken.write_bytes(b"garbage")
     spec = write_spec(tmp_path, {"oracle": {"kind": "torch", "model": str(broken)}, **SMALL})
-    res = train(spec, small_npz_path, tmp_path / "o")
+    res = cli_train(spec, small_npz_path, tmp_path / "o")
     assert res.exit_code == 2 and "does not load" in res.output
     # A budget below what mapping and evaluation need is refused up front, with the minimum.
     tiny = write_spec(
         tmp_path, {"oracle": {"kind": "torch"}, **SMALL, "budget": {"max_queries": 10}}
     )
-    res = train(tiny, small_npz_path, tmp_path / "o")
+    res = cli_train(tiny, small_npz_path, tmp_path / "o")
     assert res.exit_code == 2 and "budget of 10 queries" in res.output
 
 
@@ -193,7 +177,7 @@ def test_torchscript_oracle_end_to_end(tmp_path, small_npz_path):
         torch.jit.script(Pool()).save(str(path))
     spec = write_spec(tmp_path, {"oracle": {"kind": "torch", "model": str(path)}, **SMALL})
     out = tmp_path / "out"
-    res = train(spec, small_npz_path, out)
+    res = cli_train(spec, small_npz_path, out)
     assert res.exit_code == 0, res.output
     result = json.loads((out / "result.json").read_text())
     assert result["n_source_labels"] == 48
