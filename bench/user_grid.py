@@ -1,0 +1,313 @@
+"""The user benchmark's grid (issue 9, item 6): every (task, oracle) pair of bench/user_tasks.py
+× seeds × configurations, each cell one job run exactly as ``reprogram train`` runs it
+(``app.jobs.local.run_local`` with a JobSpec naming the oracle, the budget, the seed and the
+configuration's overrides, nothing else), so the grid measures whatever the service's
+defaults are when it runs. Every row records a fingerprint of the training code it ran with.
+
+    nice -n 19 python -m bench.user_grid                    # everything, in priority order
+    nice -n 19 python -m bench.user_grid --phase main       # one phase (see PHASES)
+    python -m bench.user_grid --quick                       # smoke test: 2 pairs, minutes
+    python -m bench.user_grid --list                        # what is left, nothing run
+    python -m bench.user_grid --workers 14                  # a 16-core GPU machine
+
+Resumable: each finished job appends one row to ``--out`` (default
+bench/results/user_grid.jsonl) at once, and a (pair, config, seed, budget) already there is
+skipped (``--redo-stale`` reruns rows whose training code has changed since). The process
+lowers its own priority (nice 19) before it starts, and ``--hours`` stops it launching jobs
+after that long, so it can be left running in the background across sessions.
+
+Configurations (``CONFIGS``): ``default`` (no overrides), ``bar`` (the paper's BAR: estimator
+``bar`` with its settings and the frequency mapping), white-box AR with true gradients over
+program resolutions 8, 16, 32 and the full pixel program (``wb_r8`` … ``wb_full``; the
+default's program is the one whose basis and resolution the default rows resolved to), and
+ablations: the paper's levers (mapping frequency/random, focal/cross-entropy loss, q) on the
+paper's BAR and on the default.
+"""
+
+from __future__ import annotations
+
+import argparse
+import hashlib
+import json
+import multiprocessing as mp
+import os
+import platform
+import socket
+import subprocess
+import time
+from concurrent.futures import FIRST_COMPLETED, ProcessPoolExecutor, wait
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any
+
+from bench.user_tasks import ORACLES, PAIR_BY_NAME, PAIRS
+
+ROOT = Path(__file__).resolve().parent.parent
+OUT = Path("bench/results/user_grid.jsonl")
+
+_BAR = {"optimizer": {"estimator": "bar"}, "mapping": {"method": "frequency"}}
+_WB = {"estimator": "white_box"}
+CONFIGS: dict[str, dict[str, Any]] = {
+    "default": {},
+    "bar": _BAR,
+    "wb_r8": {"optimizer": _WB, "program": {"basis": "bilinear", "resolution": 8}},
+    "wb_r16": {"optimizer": _WB, "program": {"basis": "bilinear", "resolution": 16}},
+    "wb_r32": {"optimizer": _WB, "program": {"basis": "bilinear", "resolution": 32}},
+    "wb_full": {"optimizer": _WB, "program": {"basis": "pixel"}},
+    # the paper's ablations, on the paper's BAR ...
+    "bar_random": {**_BAR, "mapping": {"method": "random"}},
+    "bar_ce": {**_BAR, "loss": {"kind": "ce"}},
+    "bar_q5": {"optimizer": {"estimator": "bar", "q": 5}, "mapping": {"method": "frequency"}},
+    "bar_q55": {"optimizer": {"estimator": "bar", "q": 55}, "mapping": {"method": "frequency"}},
+    # ... and the same levers on the default
+    "default_frequency": {"mapping": {"method": "frequency"}},
+    "default_random": {"mapping": {"method": "random"}},
+    "default_ce": {"loss": {"kind": "ce"}},
+    "default_q5": {"optimizer": {"q": 5}},
+    "default_q25": {"optimizer": {"q": 25}},
+}
+WHITE_BOX = ("wb_r8", "wb_r16", "wb_r32", "wb_full")
+ABLATIONS = tuple(c for c in CONFIGS if c.startswith(("bar_", "default_")))
+ABLATION_PAIRS = ("mnist10:lite0", "mnist5:moderation", "textures3:lite0")
+ALL_PAIRS = tuple(p.name for p in PAIRS)
+SEEDS = (0, 1, 2)
+
+#: Phases in priority order: (name, pairs, configs, seeds, budgets). Seed-major inside a
+#: phase, so a partial phase holds whole seeds over every pair.
+PHASES: list[tuple[str, tuple[str, ...], tuple[str, ...], tuple[int, ...], tuple[int, ...]]] = [
+    ("main", ALL_PAIRS, ("default",), SEEDS, (5_000, 20_000)),
+    ("bar", ALL_PAIRS, ("bar",), (0,), (5_000, 20_000, 60_000)),
+    ("white_box", ALL_PAIRS, WHITE_BOX, (0,), (60_000,)),
+    ("long", ALL_PAIRS, ("default",), SEEDS, (60_000, 15_000)),
+    ("ablations", ABLATION_PAIRS, ABLATIONS, (0,), (20_000,)),
+    ("bar_seeds", ALL_PAIRS, ("bar",), (1, 2), (20_000, 60_000)),  # flat rows: fewer seeds
+    ("white_box_seeds", ALL_PAIRS, WHITE_BOX, (1, 2), (60_000,)),
+    ("ablation_seeds", ABLATION_PAIRS, ABLATIONS, (1, 2), (20_000,)),
+]
+QUICK_PAIRS = ("mnist5:moderation", "faces2:nsfw")
+QUICK = [("quick", QUICK_PAIRS, ("default", "bar", "wb_r8"), (0,), (3000,))]
+
+#: The code a job's numbers depend on: rows carry a hash of it (the defaults move).
+CODE = ("engine", "app/config", "app/jobs", "app/data", "adapters/torch_local.py")
+
+
+def code_fingerprint() -> str:
+    h = hashlib.sha256()
+    for rel in CODE:
+        path = ROOT / rel
+        for f in sorted(path.rglob("*.py")) if path.is_dir() else [path]:
+            h.update(str(f.relative_to(ROOT)).encode())
+            h.update(f.read_bytes())
+    return h.hexdigest()[:12]
+
+
+def git_head() -> str:
+    try:
+        out = subprocess.run(
+            ["git", "rev-parse", "--short", "HEAD"], cwd=ROOT, capture_output=True, text=True
+        )
+        return out.stdout.strip()
+    except OSError:
+        return "?"
+
+
+def merge(base: dict, extra: dict) -> dict:
+    out = dict(base)
+    for k, v in extra.items():
+        out[k] = merge(out[k], v) if isinstance(v, dict) and isinstance(out.get(k), dict) else v
+    return out
+
+
+def job_spec(pair: str, config: str, seed: int, budget: int) -> dict[str, Any]:
+    """The JobSpec a user would send: the oracle, the budget, the seed, the overrides."""
+    p = PAIR_BY_NAME[pair]
+    spec = {"oracle": dict(ORACLES[p.oracle]), "budget": {"max_queries": budget}, "seed": seed}
+    return merge(spec, CONFIGS[config])
+
+
+def run_job(pair: str, config: str, seed: int, budget: int) -> dict[str, Any]:
+    """One cell: the task's data set for ``seed`` (train/ and test/, no val/), one job."""
+    from app.config.spec import JobSpec
+    from app.jobs.local import run_local
+    from bench.user_tasks import load_task
+
+    p = PAIR_BY_NAME[pair]
+    fingerprint = code_fingerprint()
+    data = load_task(p.task, seed=seed)
+    spec = JobSpec.model_validate(job_spec(pair, config, seed, budget))
+    start = time.monotonic()
+    res = run_local(spec, data).result
+    base = res.get("baselines", {})
+    return {
+        "pair": pair,
+        "task": p.task,
+        "oracle": p.oracle,
+        "kind": p.kind,
+        "held_out": p.held_out,
+        "config": config,
+        "seed": seed,
+        "budget": budget,
+        "status": res.get("status"),
+        "error": res.get("error"),
+        "test_accuracy": res.get("test_accuracy"),
+        "probe": base.get("linear_probe", {}).get("accuracy"),
+        "blank": base.get("blank_program", {}).get("accuracy"),
+        "chance": base.get("chance", {}).get("accuracy"),
+        "majority": base.get("majority", {}).get("accuracy"),
+        "queries": res.get("queries"),
+        "breakdown": res.get("breakdown"),
+        "iterations": res.get("iterations"),
+        "best_iteration": res.get("best_iteration"),
+        "best_val_accuracy": res.get("best_val_accuracy"),
+        "sizes": res.get("sizes"),
+        "classes": len(res.get("classes") or []),
+        "labels": res.get("n_source_labels"),
+        "spec": res.get("spec"),
+        "choices": res.get("choices"),
+        "seconds": round(time.monotonic() - start, 1),
+        "code": fingerprint,
+        "git": git_head(),
+        "date": datetime.now(UTC).strftime("%Y-%m-%d %H:%M UTC"),
+        "host": f"{socket.gethostname()} ({os.cpu_count()} CPUs, {platform.machine()})",
+        "device": _device(),
+    }
+
+
+def _device() -> str:
+    import torch
+
+    if torch.cuda.is_available():
+        return torch.cuda.get_device_name(0)
+    return f"cpu, {torch.get_num_threads()} threads"
+
+
+def key(row: dict[str, Any]) -> tuple:
+    return (row["pair"], row["config"], row["seed"], row["budget"])
+
+
+def load_rows(path: Path) -> list[dict[str, Any]]:
+    if not path.exists():
+        return []
+    return [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
+
+
+def plan(phases: list, only: set[str] | None = None) -> list[tuple[str, str, int, int]]:
+    """Every cell of the chosen phases, in priority order, without duplicates."""
+    out: list[tuple[str, str, int, int]] = []
+    for name, pairs, configs, seeds, budgets in phases:
+        if only and name not in only:
+            continue
+        for seed in seeds:
+            for budget in budgets:
+                for config in configs:
+                    for pair in pairs:
+                        cell = (pair, config, seed, budget)
+                        if cell not in out:
+                            out.append(cell)
+    return out
+
+
+def todo(cells: list[tuple], rows: list[dict], redo_stale: bool) -> list[tuple]:
+    current = code_fingerprint()
+    have = {key(r) for r in rows if not redo_stale or r.get("code") == current}
+    return [c for c in cells if c not in have]
+
+
+def lower_priority() -> None:
+    """nice 19: the grid shares its machine with people and tests."""
+    current = os.nice(0)
+    if current < 19:
+        os.nice(19 - current)
+
+
+def _init(threads: int) -> None:
+    import torch
+
+    lower_priority()
+    if threads:
+        torch.set_num_threads(threads)
+
+
+def main() -> None:
+    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    p.add_argument("--phase", nargs="+", help=f"only these: {[ph[0] for ph in PHASES]}")
+    p.add_argument("--pairs", nargs="+", help="only these pairs (task:oracle)")
+    p.add_argument("--configs", nargs="+", choices=list(CONFIGS), help="only these configs")
+    p.add_argument("--seeds", nargs="+", type=int, help="only these seeds")
+    p.add_argument("--quick", action="store_true", help="a smoke test: 2 pairs, 3k queries")
+    p.add_argument("--list", action="store_true", help="print what is left and stop")
+    p.add_argument("--redo-stale", action="store_true", help="rerun rows of older code")
+    p.add_argument("--hours", type=float, default=0, help="stop launching jobs after this")
+    p.add_argument("--workers", type=int, default=1, help="jobs at once (1: in this process)")
+    p.add_argument("--threads", type=int, default=0, help="torch threads per job (0: all)")
+    p.add_argument("--out", type=Path)
+    a = p.parse_args()
+    out = a.out or (Path("bench/out/user_quick.jsonl") if a.quick else OUT)
+    cells = plan(QUICK if a.quick else PHASES, set(a.phase) if a.phase else None)
+    cells = [
+        c
+        for c in cells
+        if (not a.pairs or c[0] in a.pairs)
+        and (not a.configs or c[1] in a.configs)
+        and (a.seeds is None or c[2] in a.seeds)
+    ]
+    left = todo(cells, load_rows(out), a.redo_stale)
+    print(f"{len(left)} of {len(cells)} jobs left; code {code_fingerprint()}", flush=True)
+    if a.list:
+        for c in left:
+            print("  ", *c)
+        return
+    lower_priority()
+    out.parent.mkdir(parents=True, exist_ok=True)
+    start = time.monotonic()
+
+    def record(cell: tuple, row: dict | None, err: BaseException | None) -> None:
+        took = time.monotonic() - start
+        if err is not None:  # not recorded: the next run tries it again
+            print(f"[{took:.0f}s] FAILED {cell}: {err!r}", flush=True)
+            return
+        assert row is not None
+        with out.open("a") as fh:
+            fh.write(json.dumps(row) + "\n")
+        print(
+            f"[{took:.0f}s] {cell}: {row['test_accuracy']} (probe {row['probe']}, "
+            f"{row['queries']} queries, {row['seconds']:.0f}s)",
+            flush=True,
+        )
+
+    def out_of_time() -> bool:
+        return bool(a.hours) and time.monotonic() - start > a.hours * 3600
+
+    if a.workers <= 1:
+        _init(a.threads)
+        for cell in left:
+            if out_of_time():
+                break
+            try:
+                record(cell, run_job(*cell), None)
+            except Exception as err:  # one broken job must not stop the grid
+                record(cell, None, err)
+        return
+    ctx = mp.get_context("spawn")  # CUDA cannot be forked
+    with ProcessPoolExecutor(
+        a.workers, mp_context=ctx, initializer=_init, initargs=(a.threads or 1,)
+    ) as ex:
+        queue = list(left)
+        pending: dict = {}
+        while queue or pending:
+            while queue and len(pending) < a.workers and not out_of_time():
+                cell = queue.pop(0)
+                pending[ex.submit(run_job, *cell)] = cell
+            if not pending:
+                break
+            finished, _ = wait(pending, return_when=FIRST_COMPLETED)
+            for f in finished:
+                cell = pending.pop(f)
+                try:
+                    record(cell, f.result(), None)
+                except Exception as err:
+                    record(cell, None, err)
+
+
+if __name__ == "__main__":
+    main()

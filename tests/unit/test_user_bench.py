@@ -1,0 +1,72 @@
+"""The user benchmark's tasks, specs and report (bench/user_*.py); the grid itself never runs
+in tests."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+from app.config.spec import JobSpec
+from bench import user_grid, user_report
+from bench.user_tasks import PAIRS, SIZES, TASKS, load_task
+
+
+@pytest.mark.parametrize("task", TASKS)
+def test_tasks_upload_like_users(task: str) -> None:
+    """train/ and test/ without val/, 5–20 training images per class, a balanced test set,
+    uint8 RGB images; the seed draws the split."""
+    data = load_task(task, seed=0)
+    split = np.asarray(data.split)
+    assert set(split.tolist()) == {"train", "test"}
+    train = np.bincount(data.y[split == "train"], minlength=len(data.classes))
+    test = np.bincount(data.y[split == "test"], minlength=len(data.classes))
+    assert (train == SIZES[task].train).all() and 5 <= SIZES[task].train <= 20
+    assert len(set(test.tolist())) == 1 and 30 <= test[0] <= SIZES[task].test
+    assert all(img.dtype == np.uint8 and img.ndim == 3 and img.shape[2] == 3 for img in data.images)
+    again = load_task(task, seed=1)
+    same_images = all(np.array_equal(a, b) for a, b in zip(data.images, again.images, strict=False))
+    assert not (same_images and np.array_equal(split, np.asarray(again.split)))
+
+
+def test_pairs_cover_the_issue() -> None:
+    assert len(PAIRS) >= 8 and 2 <= sum(p.held_out for p in PAIRS) <= 3
+    assert {p.oracle for p in PAIRS} == {"lite0", "lite2", "moderation", "nsfw"}
+    assert {"digits", "table"} < {p.kind for p in PAIRS}
+    assert len({p.kind for p in PAIRS} - {"digits", "table"}) >= 2  # natural-image kinds
+
+
+def test_every_cell_is_a_valid_job_spec() -> None:
+    cells = user_grid.plan(user_grid.PHASES)
+    assert len(cells) == len(set(cells))
+    for pair, config, seed, budget in {(c[0], c[1], 0, 20_000) for c in cells}:
+        spec = JobSpec.model_validate(user_grid.job_spec(pair, config, seed, budget))
+        assert spec.budget.max_queries == budget
+    bar = JobSpec.model_validate(user_grid.job_spec("mnist10:lite0", "bar_q55", 0, 20_000))
+    assert bar.optimizer.estimator == "bar" and bar.optimizer.q == 55
+    assert bar.mapping.method == "frequency"
+
+
+def _row(pair: str, config: str, seed: int, budget: int, acc: float, probe: float) -> dict:
+    return {
+        "pair": pair, "config": config, "seed": seed, "budget": budget, "test_accuracy": acc,
+        "probe": probe, "labels": 5, "classes": 5, "sizes": {"train": 40, "val": 10, "test": 250},
+        "spec": {"program": {"basis": "bilinear", "resolution": 8}}, "code": "abc",
+        "git": "123", "date": "2026-12-02 00:00 UTC", "host": "dev", "device": "cpu",
+    }  # fmt: skip
+
+
+def test_report_checks_the_targets_on_worst_cases() -> None:
+    rows = []
+    for p in PAIRS:
+        for seed in (0, 1, 2):
+            for b in user_report.BUDGETS:
+                rows.append(_row(p.name, "default", seed, b, 0.70 + 0.05 * (b == 60_000), 0.6))
+            rows.append(_row(p.name, "bar", seed, 20_000, 0.3, 0.6))
+            rows.append(_row(p.name, "bar", seed, 60_000, 0.3, 0.6))
+            rows.append(_row(p.name, "wb_r8", seed, 60_000, 0.8, 0.6))
+    rows.append(_row("faces2:nsfw", "default", 0, 20_000, 0.59, 0.6))  # a rerun replaces seed 0
+    text = user_report.report(rows)
+    assert "1. *Worst case" in text and "**not met**: worst margin -1.0 points (faces2:nsfw" in text
+    assert "3. *≥ 4× the query efficiency of paper BAR everywhere*" in text
+    assert "4. *At 60k" in text and "**met**: 75 % on average" in text
+    assert "| 1 | wb_r8 |" in text  # ranked by worst case
