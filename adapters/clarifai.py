@@ -6,12 +6,21 @@ Clarifai reports most errors *inside* a normal response (``status.code``), so th
 translates in-body codes and ``grpc.RpcError`` alike into ``adapters.errors``. It never
 retries: its channel has gRPC retries switched off so that ``adapters.dispatch`` alone
 decides when to try again (docs/providers.md, Clarifai's traps).
+
+Error messages carry Clarifai's status code name (or the gRPC code), never the description
+or details text the endpoint sent. With an egress guard (the service), the channel goes to
+the addresses ``adapters.egress`` resolved and checked (TLS still verifies the host name),
+resolved and checked again every ``REPIN_S`` seconds.
 """
 
 from __future__ import annotations
 
 import io
+import ipaddress
+import re
 import threading
+import time
+from collections.abc import Sequence
 from typing import Any
 from urllib.parse import urlsplit
 
@@ -24,6 +33,7 @@ from google.protobuf.message import Message
 from PIL import Image
 
 from adapters.base import Answer, Oracle, to_uint8, validate_images
+from adapters.egress import DEFAULT_ENDPOINTS, EgressPolicy, Guard
 from adapters.errors import (
     AuthFailed,
     BadInput,
@@ -46,6 +56,9 @@ KNOWN_CONCEPTS: dict[str, tuple[str, ...]] = {
 PNG_COMPRESS_LEVEL = 1  # still lossless; higher levels cost CPU and barely shrink noisy images
 REQUEST_ID_HEADER = "x-clarifai-request-id"
 VALUE_SLACK = 1e-5  # float32 rounding allowed around [0, 1] before an answer is malformed
+REPIN_S = 300.0  # a pinned channel resolves and checks its host again this often
+#: what a request id looks like; anything else the endpoint sends is dropped
+_REQUEST_ID = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._:/-]{0,99}$")
 
 S = status_code_pb2
 _THROTTLED = frozenset({S.CONN_THROTTLED, S.CONN_EXCEED_HOURLY_LIMIT, S.CONN_EXCEEDS_LIMITS})
@@ -81,6 +94,11 @@ def _scrub(text: str, secret: str) -> str:
     return text.replace(secret, "<redacted>") if secret else text
 
 
+def _request_id(value: object) -> str | None:
+    text = str(value) if value else ""
+    return text if _REQUEST_ID.match(text) else None
+
+
 def _code_name(code: int) -> str:
     try:
         return S.StatusCode.Name(code)
@@ -98,12 +116,13 @@ def status_error(
     """The error a non-success Clarifai status means, top-level or per output.
 
     ``index`` is the input's position when ``status`` belongs to one output, ``request_id``
-    the response's id where the status carries none; ``secret`` is removed from the message
-    should the server ever echo it."""
+    the response's id where the status carries none. The message names the code only: the
+    status's description and details are the endpoint's words (``secret`` is still removed,
+    should a code name ever carry it)."""
     code = status.code
-    text = " ".join(t for t in (status.description, status.details) if t)
-    message = _scrub(f"Clarifai {_code_name(code)}: {text or 'no description'}", secret)
-    kw: dict = {"provider": PROVIDER, "request_id": status.req_id or request_id, "status": code}
+    message = _scrub(f"Clarifai {_code_name(code)}", secret)
+    request_id = _request_id(status.req_id) or request_id
+    kw: dict = {"provider": PROVIDER, "request_id": request_id, "status": code}
     if code in _THROTTLED:
         return Throttled(message, **kw)  # Clarifai gives no Retry-After
     if code in _AUTH:
@@ -118,18 +137,20 @@ def status_error(
 
 
 def transport_error(err: grpc.RpcError, *, secret: str = "") -> OracleError:
-    """The error a failed gRPC call (no Clarifai response at all) means."""
+    """The error a failed gRPC call (no Clarifai response at all) means. The message names
+    the gRPC code only; the details (the endpoint's or the transport's words) only decide
+    the class."""
     code = err.code() if callable(getattr(err, "code", None)) else None
     details = (err.details() if callable(getattr(err, "details", None)) else None) or ""
     trailing = err.trailing_metadata() if callable(getattr(err, "trailing_metadata", None)) else ()
-    request_id = dict(trailing or ()).get(REQUEST_ID_HEADER)
+    request_id = _request_id(dict(trailing or ()).get(REQUEST_ID_HEADER))
     name = code.name if code is not None else "UNKNOWN"
-    message = _scrub(f"Clarifai gRPC {name}: {details or 'no details'}", secret)
+    message = _scrub(f"Clarifai gRPC {name}", secret)
     kw: dict = {"provider": PROVIDER, "request_id": request_id, "status": name}
     if code == grpc.StatusCode.RESOURCE_EXHAUSTED:
         # gRPC also says RESOURCE_EXHAUSTED for an oversized message: no wait will fix that.
         if "larger than max" in details:
-            return BadInput(message, **kw)
+            return BadInput(f"{message} (a message larger than the limit)", **kw)
         return Throttled(message, **kw)
     if code in _TRANSIENT_RPC:
         return TransientUpstreamError(message, **kw)
@@ -152,8 +173,11 @@ def v2_stub(channel: grpc.Channel) -> service_pb2_grpc.V2Stub:
         return service_pb2_grpc.V2Stub(channel)
 
 
-def open_channel(endpoint: str) -> grpc.Channel:
-    """A channel to ``https://host[:port]`` (TLS) or ``http://host:port`` (plaintext)."""
+def open_channel(endpoint: str, *, addresses: Sequence[str] | None = None) -> grpc.Channel:
+    """A channel to ``https://host[:port]`` (TLS) or ``http://host:port`` (plaintext).
+
+    ``addresses``: connect to these (checked) addresses of the host instead of resolving
+    it; TLS still sends and verifies the host name."""
     usage = "endpoint must look like https://host[:port] or http://host:port"
     try:
         parts = urlsplit(endpoint)
@@ -172,14 +196,90 @@ def open_channel(endpoint: str) -> grpc.Channel:
         raise ConfigurationError(usage)
     host = f"[{parts.hostname}]" if ":" in parts.hostname else parts.hostname
     target = f"{host}:{port or 443}"
-    options = [
+    options: list[tuple[str, Any]] = [
         ("grpc.enable_retries", 0),  # one layer (adapters.dispatch) owns retries
         ("grpc.max_send_message_length", clarifai_channel.MAX_MESSAGE_LENGTH),
         ("grpc.max_receive_message_length", clarifai_channel.MAX_MESSAGE_LENGTH),
     ]
+    if addresses:
+        target = _pinned_target(addresses, port or 443)
+        options.append(("grpc.default_authority", parts.hostname))
+        if parts.scheme == "https":
+            # The name TLS sends (SNI) and verifies the certificate against.
+            options.append(("grpc.ssl_target_name_override", parts.hostname))
     if parts.scheme == "https":
         return grpc.secure_channel(target, grpc.ssl_channel_credentials(), options=options)
     return grpc.insecure_channel(target, options=options)
+
+
+def _pinned_target(addresses: Sequence[str], port: int) -> str:
+    """A gRPC target naming addresses (of the first one's family), not a host to resolve."""
+    first = ipaddress.ip_address(addresses[0])
+    same = [a for a in addresses if ipaddress.ip_address(a).version == first.version]
+    if first.version == 4:
+        return "ipv4:" + ",".join(f"{a}:{port}" for a in same)
+    return "ipv6:" + ",".join(f"[{a}]:{port}" for a in same)
+
+
+class _Channel:
+    """The channel calls go through. Without a guard, one channel that resolves its host
+    itself. With one, a channel to the addresses the guard resolved and checked, replaced
+    every ``REPIN_S`` seconds (so a long job follows the provider's DNS, and a name that
+    turns private is refused); a replaced channel closes once calls it may carry have
+    timed out. An endpoint the operator allowed is reached by name, like no guard."""
+
+    def __init__(self, endpoint: str, guard: Guard | None, timeout: float) -> None:
+        self.endpoint, self.timeout = endpoint, timeout
+        self._guard: Guard | None = None
+        self._lock = threading.Lock()
+        self._pinned_at = -float("inf")
+        self._retired: list[threading.Timer] = []
+        self._closed = False
+        self._channel: grpc.Channel | None = None
+        self._stub: service_pb2_grpc.V2Stub | None = None
+        if guard is not None:
+            self._ep, check = guard.admit(endpoint)  # EndpointRefused before any call
+            self._guard = guard if check else None
+        if self._guard is None:
+            self._channel = open_channel(endpoint)
+            self._stub = v2_stub(self._channel)
+        else:
+            open_channel(endpoint).close()  # the endpoint's syntax, checked now
+
+    def stub(self) -> service_pb2_grpc.V2Stub:
+        if self._guard is None:
+            assert self._stub is not None
+            return self._stub
+        with self._lock:
+            if self._closed:
+                if self._stub is None:
+                    raise RuntimeError("the Clarifai oracle is closed")
+                return self._stub  # a closed channel's stub: calls fail as gRPC says
+            if self._stub is None or time.monotonic() - self._pinned_at > REPIN_S:
+                try:
+                    addresses = self._guard.addresses(self._ep.scheme, self._ep.host, self._ep.port)
+                except OSError as err:
+                    raise TransientUpstreamError(
+                        f"Clarifai endpoint does not resolve ({type(err).__name__})",
+                        provider=PROVIDER,
+                    ) from err
+                assert addresses is not None
+                old, self._channel = self._channel, open_channel(self.endpoint, addresses=addresses)
+                self._stub, self._pinned_at = v2_stub(self._channel), time.monotonic()
+                if old is not None:
+                    timer = threading.Timer(2 * self.timeout + 1, old.close)
+                    timer.daemon = True
+                    timer.start()
+                    self._retired.append(timer)
+            return self._stub
+
+    def close(self) -> None:
+        with self._lock:
+            self._closed = True
+            for timer in self._retired:
+                timer.cancel()
+            if self._channel is not None:
+                self._channel.close()
 
 
 def encode_png(pixels: np.ndarray) -> bytes:
@@ -207,12 +307,15 @@ class ClarifaiOracle(Oracle):
         version_id: str | None = None,
         user_id: str = "clarifai",
         app_id: str = "main",
-        endpoint: str = "https://api.clarifai.com",
+        endpoint: str = DEFAULT_ENDPOINTS[PROVIDER],
         max_images_per_request: int = MAX_INPUTS,
         max_concurrency: int = 8,
         timeout: float = 30.0,
         labels: list[str] | tuple[str, ...] | None = None,
+        egress: EgressPolicy | None = None,
     ) -> None:
+        """``egress``: the policy the endpoint and every connection are checked against
+        (None: connect wherever ``endpoint`` says, as ``reprogram train`` does)."""
         if not isinstance(api_key, str) or not api_key or any(c.isspace() for c in api_key):
             raise ConfigurationError("a Clarifai api_key (non-empty, no spaces) is required")
         if not 1 <= max_images_per_request <= MAX_INPUTS:
@@ -227,8 +330,7 @@ class ClarifaiOracle(Oracle):
         self.timeout = float(timeout)
         self._key = api_key
         self._metadata = (("authorization", f"Key {api_key}"),)
-        self._channel = open_channel(endpoint)
-        self._stub = v2_stub(self._channel)
+        self._channel = _Channel(endpoint, egress.guard(PROVIDER) if egress else None, timeout)
         try:
             if labels is not None:
                 self._labels, self._column = tuple(labels), {n: j for j, n in enumerate(labels)}
@@ -261,9 +363,10 @@ class ClarifaiOracle(Oracle):
     def _user_app(self) -> resources_pb2.UserAppIDSet:
         return resources_pb2.UserAppIDSet(user_id=self.user_id, app_id=self.app_id)
 
-    def _call(self, method: grpc.UnaryUnaryMultiCallable, request: Message) -> Any:
+    def _call(self, method: str, request: Message) -> Any:
+        rpc: grpc.UnaryUnaryMultiCallable = getattr(self._channel.stub(), method)
         try:
-            return method(request, metadata=self._metadata, timeout=self.timeout)
+            return rpc(request, metadata=self._metadata, timeout=self.timeout)
         except grpc.RpcError as err:
             raise transport_error(err, secret=self._key) from err
 
@@ -272,7 +375,7 @@ class ClarifaiOracle(Oracle):
         request = service_pb2.GetModelRequest(
             user_app_id=self._user_app(), model_id=self.model_id, version_id=self.version_id or ""
         )
-        response = self._call(self._stub.GetModelOutputInfo, request)
+        response = self._call("GetModelOutputInfo", request)
         if response.status.code != S.SUCCESS:
             raise status_error(response.status, secret=self._key)
         model = response.model
@@ -281,7 +384,7 @@ class ClarifaiOracle(Oracle):
         if not concepts or len({c.id for c in concepts}) != len(concepts):
             raise MalformedAnswer(
                 f"model {self.model_id!r} lists no concepts or repeats one",
-                provider=PROVIDER, request_id=response.status.req_id or None,
+                provider=PROVIDER, request_id=_request_id(response.status.req_id),
             )  # fmt: skip
         names = [c.name or c.id for c in concepts]
         labels = names if len(set(names)) == len(names) else [c.id for c in concepts]
@@ -310,17 +413,18 @@ class ClarifaiOracle(Oracle):
             ],
             model=self._model,
         )
-        response = self._call(self._stub.PostModelOutputs, request)
+        response = self._call("PostModelOutputs", request)
         return self._answer(response, len(images))
 
     def _answer(self, response: service_pb2.MultiOutputResponse, n: int) -> Answer:
         status = response.status
-        request_id = status.req_id or None
+        request_id = _request_id(status.req_id)
         if status.code not in (S.SUCCESS, S.MIXED_STATUS, S.FAILURE):
             raise status_error(status, secret=self._key)
         if status.code == S.FAILURE and not response.outputs:
             # The request as a whole was refused (e.g. too many inputs), not one image.
-            message = status_error(status, secret=self._key).message
+            message = f"{status_error(status, secret=self._key).message}: the request of {n} "
+            message += "images was refused as a whole"
             raise BadInput(message, provider=PROVIDER, request_id=request_id, status=status.code)
         if len(response.outputs) != n:
             raise MalformedAnswer(

@@ -7,12 +7,19 @@ accounting belong to the layer above, so msrest's own retry policy is switched o
 The prediction API cannot list a project's tags, so unless ``labels`` are given the
 adapter learns them from the first successful answer (sorted by tag name, then tag id) and
 holds every later answer to exactly that set.
+
+Redirects are never followed (a 3xx is an error, and the key goes nowhere else). Error
+messages carry the status and the provider's error code, never the body or reason phrase
+the endpoint sent. With an egress guard (the service), every connection goes to addresses
+``adapters.egress`` resolved and checked just before it is opened.
 """
 
 from __future__ import annotations
 
 import io
 import math
+import re
+import socket
 import threading
 from collections.abc import Callable, Mapping, Sequence
 from typing import Any
@@ -26,8 +33,14 @@ from azure.cognitiveservices.vision.customvision.prediction.models import (
 from msrest.authentication import ApiKeyCredentials
 from msrest.exceptions import ClientRequestError, DeserializationError
 from PIL import Image
+from requests.adapters import HTTPAdapter
+from urllib3.connection import HTTPConnection, HTTPSConnection
+from urllib3.connectionpool import HTTPConnectionPool, HTTPSConnectionPool
+from urllib3.exceptions import ConnectTimeoutError, NameResolutionError, NewConnectionError
+from urllib3.util import connection as urllib3_connection
 
 from adapters.base import Answer, Oracle, to_uint8, validate_images
+from adapters.egress import EgressPolicy, Guard
 from adapters.errors import (
     AuthFailed,
     BadInput,
@@ -44,6 +57,15 @@ PROVIDER = "customvision"
 VALUE_SLACK = 1e-5  # float rounding allowed around [0, 1] before an answer is malformed
 #: where Azure front doors put the request id, most specific first
 REQUEST_ID_HEADERS = ("apim-request-id", "x-ms-request-id", "request-id", "x-request-id")
+#: what a request id looks like (Azure's are GUIDs); anything else the endpoint sends is dropped
+_REQUEST_ID = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._:/-]{0,99}$")
+#: what an error code looks like: a word (``BadRequestImageFormat``) or a status (``"429"``)
+_CODE = re.compile(r"^(?:[A-Za-z]{1,64}|\d{3})$")
+
+
+def _token(value: object, shape: re.Pattern[str]) -> str | None:
+    text = str(value) if value is not None else ""
+    return text if shape.match(text) else None
 
 
 def encode_png(image: np.ndarray) -> bytes:
@@ -66,7 +88,7 @@ def _retry_after(headers: Mapping[str, str]) -> float | None:
 def _request_id(headers: Mapping[str, str] | None) -> str | None:
     for name in REQUEST_ID_HEADERS:
         if headers and headers.get(name):
-            return str(headers[name])
+            return _token(headers[name], _REQUEST_ID)
     return None
 
 
@@ -96,13 +118,68 @@ def _disable_retries(config: Any) -> None:
     too, because msrest allows POST retries under urllib3 1.x, where a 429 or 5xx would then
     surface as a ``RetryError`` instead of the status (and lose Retry-After). Redirects are
     followed by requests, not retried; ApiKeyCredentials never triggers msrest's token-refresh
-    resend."""
+    resend. Redirects are switched off here too."""
     config.retry_policy.retries = 0
+    # A 3xx is an answer: the key is never re-sent. (max_redirects stays: requests prepares,
+    # without sending, the next request even when not following, and 0 would raise.)
+    config.redirect_policy.allow = False
     retry = config.retry_policy.policy
     retry.status = 0
     retry.status_forcelist = frozenset()
     retry.raise_on_status = False
     retry.respect_retry_after_header = False
+
+
+def _checked_socket(conn: HTTPConnection, scheme: str, guard: Guard) -> socket.socket | None:
+    """A socket to one of the addresses the guard resolved and checked for ``conn``'s host,
+    or None when the operator allowed the endpoint (connect by name, as urllib3 does)."""
+    try:
+        addresses = guard.addresses(scheme, conn.host, conn.port or 443)
+    except socket.gaierror as err:
+        raise NameResolutionError(conn.host, conn, err) from err
+    if addresses is None:
+        return None
+    error: OSError | None = None
+    for address in addresses:
+        try:
+            return urllib3_connection.create_connection(
+                (address, conn.port or 443),
+                conn.timeout,  # type: ignore[arg-type]
+                source_address=conn.source_address,
+                socket_options=conn.socket_options,
+            )
+        except TimeoutError as err:
+            raise ConnectTimeoutError(conn, f"connection to {conn.host} timed out") from err
+        except OSError as err:
+            error = err
+    raise NewConnectionError(conn, f"failed to establish a new connection: {error}")
+
+
+def guarded_adapter(guard: Guard, max_retries: Any) -> HTTPAdapter:
+    """A requests adapter whose connections go only where ``guard`` allows, to the addresses
+    it checked (TLS still verifies the host name). Connections through a proxy from the
+    environment are the proxy's to make and are not checked here."""
+
+    class Conn(HTTPConnection):
+        def _new_conn(self) -> socket.socket:
+            return _checked_socket(self, "http", guard) or super()._new_conn()
+
+    class SecureConn(HTTPSConnection):
+        def _new_conn(self) -> socket.socket:
+            return _checked_socket(self, "https", guard) or super()._new_conn()
+
+    class Pool(HTTPConnectionPool):
+        ConnectionCls = Conn
+
+    class SecurePool(HTTPSConnectionPool):
+        ConnectionCls = SecureConn
+
+    class Adapter(HTTPAdapter):
+        def init_poolmanager(self, *args: Any, **kwargs: Any) -> None:
+            super().init_poolmanager(*args, **kwargs)
+            self.poolmanager.pool_classes_by_scheme = {"http": Pool, "https": SecurePool}
+
+    return Adapter(max_retries=max_retries)
 
 
 class _ClientPerThread:
@@ -163,7 +240,10 @@ class CustomVisionOracle(Oracle):
         labels: Sequence[str] | None = None,
         max_concurrency: int = 8,
         timeout: float = 30.0,
+        egress: EgressPolicy | None = None,
     ) -> None:
+        """``egress``: the policy every connection is checked against (None: connect
+        wherever ``endpoint`` says, as ``reprogram train`` does)."""
         for name, value in (("project_id", project_id), ("published_name", published_name)):
             if not isinstance(value, str) or not value.strip():
                 raise ConfigurationError(f"Custom Vision needs a non-empty {name}")
@@ -177,12 +257,16 @@ class CustomVisionOracle(Oracle):
             raise ConfigurationError("timeout must be a positive number of seconds")
         self.project_id, self.published_name = project_id, published_name
         self.endpoint = _normalise_endpoint(endpoint)
+        self._guard = egress.guard(PROVIDER) if egress is not None else None
+        if self._guard is not None:
+            self._guard.admit(self.endpoint)  # EndpointRefused before any connection
         self.max_concurrency = int(max_concurrency)
         self.timeout = float(timeout)
         self._api_key = api_key
         self._labels: tuple[str, ...] | None = tuple(labels) if labels is not None else None
         self._labels_lock = threading.Lock()
         self._clients = _ClientPerThread(self._new_client)
+        self._last = threading.local()  # .response: this thread's latest HTTP answer
 
     def __repr__(self) -> str:
         return (
@@ -214,17 +298,27 @@ class CustomVisionOracle(Oracle):
             raise RuntimeError("the Custom Vision oracle is closed")
         data = encode_png(to_uint8(images[0]))
         client = self._clients.get()
+        self._last.response = None
         try:
             raw = client.classify_image_with_no_store(
                 self.project_id, self.published_name, data, raw=True
             )
         except CustomVisionErrorException as err:
+            self._release()
             raise self._http_error(err) from err
+        except TypeError as err:
+            # msrest cannot build the SDK's error model from a body without one (an empty
+            # 3xx or 5xx, say): the answer's status still says what happened.
+            response = self._last.response
+            if response is None or response.status_code == 200:
+                raise
+            self._release()
+            raise self._status_error(response.status_code, response.headers, None) from err
         except ClientRequestError as err:
+            # The class name only: the text names addresses and what the endpoint said.
             cause = err.inner_exception or err
             raise TransientUpstreamError(
-                self._redact(f"Custom Vision unreachable: {type(cause).__name__}: {cause}"),
-                provider=PROVIDER,
+                f"Custom Vision unreachable ({type(cause).__name__})", provider=PROVIDER
             ) from err
         except DeserializationError as err:
             raise MalformedAnswer(
@@ -232,7 +326,9 @@ class CustomVisionOracle(Oracle):
                 provider=PROVIDER,
             ) from err
         prediction = raw.output
-        request_id = _request_id(raw.response.headers) or getattr(prediction, "id", None)
+        request_id = _request_id(raw.response.headers) or _token(
+            getattr(prediction, "id", None), _REQUEST_ID
+        )
         row = self._row(getattr(prediction, "predictions", None), request_id)
         return Answer(probs=row[None, :], request_id=request_id)
 
@@ -247,7 +343,24 @@ class CustomVisionOracle(Oracle):
         client = CustomVisionPredictionClient(self.endpoint, credentials)
         _disable_retries(client.config)
         client.config.connection.timeout = self.timeout  # connect and read, in seconds
+        # This thread's session (msrest keeps one per thread; _ClientPerThread calls us on
+        # the thread that will use it).
+        session = client.config.pipeline._sender.driver.session
+        session.hooks["response"].append(self._remember)
+        if self._guard is not None:  # msrest's retry settings kept
+            for prefix in ("http://", "https://"):
+                retries = session.get_adapter(prefix).max_retries
+                session.mount(prefix, guarded_adapter(self._guard, retries))
         return client
+
+    def _remember(self, response: Any, *args: Any, **kwargs: Any) -> None:
+        self._last.response = response
+
+    def _release(self) -> None:
+        """Give the connection of an error answer back (msrest streams answers, and leaves an
+        error's body unread)."""
+        if self._last.response is not None:
+            self._last.response.close()
 
     def _redact(self, text: str) -> str:
         return text.replace(self._api_key, "***")
@@ -293,18 +406,29 @@ class CustomVisionOracle(Oracle):
         response = err.response
         status = getattr(response, "status_code", None)
         headers = getattr(response, "headers", None) or {}
-        code, detail = _error_detail(err)
+        return self._status_error(status, headers, _error_code(err))
+
+    def _status_error(
+        self, status: int | None, headers: Mapping[str, str], code: str | None
+    ) -> OracleError:
         kw: dict[str, Any] = {
             "provider": PROVIDER,
             "request_id": _request_id(headers),
             "status": status,
         }
-        message = self._redact(f"Custom Vision answered {status} {code or ''}: {detail}")
+        # Status and code only: the body's message and the reason phrase are the endpoint's
+        # words, and never reach a job's error.
+        message = self._redact(
+            f"Custom Vision answered HTTP {status}"
+            + (f" {code}" if code and code != str(status) else "")
+        )
         # Only image codes blame the image; another 400 (e.g. BadRequestInvalidIds, a project
         # id that is not a GUID) would fail for every image and must not be skipped as one.
         image_code = code is None or code.startswith("BadRequestImage")
         if status in (413, 415) or (status == 400 and image_code):
             return BadInput(message, index=0, **kw)
+        if status is not None and 300 <= status < 400:
+            return OracleError(f"{message} (a redirect; not followed)", **kw)
         if status in (401, 403):
             return AuthFailed(message, **kw)
         if status == 404:
@@ -320,16 +444,16 @@ class CustomVisionOracle(Oracle):
         return OracleError(message, **kw)
 
 
-def _error_detail(err: CustomVisionErrorException) -> tuple[str | None, str]:
-    """(code, message) from a Custom Vision body ``{code, message}`` or an Azure gateway
-    body ``{"error": {code, message}}`` (401, 429); msrest's own text otherwise."""
+def _error_code(err: CustomVisionErrorException) -> str | None:
+    """The error code of a Custom Vision body ``{code, message}`` or an Azure gateway body
+    ``{"error": {code, message}}`` (401, 429), when it looks like one; the message is
+    never used."""
     code = getattr(err.error, "code", None)
-    message = getattr(err.error, "message", None)
     if code is None:
         try:
             body = err.response.json()
             inner = body.get("error", body) if isinstance(body, dict) else {}
-            code, message = inner.get("code"), inner.get("message") or message
+            code = inner.get("code") if isinstance(inner, dict) else None
         except (ValueError, AttributeError):
             pass
-    return (str(code) if code is not None else None), str(message or err.message)
+    return _token(code, _CODE) if code is not None else None

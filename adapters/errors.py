@@ -97,9 +97,18 @@ class PartialFailure(OracleError):
         return all(e.retryable for e in self.failed.values())
 
 
+class EgressRefused(OracleError):
+    """The egress policy refused the address an endpoint resolves to (checked when
+    connecting, so a name that changes what it resolves to is caught too)."""
+
+
 class BudgetExceeded(Exception):
     """The job's query or cost budget does not cover this request."""
 
 
 class ConfigurationError(ValueError):
     """The oracle is configured wrongly (unknown model file, bad endpoint, missing key)."""
+
+
+class EndpointRefused(ConfigurationError):
+    """The egress policy does not allow this endpoint (``adapters.egress``)."""

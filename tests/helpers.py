@@ -1,5 +1,6 @@
 """What several test modules need: data (digits, images), PostgreSQL databases, the service
-in-process with tenants, jobs and programs, worker processes and polling.
+in-process with tenants, jobs and programs, worker processes and polling, a hostile HTTP
+listener.
 
 Test modules import these from here, never from one another. The application is imported
 inside the helpers that use it, so that ``conftest.py`` (which imports this module for every
@@ -14,9 +15,11 @@ import os
 import secrets
 import subprocess
 import sys
+import threading
 import time
 from collections.abc import Iterator
 from contextlib import contextmanager
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -116,6 +119,55 @@ def cli_train(config: object, data: object, out: object) -> Result:
     return CliRunner().invoke(
         app, ["train", "--config", str(config), "--data", str(data), "--out", str(out)]
     )
+
+
+# --- an endpoint that is not a provider ---------------------------------------------------------
+
+
+class Listener:
+    """An HTTP server on loopback that answers every request alike (``status``, ``body``,
+    ``headers``, a reason phrase) and records what it received: ``requests`` holds (method,
+    path, headers by lower-case name). Stands in for an internal service a tenant might aim
+    an oracle at."""
+
+    def __init__(
+        self,
+        status: int,
+        body: bytes = b"",
+        headers: dict[str, str] | None = None,
+        reason: str | None = None,
+    ) -> None:
+        self.requests: list[tuple[str, str, dict[str, str]]] = []
+        owner = self
+
+        class Handler(BaseHTTPRequestHandler):
+            def log_message(self, *args: object) -> None:
+                pass
+
+            def do_POST(self) -> None:
+                self.rfile.read(int(self.headers.get("Content-Length") or 0))
+                headers_in = {k.lower(): v for k, v in self.headers.items()}
+                owner.requests.append((self.command, self.path, headers_in))
+                self.send_response(status, reason)
+                for name, value in (headers or {}).items():
+                    self.send_header(name, value)
+                self.send_header("Content-Length", str(len(body)))
+                self.end_headers()
+                self.wfile.write(body)
+
+            do_GET = do_POST
+
+        self.server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+        self.port = self.server.server_address[1]
+        self.url = f"http://127.0.0.1:{self.port}"
+
+    def __enter__(self) -> Listener:
+        threading.Thread(target=self.server.serve_forever, daemon=True).start()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.server.shutdown()
+        self.server.server_close()
 
 
 # --- databases ---------------------------------------------------------------------------------
@@ -243,6 +295,7 @@ def start_workers(
         "REPROGRAM_DATABASE_URL": settings.db_url,
         "REPROGRAM_DATA_DIR": str(settings.data_dir),
         "REPROGRAM_SECRET_KEY": settings.secret_key.get_secret_value(),
+        "REPROGRAM_ORACLE_ALLOWED_ENDPOINTS": ",".join(settings.oracle_allowed_endpoints),
     }  # type: ignore[union-attr]
     procs = []
     for i in range(n):

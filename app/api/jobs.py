@@ -173,6 +173,7 @@ def predict(
             settings=svc.settings,
             ledger=ledger,
             secret=credentials.resolver(svc.box, cred),
+            egress=svc.settings.egress,
         ) as (_, dispatcher):
             labels = prog.predict(images, lambda x: dispatcher.query(x, "predict"))
     except (ConfigurationError, OracleError) as err:

@@ -7,11 +7,13 @@ Production mode refuses to start without a server key (credentials are encrypted
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Literal
+from typing import Annotated, Any, Literal
 
 from platformdirs import user_data_dir
-from pydantic import Field, SecretStr, model_validator
-from pydantic_settings import BaseSettings, SettingsConfigDict
+from pydantic import Field, SecretStr, field_validator, model_validator
+from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
+
+from adapters.egress import EgressPolicy
 
 
 class Settings(BaseSettings):
@@ -32,6 +34,19 @@ class Settings(BaseSettings):
     max_upload_bytes: int = 200 * 1024**2
     job_poll_seconds: float = 0.5
     embedded_workers: int = 2  # jobs run at once by `reprogram serve` (child processes)
+    # Endpoints a tenant's cloud oracle may reach besides its provider's public HTTPS hosts
+    # (adapters/egress.py): comma-separated host[:port], *.domain[:port] or URL prefixes.
+    oracle_allowed_endpoints: Annotated[tuple[str, ...], NoDecode] = ()
+
+    @field_validator("oracle_allowed_endpoints", mode="before")
+    @classmethod
+    def _split_entries(cls, value: Any) -> Any:
+        if isinstance(value, str):
+            value = value.split(",")
+        if isinstance(value, list | tuple):
+            value = tuple(str(v).strip() for v in value if str(v).strip())
+            EgressPolicy.from_entries(value)  # a bad entry stops the start, naming it
+        return value
 
     @model_validator(mode="after")
     def _production_needs_key(self) -> Settings:
@@ -56,6 +71,11 @@ class Settings(BaseSettings):
         if self.is_sqlite:
             return f"sqlite:///{self.data_dir / 'ratelimit.db'}"
         return self.db_url
+
+    @property
+    def egress(self) -> EgressPolicy:
+        """Where tenants' oracles may connect (the CLI runs without a policy)."""
+        return EgressPolicy.from_entries(self.oracle_allowed_endpoints)
 
     def price(self, provider: str) -> float:
         return float(getattr(self, f"price_{provider}", 0.0))

@@ -98,7 +98,12 @@ def execute_job(
             size = runner.input_size_of(spec)
             secret = resolver(SecretBox(settings), cred)
             with open_oracle(
-                spec.oracle, input_size=size, settings=settings, ledger=ledger, secret=secret
+                spec.oracle,
+                input_size=size,
+                settings=settings,
+                ledger=ledger,
+                secret=secret,
+                egress=settings.egress,  # checked again at every connection
             ) as (oracle, dispatcher):
                 if state is None:
                     runner.discover_labels(oracle, dispatcher, size)
@@ -123,7 +128,9 @@ def execute_job(
     except LeaseLost:
         log.warning("job %s: lease lost to another worker; stopping", job_id)
         return None
-    except runner.CONFIGURATION_ERRORS as err:
+    except (*runner.CONFIGURATION_ERRORS, *runner.RUN_ERRORS) as err:
+        # e.g. the oracle refused the label discovery: a failed job, not a crash (no
+        # traceback in the log, where an upstream error's text would ride along)
         error = err
     except Exception as err:  # a bug: record it on the job instead of losing the job
         log.exception("job %s crashed", job_id)

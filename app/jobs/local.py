@@ -78,8 +78,9 @@ def run_local(
     price = settings.price(spec.oracle.kind)
     ledger = MemoryLedger(price, spec.budget.max_queries, spec.budget.max_cost_usd)
     size = runner.input_size_of(spec)
+    # No egress policy: the user's own key, on the user's own machine, to any endpoint.
     with open_oracle(
-        spec.oracle, input_size=size, settings=settings, ledger=ledger, secret=secret
+        spec.oracle, input_size=size, settings=settings, ledger=ledger, secret=secret, egress=None
     ) as (oracle, dispatcher):
         runner.discover_labels(oracle, dispatcher, size)
         cap = query_cap(spec.budget.max_queries, spec.budget.max_cost_usd, price)

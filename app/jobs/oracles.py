@@ -1,7 +1,9 @@
 """Build an oracle and the dispatcher that feeds it from a job spec.
 
 The only place that knows which adapter class serves which ``oracle.kind``; adding a provider
-is one adapter module plus one branch here.
+is one adapter module plus one branch here. Every caller says which egress policy a cloud
+oracle connects under: the service's (``Settings.egress``) for tenants' jobs and
+predictions, none for ``reprogram train`` (the user's own key on the user's own machine).
 """
 
 from __future__ import annotations
@@ -12,6 +14,7 @@ from contextlib import contextmanager
 
 from adapters.base import Oracle
 from adapters.dispatch import Dispatcher, Ledger
+from adapters.egress import EgressPolicy
 from adapters.errors import ConfigurationError
 from adapters.ratelimit import credential_key, shared_limiter
 from app.config.settings import Settings
@@ -38,7 +41,11 @@ def secret_from_env(spec: CloudCredential) -> str:
     return value
 
 
-def build_oracle(spec: OracleSpec, *, input_size: int, secret: SecretResolver) -> Oracle:
+def build_oracle(
+    spec: OracleSpec, *, input_size: int, secret: SecretResolver, egress: EgressPolicy | None
+) -> Oracle:
+    """The oracle ``spec`` names; ``egress`` is the policy a cloud oracle's endpoint and
+    connections are checked against (None: any endpoint)."""
     if isinstance(spec, TorchOracleSpec):
         from adapters.torch_local import TorchOracle
 
@@ -62,6 +69,7 @@ def build_oracle(spec: OracleSpec, *, input_size: int, secret: SecretResolver) -
             api_key=secret(spec),
             max_images_per_request=spec.max_images_per_request,
             labels=spec.labels,
+            egress=egress,
             **kwargs,
         )
     if isinstance(spec, CustomVisionOracleSpec):
@@ -73,6 +81,7 @@ def build_oracle(spec: OracleSpec, *, input_size: int, secret: SecretResolver) -
             endpoint=spec.endpoint,
             api_key=secret(spec),
             labels=spec.labels,
+            egress=egress,
         )
     raise ConfigurationError(f"unknown oracle kind {spec.kind!r}")
 
@@ -100,11 +109,12 @@ def open_oracle(
     settings: Settings,
     ledger: Ledger,
     secret: SecretResolver,
+    egress: EgressPolicy | None,
 ) -> Iterator[tuple[Oracle, Dispatcher]]:
     """The oracle a spec names and its dispatcher (``ledger``, the shared limiter, retries),
     closed together: the CLI, the worker and ``predict`` all query through this. A ledger's
     price is ``settings.price(spec.kind)``: an oracle's provider is its spec's kind."""
-    oracle = build_oracle(spec, input_size=input_size, secret=secret)
+    oracle = build_oracle(spec, input_size=input_size, secret=secret, egress=egress)
     try:
         dispatcher = build_dispatcher(oracle, spec, settings=settings, ledger=ledger, secret=secret)
         try:

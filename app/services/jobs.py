@@ -1,5 +1,5 @@
-"""Jobs as tenants see them: creation (with ownership and budget checks), views, cancel
-(state changes themselves are ``app.jobs.lifecycle``'s)."""
+"""Jobs as tenants see them: creation (with ownership, budget and egress checks), views,
+cancel (state changes themselves are ``app.jobs.lifecycle``'s)."""
 
 from __future__ import annotations
 
@@ -8,6 +8,8 @@ from typing import Any, TypeVar
 from sqlalchemy import select
 from sqlalchemy.orm import Session
 
+from adapters.egress import DEFAULT_ENDPOINTS
+from adapters.errors import EndpointRefused
 from app.config.settings import Settings
 from app.config.spec import CloudCredential, JobSpec
 from app.jobs.accounting import query_cap
@@ -57,6 +59,12 @@ def create_job(session: Session, settings: Settings, *, tenant_id: str, spec: Jo
                 f"oracle.credential_id: a {cred.provider} credential cannot call {provider}"
             )
         credential_id = cred.id
+        # The worker checks again whenever it connects: DNS may change in between.
+        endpoint = spec.oracle.endpoint or DEFAULT_ENDPOINTS.get(provider, "")
+        try:
+            settings.egress.check_submitted(provider, endpoint)
+        except EndpointRefused as err:
+            raise InvalidRequest(f"oracle.endpoint: {err}") from err
     elif spec.oracle.kind == "torch" and spec.oracle.model != "efficientnet-lite0":
         raise InvalidRequest(
             "oracle.model: the service runs the bundled efficientnet-lite0; "

@@ -60,7 +60,9 @@ def test_whole_flow_over_http(backend, request, tmp_path, small_npz, fakes, capf
     clarifai.reset()
     cv.reset()
     url = request.getfixturevalue("pg_url") if backend == "postgres" else None
-    settings = service_settings(tmp_path, url)
+    # The fakes listen on loopback: only the operator's allowlist lets tenants' jobs reach them.
+    allowed = [clarifai.endpoint, cv.endpoint]
+    settings = service_settings(tmp_path, url, oracle_allowed_endpoints=allowed)
     workers = start_workers(settings, 1, tmp_path) if backend == "postgres" else []
     try:
         with service(settings) as (client, headers):

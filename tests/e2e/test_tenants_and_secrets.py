@@ -162,7 +162,11 @@ def test_a_secret_never_leaves_the_credentials_table_in_clear(settings, small_np
             202,
             json={
                 "dataset_id": ds["id"],
-                "oracle": {"kind": "clarifai", "credential_id": cred, "endpoint": "http://x:1"},
+                "oracle": {
+                    "kind": "clarifai",
+                    "credential_id": cred,
+                    "endpoint": "https://api.clarifai.com",
+                },
             },
         ).json()["id"]
         call("GET", f"/v1/jobs/{job}", 200)

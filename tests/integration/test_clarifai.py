@@ -1,5 +1,5 @@
 """ClarifaiOracle (the official clarifai_grpc stubs) against the fake Clarifai on 127.0.0.1,
-plus the pure status-code mappings."""
+plus the pure status-code mappings and the egress policy at the channel."""
 
 from __future__ import annotations
 
@@ -14,12 +14,16 @@ import pytest
 from clarifai_grpc.grpc.api import service_pb2
 from clarifai_grpc.grpc.api.status import status_pb2
 
+from adapters import egress
 from adapters.base import to_uint8
-from adapters.clarifai import ClarifaiOracle, status_error, transport_error, v2_stub
+from adapters.clarifai import ClarifaiOracle, open_channel, status_error, transport_error, v2_stub
+from adapters.egress import EgressPolicy
 from adapters.errors import (
     AuthFailed,
     BadInput,
     ConfigurationError,
+    EgressRefused,
+    EndpointRefused,
     MalformedAnswer,
     NotFound,
     OracleError,
@@ -171,7 +175,7 @@ def test_unknown_model_or_version_is_not_found(connect, fake):
 def test_too_many_inputs_is_refused_as_a_whole(connect, fake):
     oracle = connect()
     oracle.max_images_per_request = 129  # past the adapter's own guard, to reach the fake's
-    with pytest.raises(BadInput, match="128") as caught:
+    with pytest.raises(BadInput, match="request of 129 images was refused") as caught:
         oracle.predict(np.zeros((129, 8, 8, 3), dtype=np.float32))
     assert caught.value.index is None
     assert fake.counts(KEY).billable == 0
@@ -364,3 +368,53 @@ class FakeRpcError(grpc.RpcError):
 def test_transport_errors_map_to_errors_by_meaning(code, details, kind):
     err = transport_error(FakeRpcError(code, details), secret=KEY)
     assert type(err) is kind and err.request_id == "r2" and err.status == code.name
+
+
+# -- egress: the endpoint's words stay out of errors; the policy and its connect-time check -------
+SECRETISH = "sk-live-9f8e7d6c5b4a-internal"  # what an internal listener might answer with
+
+
+def test_status_text_from_the_endpoint_never_reaches_the_message():
+    status = status_pb2.Status(
+        code=10020, description=f"desc {SECRETISH}", details=SECRETISH, req_id=f"id {SECRETISH}"
+    )
+    err = status_error(status)
+    assert str(err) == "Clarifai FAILURE (status=10020)"  # the code; no text, no odd id
+    err = transport_error(FakeRpcError(grpc.StatusCode.INTERNAL, f"boom {SECRETISH}"))
+    assert SECRETISH not in str(err) and err.message == "Clarifai gRPC INTERNAL"
+
+
+def test_an_endpoint_outside_the_policy_is_refused_before_any_call(fake):
+    fake.reset()
+    with pytest.raises(EndpointRefused, match="ORACLE_ALLOWED_ENDPOINTS"):
+        ClarifaiOracle(api_key=KEY, endpoint=fake.endpoint, egress=EgressPolicy())
+    allowed = EgressPolicy.from_entries([fake.endpoint])  # the operator's say-so
+    with ClarifaiOracle(api_key=KEY, endpoint=fake.endpoint, egress=allowed) as oracle:
+        assert oracle.predict(IMAGES[:1]).probs.shape == (1, 2)
+    assert fake.counts(KEY).requests == 1
+
+
+@pytest.mark.parametrize("address", ["127.0.0.1", "169.254.169.254", "10.1.2.3"])
+def test_the_default_host_resolving_inside_is_refused_at_connect_time(monkeypatch, address):
+    """api.clarifai.com passes the policy; what it resolves to when the channel opens does
+    not, so no connection is made (DNS rebinding), and no retry would help."""
+    monkeypatch.setattr(egress, "resolve", lambda host, port: [address])
+    oracle = ClarifaiOracle(api_key=KEY, egress=EgressPolicy())  # a known model: no call yet
+    with oracle, pytest.raises(EgressRefused) as caught:
+        oracle.predict(IMAGES[:1])
+    assert caught.value.provider == "clarifai" and not caught.value.retryable
+
+
+def test_a_pinned_channel_goes_to_the_checked_addresses(fake):
+    """The name does not resolve; the channel reaches the fake at the address given."""
+    fake.reset()
+    channel = open_channel(f"http://clarifai.invalid:{fake.port}", addresses=["127.0.0.1"])
+    try:
+        request = service_pb2.PostModelOutputsRequest(model_id="nsfw-recognition")
+        response = v2_stub(channel).PostModelOutputs(
+            request, metadata=(("authorization", f"Key {KEY}"),), timeout=5
+        )
+    finally:
+        channel.close()
+    assert response.status.req_id  # the fake answered
+    assert fake.counts(KEY).requests == 1

@@ -1,7 +1,10 @@
-"""The real Custom Vision SDK, through CustomVisionOracle, against the fake on 127.0.0.1."""
+"""The real Custom Vision SDK, through CustomVisionOracle, against the fake on 127.0.0.1; and
+against hostile listeners: redirects are not followed, the endpoint's words stay out of errors,
+the egress guard checks every connection."""
 
 from __future__ import annotations
 
+import json
 import socket
 import time
 from concurrent.futures import ThreadPoolExecutor
@@ -10,16 +13,21 @@ from datetime import UTC, datetime
 import httpx
 import numpy as np
 import pytest
+import requests
 
-from adapters import customvision
+from adapters import customvision, egress
 from adapters.base import to_uint8
 from adapters.customvision import CustomVisionOracle, parse_retry_after
+from adapters.egress import EgressPolicy
 from adapters.errors import (
     AuthFailed,
     BadInput,
     ConfigurationError,
+    EgressRefused,
+    EndpointRefused,
     MalformedAnswer,
     NotFound,
+    OracleError,
     Throttled,
     TransientUpstreamError,
 )
@@ -31,6 +39,7 @@ from tests.fakes.customvision import (
     FakeCustomVision,
 )
 from tests.fakes.model import FakeModel
+from tests.helpers import Listener
 
 KEY = "cv-test-key-7f3a9c"  # distinctive, so a leak into any text is easy to spot
 MODERATION = ("safe", "suggestive", "explicit", "drug", "gore")  # the fake model's order
@@ -280,3 +289,97 @@ def test_fake_rate_limit_spares_a_client_pacing_at_the_limit():
     # a sliding-window client: one second's worth at once, then exactly R per second
     assert throttled([0.0] * 10 + [1.0 + i / 10 for i in range(40)]) == 0
     assert throttled([5.0 + i / 20 for i in range(40)]) > 0  # twice the rate
+
+
+# --- egress: redirects, the endpoint's words, the connect-time guard ----------------------------
+
+SECRETISH = "sk-live-9f8e7d6c5b4a-internal"  # what an internal listener might answer with
+
+
+def predict_at(endpoint: str, images, **kwargs):
+    oracle = CustomVisionOracle(
+        project_id=MODERATION_PROJECT, published_name=PUBLISHED, endpoint=endpoint, api_key=KEY,
+        timeout=5.0, **kwargs,
+    )  # fmt: skip
+    with oracle:
+        return oracle.predict(images[0])
+
+
+@pytest.mark.parametrize("status", [301, 302, 303, 307, 308])
+def test_a_redirect_is_not_followed_and_the_key_goes_nowhere_else(images, status):
+    with Listener(200, b"{}") as target:
+        location = {"Location": f"{target.url}/steal?key=1"}
+        with Listener(status, b"", location) as redirector:
+            for policy in (None, EgressPolicy.from_entries([redirector.url, target.url])):
+                with pytest.raises(OracleError) as caught:
+                    predict_at(redirector.url, images, egress=policy)
+                err = caught.value
+                assert err.status == status and "redirect; not followed" in str(err)
+                assert not err.retryable and KEY not in str(err) and target.url not in str(err)
+            assert len(redirector.requests) == 2  # the endpoint itself was asked, once a try
+    assert target.requests == []  # the redirect target never heard from us
+
+
+@pytest.mark.parametrize(
+    ("status", "body", "kind"),
+    [
+        (500, {"code": "InternalServerError", "message": SECRETISH}, TransientUpstreamError),
+        (403, {"error": {"code": "403", "message": f"key {SECRETISH} denied"}}, AuthFailed),
+        (400, {"code": SECRETISH, "message": SECRETISH}, OracleError),
+        (404, {"code": "NotFoundProject", "message": SECRETISH}, NotFound),
+        (429, {"error": {"code": "429", "message": SECRETISH}}, Throttled),
+        (418, {"anything": SECRETISH}, OracleError),
+        (502, None, TransientUpstreamError),  # not JSON at all
+    ],
+)
+def test_the_endpoints_words_never_reach_the_error(images, status, body, kind):
+    payload = json.dumps(body).encode() if body is not None else f"<h1>{SECRETISH}</h1>".encode()
+    headers = {"Content-Type": "application/json", "apim-request-id": f"id {SECRETISH}"}
+    listener = Listener(status, payload, headers, reason=f"Oops {SECRETISH}")
+    with listener, pytest.raises(kind) as caught:
+        predict_at(listener.url, images)
+    err = caught.value
+    text = " ".join((str(err), repr(err), err.message))
+    assert SECRETISH not in text and f"HTTP {status}" in text
+    assert err.request_id is None  # not an id: dropped
+    if isinstance(body, dict) and "code" in body and body["code"] != SECRETISH:
+        assert body["code"] in text  # a code that looks like one is kept
+
+
+def test_a_refused_endpoint_is_refused_before_any_connection(images):
+    with Listener(200, b"{}") as listener:
+        with pytest.raises(EndpointRefused):
+            predict_at(listener.url, images, egress=EgressPolicy())
+        with pytest.raises(EndpointRefused):
+            predict_at("https://10.0.0.1", images, egress=EgressPolicy())
+    assert listener.requests == []
+
+
+def test_a_provider_name_that_resolves_inside_is_refused_at_connect_time(images, monkeypatch):
+    """DNS rebinding: the name passed the policy, but resolves to loopback when the adapter
+    connects; no connection is opened, and no retry would help."""
+    monkeypatch.setattr(egress, "resolve", lambda host, port: ["127.0.0.1"])
+    with pytest.raises(EgressRefused, match="loopback") as caught:
+        predict_at("https://acme.cognitiveservices.azure.com", images, egress=EgressPolicy())
+    assert caught.value.provider == "customvision" and not caught.value.retryable
+
+
+def test_guarded_connections_go_to_the_checked_addresses(images):
+    """The adapter connects to the addresses the guard returned, not to what the name
+    resolves to (here: nothing), and still sends the name as the Host."""
+
+    asked: list[tuple[str, str, int]] = []
+
+    class Guard:
+        def addresses(self, scheme: str, host: str, port: int) -> list[str]:
+            asked.append((scheme, host, port))
+            return ["127.0.0.1"]
+
+    with Listener(200, b"ok") as listener:
+        port = listener.port
+        with requests.Session() as session:
+            session.mount("http://", customvision.guarded_adapter(Guard(), 0))
+            answer = session.get(f"http://cv.invalid:{port}/x", timeout=5)
+    assert answer.status_code == 200 and answer.text == "ok"
+    assert asked == [("http", "cv.invalid", port)]
+    assert listener.requests[0][2]["host"] == f"cv.invalid:{port}"

@@ -24,12 +24,13 @@ from tests.helpers import service, start_workers, upload, wait_final
 KEY = "shared-credential-e2e"
 
 
-def settings_for(url: str, tmp_path) -> Settings:
+def settings_for(url: str, tmp_path, **fields) -> Settings:
     return Settings(
         data_dir=tmp_path / "data",
         database_url=url,
         secret_key="worker-tests",
         rate_limit_backend="memory",
+        **fields,
     )
 
 
@@ -113,45 +114,47 @@ def test_reservations_from_two_processes_never_exceed_a_budget(pg_url):
 @pytest.mark.postgres
 @pytest.mark.slow
 def test_two_workers_one_credential_never_exceed_budgets(pg_url, tmp_path, small_npz):
-    settings = settings_for(pg_url, tmp_path)
-    with FakeClarifai(keys=[KEY], rate_limit=100) as fake, service(settings) as (client, h):
-        ds = upload(client, h, small_npz)
-        cred = client.post(
-            "/v1/credentials", headers=h, json={"provider": "clarifai", "secret": KEY}
-        ).json()["id"]
-        oracle = {
-            "kind": "clarifai",
-            "model_id": "moderation-recognition",
-            "endpoint": f"http://127.0.0.1:{fake.port}",
-            "credential_id": cred,
-        }
-        ids = [
-            client.post(
-                "/v1/jobs",
-                headers=h,
-                json=spec(
-                    ds["id"],
-                    oracle=oracle,
-                    seed=i,
-                    optimizer={"iterations": 10_000, "q": 2, "batch_size": 4, "eval_every": 10},
-                    budget={"max_queries": 900},
-                ),
+    with FakeClarifai(keys=[KEY], rate_limit=100) as fake:
+        # The fake listens on loopback: the operator's allowlist lets tenants' jobs reach it.
+        settings = settings_for(pg_url, tmp_path, oracle_allowed_endpoints=[fake.endpoint])
+        with service(settings) as (client, h):
+            ds = upload(client, h, small_npz)
+            cred = client.post(
+                "/v1/credentials", headers=h, json={"provider": "clarifai", "secret": KEY}
             ).json()["id"]
-            for i in range(2)
-        ]
-        workers = start_workers(settings, 2, tmp_path)
-        try:
-            jobs = [wait_final(client, h, i) for i in ids]
-        finally:
-            for w in workers:
-                w.terminate()
-                w.wait(20)
-        for job in jobs:
-            assert job["status"] == "budget_exhausted", job  # training stopped by the budget
-            assert job["result"]["test_accuracy"] is not None  # evaluation fitted in
-            assert 800 < job["spend"]["queries"] <= 900
-        spend = client.get("/v1/spend", headers=h).json()
-        assert spend["by_oracle"]["clarifai"]["queries"] == fake.counts(KEY).billable
+            oracle = {
+                "kind": "clarifai",
+                "model_id": "moderation-recognition",
+                "endpoint": f"http://127.0.0.1:{fake.port}",
+                "credential_id": cred,
+            }
+            ids = [
+                client.post(
+                    "/v1/jobs",
+                    headers=h,
+                    json=spec(
+                        ds["id"],
+                        oracle=oracle,
+                        seed=i,
+                        optimizer={"iterations": 10_000, "q": 2, "batch_size": 4, "eval_every": 10},
+                        budget={"max_queries": 900},
+                    ),
+                ).json()["id"]
+                for i in range(2)
+            ]
+            workers = start_workers(settings, 2, tmp_path)
+            try:
+                jobs = [wait_final(client, h, i) for i in ids]
+            finally:
+                for w in workers:
+                    w.terminate()
+                    w.wait(20)
+            for job in jobs:
+                assert job["status"] == "budget_exhausted", job  # training stopped by the budget
+                assert job["result"]["test_accuracy"] is not None  # evaluation fitted in
+                assert 800 < job["spend"]["queries"] <= 900
+            spend = client.get("/v1/spend", headers=h).json()
+            assert spend["by_oracle"]["clarifai"]["queries"] == fake.counts(KEY).billable
 
 
 @pytest.mark.postgres
