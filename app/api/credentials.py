@@ -1,4 +1,5 @@
-"""POST/GET/DELETE /v1/credentials. Secrets go in and never come out."""
+"""POST/GET/DELETE /v1/credentials. Secrets go in and never come out; a deleted one's secret
+is gone, while the jobs that used it keep naming it."""
 
 from __future__ import annotations
 
@@ -65,10 +66,23 @@ def list_credentials(
     return [CredentialOut(id=r.id, provider=r.provider, name=r.name) for r in rows]
 
 
-@router.delete("/{credential_id}", status_code=status.HTTP_204_NO_CONTENT)
+@router.delete(
+    "/{credential_id}",
+    status_code=status.HTTP_204_NO_CONTENT,
+    responses={
+        404: {"description": "no such credential (or another tenant's, or deleted)"},
+        409: {"description": "a queued or running job uses it (the message names the job)"},
+    },
+)
 def delete(credential_id: str, s: SessionDep, tenant: CurrentTenant) -> None:
+    """Delete a credential: its secret is erased. Finished jobs that used it keep their
+    history (and their `credential_id`), but cannot `predict` any more; a queued or running
+    job that uses it must be cancelled (or finish) first."""
     row = find_owned(s, Credential, credential_id, tenant.id)
-    user = credentials.job_using(s, row.id)
+    user = credentials.active_job_using(s, row.id)
     if user is not None:
-        raise HTTPException(status.HTTP_409_CONFLICT, f"credential in use by job {user}")
-    s.delete(row)
+        raise HTTPException(
+            status.HTTP_409_CONFLICT,
+            f"credential in use by job {user.id} ({user.status}); cancel the job first",
+        )
+    credentials.delete(s, row)

@@ -1,4 +1,4 @@
-"""POST/GET /v1/datasets."""
+"""POST/GET/DELETE /v1/datasets."""
 
 from __future__ import annotations
 
@@ -11,6 +11,8 @@ from app.api.deps import CurrentTenant, ServicesDep, SessionDep, find_owned
 from app.api.paging import DEFAULT_LIMIT, Limit, Offset, page
 from app.data import store as datasets
 from app.data.loading import DataError
+from app.services.jobs import active_job_using_dataset
+from app.storage.files import remove
 from app.storage.models import Dataset
 
 router = APIRouter(prefix="/v1/datasets", tags=["datasets"])
@@ -86,3 +88,26 @@ def list_datasets(
 @router.get("/{dataset_id}", response_model=DatasetOut)
 def get_dataset(dataset_id: str, s: SessionDep, tenant: CurrentTenant) -> DatasetOut:
     return _out(find_owned(s, Dataset, dataset_id, tenant.id))
+
+
+@router.delete(
+    "/{dataset_id}",
+    status_code=status.HTTP_204_NO_CONTENT,
+    responses={
+        404: {"description": "no such data set (or another tenant's, or deleted)"},
+        409: {"description": "a queued or running job reads it (the message names the job)"},
+    },
+)
+def delete(dataset_id: str, s: SessionDep, tenant: CurrentTenant, svc: ServicesDep) -> None:
+    """Delete a data set and its stored file. Finished jobs that used it keep their
+    programs and results; a queued or running job that reads it must end first."""
+    row = find_owned(s, Dataset, dataset_id, tenant.id)
+    user = active_job_using_dataset(s, row.id)
+    if user is not None:
+        raise HTTPException(
+            status.HTTP_409_CONFLICT,
+            f"data set in use by job {user.id} ({user.status}); cancel the job first",
+        )
+    path = datasets.delete(row)
+    s.commit()  # the file goes only once nothing refers to it any more
+    remove(svc.settings.data_dir, path)

@@ -1,4 +1,4 @@
-"""/v1/jobs: create, list, get, cancel, program, metrics, curve, predict."""
+"""/v1/jobs: create, list, get, cancel, delete, program, metrics, curve, predict."""
 
 from __future__ import annotations
 
@@ -23,6 +23,7 @@ from app.jobs.ledger import DbLedger
 from app.jobs.oracles import open_oracle
 from app.services import credentials
 from app.services import jobs as job_service
+from app.storage.files import remove
 from app.storage.models import Credential, Job
 
 router = APIRouter(prefix="/v1/jobs", tags=["jobs"])
@@ -85,6 +86,25 @@ def get_job(job: OwnedJob) -> dict[str, Any]:
 def cancel(job: OwnedJob, s: SessionDep) -> JobCreated:
     lifecycle.request_cancel(s, job)
     return JobCreated(id=job.id, status=job.status)
+
+
+@router.delete(
+    "/{job_id}",
+    status_code=status.HTTP_204_NO_CONTENT,
+    responses={
+        404: {"description": "no such job (or another tenant's, or deleted)"},
+        409: {"description": "the job is queued or running: cancel it first"},
+    },
+)
+def delete(job: OwnedJob, s: SessionDep, svc: ServicesDep) -> None:
+    """Delete a finished job: its program and other files, checkpoint, metrics, spec and
+    results. What it spent stays in `GET /v1/spend` (the ledger is billing history)."""
+    try:
+        folder = job_service.delete_job(s, job)
+    except job_service.Conflict as err:
+        raise HTTPException(status.HTTP_409_CONFLICT, str(err)) from err
+    s.commit()  # the files go only once nothing refers to them any more
+    remove(svc.settings.data_dir, folder)
 
 
 def _program(job: Any, svc: Any) -> ProgramFile:
@@ -157,6 +177,10 @@ def predict(
             raise HTTPException(status.HTTP_400_BAD_REQUEST, str(err)) from err
     spec = JobSpec.model_validate(job.resolved_spec or job.spec)
     cred = s.get(Credential, job.credential_id) if job.credential_id else None
+    if job.credential_id and (cred is None or cred.deleted_at is not None):
+        raise HTTPException(
+            status.HTTP_409_CONFLICT, f"job {job.id}'s credential was deleted; it cannot predict"
+        )
     ledger = DbLedger(
         svc.db,
         job.id,

@@ -33,9 +33,12 @@ def page(
     newest_first: bool = False,
 ) -> list[M]:
     """One page of the tenant's rows of ``model`` in creation order (ties broken by id, so
-    pages neither repeat nor skip a row), and the total in ``X-Total-Count``."""
+    pages neither repeat nor skip a row), and the total in ``X-Total-Count``. Deleted rows
+    (tombstones) are not listed."""
     table: Any = model
     mine = table.tenant_id == tenant_id
+    if hasattr(table, "deleted_at"):
+        mine = mine & table.deleted_at.is_(None)
     total = s.scalar(select(func.count()).select_from(model).where(mine)) or 0
     response.headers[TOTAL_HEADER] = str(total)
     order = (table.created_at, table.id)

@@ -1,5 +1,6 @@
 """Uploaded data sets: validated completely before anything is stored, then written
-atomically under the data directory and referenced from the database with a checksum."""
+atomically under the data directory and referenced from the database with a checksum.
+Deleting one removes the file and leaves a tombstone row (finished jobs refer to it)."""
 
 from __future__ import annotations
 
@@ -12,7 +13,7 @@ from sqlalchemy.orm import Session
 from app.data.loading import DataError, load_bytes
 from app.data.loading import Dataset as Data
 from app.storage.files import write_atomic
-from app.storage.models import Dataset, new_id
+from app.storage.models import Dataset, new_id, utcnow
 
 
 def store_upload(
@@ -50,6 +51,15 @@ def load_stored(row: Dataset, data_dir: Path) -> Data:
     return load_bytes(content, row.filename)
 
 
+def delete(row: Dataset) -> Path:
+    """Tombstone the data set (its class names and file name go too); returns the stored
+    file (relative to the data directory) for the caller to remove once this is committed.
+    The caller checks first that no active job reads it."""
+    path = Path(row.path)
+    row.classes, row.filename, row.deleted_at = [], "", utcnow()
+    return path
+
+
 def list_for(session: Session, tenant_id: str) -> list[Dataset]:
-    q = select(Dataset).where(Dataset.tenant_id == tenant_id).order_by(Dataset.created_at)
-    return list(session.scalars(q))
+    q = select(Dataset).where(Dataset.tenant_id == tenant_id, Dataset.deleted_at.is_(None))
+    return list(session.scalars(q.order_by(Dataset.created_at)))

@@ -17,6 +17,7 @@ from typing import Any
 
 from app.config.settings import Settings
 from app.config.spec import JobSpec
+from app.data.loading import DataError
 from app.data.store import load_stored
 from app.jobs import lifecycle, runner
 from app.jobs.artifacts import npz_bytes
@@ -145,7 +146,8 @@ def _load(db: Database, settings: Settings, job: Job) -> tuple[Any, Credential |
         cred = s.get(Credential, job.credential_id) if job.credential_id else None
         ckpt = s.get(Checkpoint, job.id)
         state = ckpt.state if ckpt is not None else None
-    assert ds_row is not None
+    if ds_row is None or ds_row.deleted_at is not None:
+        raise DataError(f"job {job.id}: its data set was deleted")
     return load_stored(ds_row, settings.data_dir), cred, state
 
 

@@ -1,5 +1,6 @@
 """Provider credentials, encrypted at rest. Nothing here returns a secret except
-``reveal`` (through ``resolver``), which only building an oracle calls."""
+``reveal`` (through ``resolver``), which only building an oracle calls. Deleting one drops
+its secret and keeps a tombstone row, so the jobs that used it keep their history."""
 
 from __future__ import annotations
 
@@ -9,8 +10,9 @@ from sqlalchemy import select
 from sqlalchemy.orm import Session
 
 from adapters.errors import ConfigurationError
+from app.jobs.lifecycle import FINAL
 from app.storage.crypto import SecretBox
-from app.storage.models import Credential, Job
+from app.storage.models import Credential, Job, utcnow
 
 PROVIDERS = ("clarifai", "customvision")
 
@@ -38,18 +40,27 @@ def resolver(box: SecretBox, row: Credential | None) -> Callable[[object], str]:
     is revealed only when the oracle asks for it."""
 
     def secret(_: object) -> str:
-        if row is None:
-            raise ConfigurationError("the job's credential no longer exists")
+        if row is None or row.deleted_at is not None:
+            raise ConfigurationError("the job's credential was deleted")
         return reveal(box, row)
 
     return secret
 
 
-def job_using(session: Session, credential_id: str) -> str | None:
-    """A job that refers to the credential (it cannot be deleted while one does)."""
-    return session.scalar(select(Job.id).where(Job.credential_id == credential_id).limit(1))
+def active_job_using(session: Session, credential_id: str) -> Job | None:
+    """A queued or running job that uses the credential (it cannot be deleted while one
+    does: cancel the job first, or let it finish)."""
+    q = select(Job).where(Job.credential_id == credential_id, Job.status.not_in(FINAL))
+    return session.scalars(q.order_by(Job.created_at).limit(1)).first()
+
+
+def delete(session: Session, row: Credential) -> None:
+    """Drop the secret and its name; the row stays as a tombstone for the jobs that used it
+    (their ``credential_id`` and the ledger's keep naming it). The caller checks first that
+    no active job uses it."""
+    row.ciphertext, row.name, row.deleted_at = b"", None, utcnow()
 
 
 def list_for(session: Session, tenant_id: str) -> list[Credential]:
-    q = select(Credential).where(Credential.tenant_id == tenant_id)
+    q = select(Credential).where(Credential.tenant_id == tenant_id, Credential.deleted_at.is_(None))
     return list(session.scalars(q.order_by(Credential.created_at)))

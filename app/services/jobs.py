@@ -1,11 +1,12 @@
 """Jobs as tenants see them: creation (with ownership, budget and egress checks), views,
-cancel (state changes themselves are ``app.jobs.lifecycle``'s)."""
+deletion (state changes themselves are ``app.jobs.lifecycle``'s)."""
 
 from __future__ import annotations
 
+from pathlib import Path
 from typing import Any, TypeVar
 
-from sqlalchemy import select
+from sqlalchemy import delete, select
 from sqlalchemy.orm import Session
 
 from adapters.egress import DEFAULT_ENDPOINTS
@@ -13,7 +14,8 @@ from adapters.errors import EndpointRefused
 from app.config.settings import Settings
 from app.config.spec import CloudCredential, JobSpec
 from app.jobs.accounting import query_cap
-from app.storage.models import Base, Credential, Dataset, Job, MetricRow
+from app.jobs.lifecycle import FINAL
+from app.storage.models import Base, Checkpoint, Credential, Dataset, Job, MetricRow, utcnow
 
 M = TypeVar("M", bound=Base)
 
@@ -26,9 +28,18 @@ class InvalidRequest(ValueError):
     """The request is well-formed but cannot be carried out; the message names the field."""
 
 
+class Conflict(Exception):
+    """The object cannot change now (e.g. a job still running); the message says why."""
+
+
 def get_owned(session: Session, model: type[M], obj_id: str, tenant_id: str) -> M:
+    """The tenant's object; NotFoundError for another tenant's, an unknown or a deleted one."""
     row = session.get(model, obj_id)
-    if row is None or getattr(row, "tenant_id", None) != tenant_id:
+    if (
+        row is None
+        or getattr(row, "tenant_id", None) != tenant_id
+        or getattr(row, "deleted_at", None) is not None
+    ):
         raise NotFoundError(f"{model.__tablename__.rstrip('s')} {obj_id!r} not found")
     return row
 
@@ -110,9 +121,31 @@ def view(job: Job) -> dict[str, Any]:
     }
 
 
+def delete_job(session: Session, job: Job) -> Path:
+    """Delete a finished job: its checkpoint, metrics rows, spec and results go; the row
+    stays as a tombstone with its spend, because the ledger rows stay (``/v1/spend`` is
+    billing history). Returns the job's artifact folder (relative to the data directory)
+    for the caller to remove once this is committed; Conflict while the job is not final."""
+    if job.status not in FINAL:
+        raise Conflict(f"job {job.id} is {job.status}; cancel it first, then delete it")
+    session.execute(delete(Checkpoint).where(Checkpoint.job_id == job.id))
+    session.execute(delete(MetricRow).where(MetricRow.job_id == job.id))
+    job.spec, job.resolved_spec, job.choices = {}, None, None
+    job.metrics, job.result, job.error = None, None, None
+    job.program_path, job.program_sha256 = None, None
+    job.deleted_at = utcnow()
+    return Path("artifacts") / job.id
+
+
+def active_job_using_dataset(session: Session, dataset_id: str) -> Job | None:
+    """A queued or running job that reads the data set (it cannot be deleted meanwhile)."""
+    q = select(Job).where(Job.dataset_id == dataset_id, Job.status.not_in(FINAL))
+    return session.scalars(q.order_by(Job.created_at).limit(1)).first()
+
+
 def list_for(session: Session, tenant_id: str) -> list[Job]:
-    q = select(Job).where(Job.tenant_id == tenant_id).order_by(Job.created_at.desc())
-    return list(session.scalars(q))
+    q = select(Job).where(Job.tenant_id == tenant_id, Job.deleted_at.is_(None))
+    return list(session.scalars(q.order_by(Job.created_at.desc())))
 
 
 def metric_rows(session: Session, job_id: str) -> list[dict[str, Any]]:

@@ -1,5 +1,10 @@
 """Tables. One row per thing a tenant owns; a job carries its live spend and budget
-reservation so that a budget check is a single atomic UPDATE on both SQLite and PostgreSQL."""
+reservation so that a budget check is a single atomic UPDATE on both SQLite and PostgreSQL.
+
+Deleting a data set, a credential or a job leaves a tombstone: the row keeps its id (jobs
+and the ledger refer to it: billing history must not vanish) and ``deleted_at``; what the
+tenant put in (the secret, the file, the spec, the results) is gone. A tombstone does not
+exist for the API (404)."""
 
 from __future__ import annotations
 
@@ -76,6 +81,7 @@ class Dataset(Base):
     image_shape: Mapped[list[int] | None] = mapped_column(JSON, nullable=True)
     has_split: Mapped[bool] = mapped_column(Boolean, default=False)
     created_at: Mapped[datetime] = _ts()
+    deleted_at: Mapped[datetime | None] = mapped_column(DateTime(timezone=True), nullable=True)
 
 
 class Credential(Base):
@@ -84,8 +90,9 @@ class Credential(Base):
     tenant_id: Mapped[str] = mapped_column(ForeignKey("tenants.id"), index=True)
     provider: Mapped[str] = mapped_column(String(32))
     name: Mapped[str | None] = mapped_column(String(200), nullable=True)
-    ciphertext: Mapped[bytes] = mapped_column(LargeBinary)  # Fernet token of the secret
+    ciphertext: Mapped[bytes] = mapped_column(LargeBinary)  # Fernet token; b"" once deleted
     created_at: Mapped[datetime] = _ts()
+    deleted_at: Mapped[datetime | None] = mapped_column(DateTime(timezone=True), nullable=True)
 
 
 class Job(Base):
@@ -123,6 +130,7 @@ class Job(Base):
     created_at: Mapped[datetime] = _ts()
     started_at: Mapped[datetime | None] = mapped_column(DateTime(timezone=True), nullable=True)
     finished_at: Mapped[datetime | None] = mapped_column(DateTime(timezone=True), nullable=True)
+    deleted_at: Mapped[datetime | None] = mapped_column(DateTime(timezone=True), nullable=True)
 
 
 class Checkpoint(Base):

@@ -141,6 +141,7 @@ ENDPOINTS: dict[str, tuple[str, str, Callable[[dict[str, str]], dict[str, Any]]]
     "upload": ("POST", "/v1/datasets", lambda ids: {"files": {"file": ("d.zip", b"PK")}}),
     "list datasets": ("GET", "/v1/datasets", lambda ids: {}),
     "get dataset": ("GET", "/v1/datasets/{ds}", lambda ids: {}),
+    "delete dataset": ("DELETE", "/v1/datasets/{ds}", lambda ids: {}),
     "create credential": (
         "POST",
         "/v1/credentials",
@@ -156,6 +157,7 @@ ENDPOINTS: dict[str, tuple[str, str, Callable[[dict[str, str]], dict[str, Any]]]
     "list jobs": ("GET", "/v1/jobs", lambda ids: {}),
     "get job": ("GET", "/v1/jobs/{queued}", lambda ids: {}),
     "cancel": ("POST", "/v1/jobs/{queued}/cancel", lambda ids: {}),
+    "delete job": ("DELETE", "/v1/jobs/{done}", lambda ids: {}),
     "program": ("GET", "/v1/jobs/{done}/program", lambda ids: {}),
     "metrics": ("GET", "/v1/jobs/{done}/metrics", lambda ids: {}),
     "curve": ("GET", "/v1/jobs/{done}/curve", lambda ids: {}),
@@ -427,9 +429,11 @@ def test_query_parameters_are_checked(world):
 
 ID_PATHS = {
     "get dataset": ("GET", "/v1/datasets/{x}"),
+    "delete dataset": ("DELETE", "/v1/datasets/{x}"),
     "delete credential": ("DELETE", "/v1/credentials/{x}"),
     "get job": ("GET", "/v1/jobs/{x}"),
     "cancel": ("POST", "/v1/jobs/{x}/cancel"),
+    "delete job": ("DELETE", "/v1/jobs/{x}"),
     "program": ("GET", "/v1/jobs/{x}/program"),
     "metrics": ("GET", "/v1/jobs/{x}/metrics"),
     "curve": ("GET", "/v1/jobs/{x}/curve"),
@@ -450,7 +454,7 @@ UNKNOWN_IDS = {
 def test_unknown_ids_are_404(world, endpoint, unknown):
     method, path = ID_PATHS[endpoint]
     x = UNKNOWN_IDS[unknown].format(**world.ids)
-    if endpoint == "get dataset" and unknown == "a dataset's id":
+    if endpoint in ("get dataset", "delete dataset") and unknown == "a dataset's id":
         x = world.ids["queued"]
     files = [("files", ("a.png", png()))] if endpoint == "predict" else None
     body = refused(world, method, path.replace("{x}", x), 404, says="not found", files=files)
@@ -465,6 +469,11 @@ def test_a_job_without_a_program_is_409(world):
 
 def test_a_credential_in_use_is_not_deleted(world):
     refused(world, "DELETE", "/v1/credentials/{cred}", 409, says=world.ids["cloud"])
+
+
+def test_what_a_queued_job_needs_is_not_deleted(world):
+    refused(world, "DELETE", "/v1/datasets/{ds}", 409, says=world.ids["queued"])
+    refused(world, "DELETE", "/v1/jobs/{queued}", 409, says="cancel it first")
 
 
 # --- predict: the images ------------------------------------------------------------------------

@@ -78,7 +78,9 @@ def test_another_tenants_objects_do_not_exist(settings, small_npz):
         image = [("files", ("a.png", png()))]
         reach = [
             ("GET", f"/v1/datasets/{ds['id']}", {}),
+            ("DELETE", f"/v1/datasets/{ds['id']}", {}),
             ("DELETE", f"/v1/credentials/{cred}", {}),
+            ("DELETE", f"/v1/jobs/{done}", {}),
             ("GET", f"/v1/jobs/{queued}", {}),
             ("GET", f"/v1/jobs/{cloud}", {}),
             ("POST", f"/v1/jobs/{queued}/cancel", {}),

@@ -43,3 +43,28 @@ def test_checkpoints_are_stored_uncompressed_on_postgres(pg_url: str) -> None:
     finally:
         engine.dispose()
     assert storage == "e"  # EXTERNAL: out of line, never compressed
+
+
+@pytest.mark.parametrize("backend", ["sqlite", "postgres"])
+def test_deletion_tombstones_come_and_go(
+    backend: str, tmp_path: Path, request: pytest.FixtureRequest
+) -> None:
+    """0004 adds ``deleted_at`` to the tables whose rows can be deleted, and takes it away."""
+    url = f"sqlite:///{tmp_path}/m.db" if backend == "sqlite" else request.getfixturevalue("pg_url")
+
+    def tombstoned() -> set[str]:
+        engine = sa.create_engine(url)
+        try:
+            inspector = sa.inspect(engine)
+            return {
+                t for t in TABLES if "deleted_at" in {c["name"] for c in inspector.get_columns(t)}
+            }
+        finally:
+            engine.dispose()
+
+    upgrade(url)
+    assert tombstoned() == {"datasets", "credentials", "jobs"}
+    downgrade(url, "0003")
+    assert tombstoned() == set()
+    upgrade(url)
+    assert tombstoned() == {"datasets", "credentials", "jobs"}
