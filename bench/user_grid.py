@@ -37,6 +37,7 @@ import subprocess
 import time
 from concurrent.futures import FIRST_COMPLETED, ProcessPoolExecutor, wait
 from datetime import UTC, datetime
+from functools import cache
 from pathlib import Path
 from typing import Any
 
@@ -91,7 +92,10 @@ QUICK = [("quick", QUICK_PAIRS, ("default", "bar", "wb_r8"), (0,), (3000,))]
 CODE = ("engine", "app/config", "app/jobs", "app/data", "adapters/torch_local.py")
 
 
+@cache
 def code_fingerprint() -> str:
+    """A hash of the training code on disk, taken once per process: the first job imports
+    that code, and a long run keeps measuring it even if the files change under it."""
     h = hashlib.sha256()
     for rel in CODE:
         path = ROOT / rel
@@ -251,6 +255,7 @@ def main() -> None:
         and (not a.configs or c[1] in a.configs)
         and (a.seeds is None or c[2] in a.seeds)
     ]
+    code_fingerprint()  # before the first job imports the training code
     left = todo(cells, load_rows(out), a.redo_stale)
     print(f"{len(left)} of {len(cells)} jobs left; code {code_fingerprint()}", flush=True)
     if a.list:

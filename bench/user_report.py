@@ -26,6 +26,7 @@ from bench.user_tasks import PAIR_BY_NAME, PAIRS, SIZES
 BUDGETS = (5_000, 20_000, 60_000)
 CONCEPT_ORACLES = ("moderation", "nsfw")
 TOLERANCE = -0.005  # target 1: default ≥ probe − 0.5 points
+BEGIN, END = "<!-- user-grid report: begin -->", "<!-- user-grid report: end -->"
 
 
 def pts(x: float | None, signed: bool = False) -> str:
@@ -105,11 +106,10 @@ def pairs_table(r: Rows) -> list[str]:
         labels = any_row["labels"] if any_row else "?"
         classes = any_row["classes"] if any_row else "?"
         s = SIZES[p.task]
-        sizes = (
-            f"{any_row['sizes']['train']} / {any_row['sizes']['test']}"
-            if any_row and any_row.get("sizes")
-            else f"{s.train}/class / ≤{s.test}/class"
-        )
+        sizes = f"{s.train} per class / ≤ {s.test} per class"
+        if any_row and any_row.get("sizes"):  # the job's own split of the uploaded train/
+            z = any_row["sizes"]
+            sizes = f"{s.train} per class / {z['test']}"
         tuning = "**held out**" if p.held_out else "tuning"
         out.append(f"| {p.name} | {p.kind} | {labels} | {classes} | {sizes} | {tuning} |")
     return out
@@ -197,13 +197,18 @@ def targets(r: Rows) -> list[str]:
                 if worst is None or m < worst[0]:
                     worst = (m, f"{name} @{b // 1000}k seed {run['seed']}")
     ok1 = None if worst is None else worst[0] >= TOLERANCE
+    so_far = ""
     if ok1 and missing:
-        ok1 = None  # so far so good, but not every cell is in
+        ok1, so_far = None, " (met on every cell measured so far)"
     out.append(
         f"1. *Worst case over all pairs, seeds and budgets ≥ 5k: default ≥ probe − 0.5 "
-        f"points (held-out pairs included).* {verdict(ok1)}: worst margin "
+        f"points (held-out pairs included).* {verdict(ok1)}{so_far}: worst margin "
         + (f"{pts(worst[0], True)} points ({worst[1]})" if worst else "–")
-        + (f"; cells not yet run: {', '.join(missing)}" if missing else "")
+        + (
+            f"; not yet run: {', '.join(missing)}"
+            if 0 < len(missing) <= 6
+            else f"; {len(missing)} (pair, budget) cells not yet run" * bool(missing)
+        )
         + "."
     )
     # 2. mean margin at 20k
@@ -216,6 +221,7 @@ def targets(r: Rows) -> list[str]:
         group = [p.name for p in PAIRS if p.oracle in oracles]
         per_pair = {n: r.margins(n, "default", 20_000) for n in group}
         have = [mean(v) for v in per_pair.values() if v]
+        runs = sum(len(v) for v in per_pair.values())
         if not have:
             oks.append(None)
             parts.append(f"{label}: not yet measured (goal ≥ {goal * 100:+.0f})")
@@ -226,6 +232,7 @@ def targets(r: Rows) -> list[str]:
         tuning = [mean(v) for n, v in per_pair.items() if v and not PAIR_BY_NAME[n].held_out]
         parts.append(
             f"{label}: {pts(m, True)} points over {len(have)} of {len(group)} pairs "
+            f"({runs} runs) "
             f"(tuning pairs only: {pts(mean(tuning), True) if tuning else '–'}; goal "
             f"≥ {goal * 100:+.0f})" + ("" if done else ", incomplete")
         )
@@ -252,7 +259,11 @@ def targets(r: Rows) -> list[str]:
         f"at least as accurate as BAR at B, B = 20k and 60k). {verdict(ok3)}: {passes} "
         f"comparisons hold"
         + (f"; fails: {', '.join(fails)}" if fails else "")
-        + (f"; not yet measured: {', '.join(unknown)}" if unknown else "")
+        + (
+            f"; not yet measured: {', '.join(unknown)}"
+            if 0 < len(unknown) <= 6
+            else f"; {len(unknown)} comparisons not yet measured" * bool(unknown)
+        )
         + "."
     )
     # 4. at 60k, ≥ half the gap from the probe to the best white box closed, on average
@@ -404,10 +415,20 @@ def main() -> None:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     p.add_argument("--input", type=Path, default=OUT)
     p.add_argument("--out", type=Path)
+    p.add_argument(
+        "--benchmarks",
+        type=Path,
+        help=f"also replace the text between {BEGIN} and {END} in this file (BENCHMARKS.md)",
+    )
     a = p.parse_args()
     text = report(load_rows(a.input))
     if a.out:
         a.out.write_text(text + "\n")
+    if a.benchmarks:
+        doc = a.benchmarks.read_text()
+        head, rest = doc.split(BEGIN, 1)
+        _, tail = rest.split(END, 1)
+        a.benchmarks.write_text(f"{head}{BEGIN}\n\n{text}\n\n{END}{tail}")
     print(text)
 
 
