@@ -10,6 +10,7 @@ from fastapi import FastAPI
 
 from app.api import credentials, datasets, errors, jobs, spend
 from app.api.deps import Services
+from app.api.limits import BodyLimits
 from app.config.settings import Settings
 from app.storage.crypto import SecretBox
 from app.storage.db import Database
@@ -62,6 +63,8 @@ def create_app(settings: Settings | None = None, *, run_jobs: bool = True) -> Fa
         lifespan=lifespan,
     )
 
+    # Bodies are limited as they stream in, and /v1 ones authenticated before they are read.
+    app.add_middleware(BodyLimits, settings=settings)
     errors.install(app)
     for router in (datasets.router, credentials.router, jobs.router, spend.router):
         app.include_router(router)

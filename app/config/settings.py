@@ -31,7 +31,15 @@ class Settings(BaseSettings):
     rate_limit_clarifai: float = 15.0  # requests per second per credential
     rate_limit_customvision: float = 10.0  # images per second per credential
     rate_limit_backend: str | None = None  # default: follows the database
-    max_upload_bytes: int = 200 * 1024**2
+    # Request limits (README "Limits"): enforced while a body streams in, before it is read.
+    max_upload_bytes: int = Field(default=200 * 1024**2, ge=1)  # POST /v1/datasets body
+    max_predict_bytes: int = Field(default=32 * 1024**2, ge=1)  # POST .../predict body
+    max_json_bytes: int = Field(default=64 * 1024, ge=1)  # any other request body
+    # Decoded pixels (width × height, summed over the images), checked from the image
+    # headers before any image is decoded: what decoding may cost in time and memory.
+    max_image_pixels: int = Field(default=40_000_000, ge=1)  # one image
+    max_upload_pixels: int = Field(default=256_000_000, ge=1)  # one data set
+    max_predict_pixels: int = Field(default=64_000_000, ge=1)  # one predict request
     job_poll_seconds: float = 0.5
     embedded_workers: int = 2  # jobs run at once by `reprogram serve` (child processes)
     # Endpoints a tenant's cloud oracle may reach besides its provider's public HTTPS hosts
