@@ -8,9 +8,10 @@ from fastapi import APIRouter, HTTPException, Response, UploadFile, status
 from pydantic import BaseModel
 
 from app.api.deps import CurrentTenant, ServicesDep, SessionDep, find_owned
+from app.api.errors import responses, unprocessable
 from app.api.paging import DEFAULT_LIMIT, Limit, Offset, page
 from app.data import store as datasets
-from app.data.loading import DataError
+from app.data.loading import DataError, DataTooLarge, TooLittleData
 from app.services.jobs import active_job_using_dataset
 from app.storage.files import remove
 from app.storage.models import Dataset
@@ -36,16 +37,16 @@ def _out(row: Dataset) -> DatasetOut:
     "",
     status_code=status.HTTP_201_CREATED,
     response_model=DatasetOut,
-    responses={
-        400: {"description": "not a usable data set (the message says why)"},
-        413: {"description": "larger than the upload limit"},
-    },
+    responses=responses(400, 413),
 )
 def upload(file: UploadFile, s: SessionDep, tenant: CurrentTenant, svc: ServicesDep) -> DatasetOut:
     """Upload a `.zip` (`<class>/<image>`, optionally under `train/ val/ test/`) or a `.npz`
-    (`x` uint8 N×H×W×C, `y`, optional `classes`, `split`). Every image is decoded before
-    anything is stored."""
-    limit = svc.settings.max_upload_bytes
+    (`x` uint8 N×H×W×C, `y`, optional `classes`, `split`). Every image's size is read from
+    its header and the pixels summed before any is decoded; every image is decoded before
+    anything is stored. 400: not a readable data set; 413: over a size limit (the request
+    body, one image's pixels, the pixels in all); 422: readable, but too little to train on
+    (fewer than 2 classes, a class of fewer than 3 images without a split of its own)."""
+    limit = svc.settings.max_upload_bytes  # the body was limited as it came (app.api.limits)
     content = file.file.read(limit + 1)
     if len(content) > limit:
         raise HTTPException(status.HTTP_413_CONTENT_TOO_LARGE, f"upload larger than {limit} bytes")
@@ -56,7 +57,12 @@ def upload(file: UploadFile, s: SessionDep, tenant: CurrentTenant, svc: Services
             tenant_id=tenant.id,
             filename=_clean_filename(file.filename),
             content=content,
+            limits=datasets.upload_limits(svc.settings),
         )
+    except DataTooLarge as err:
+        raise HTTPException(status.HTTP_413_CONTENT_TOO_LARGE, str(err)) from err
+    except TooLittleData as err:
+        raise unprocessable("file", str(err)) from err
     except DataError as err:
         raise HTTPException(status.HTTP_400_BAD_REQUEST, str(err)) from err
     try:
@@ -73,7 +79,7 @@ def _clean_filename(name: str | None) -> str:
     return "".join(ch for ch in base if ch.isprintable())[:255] or "upload"
 
 
-@router.get("", response_model=list[DatasetOut])
+@router.get("", response_model=list[DatasetOut], responses=responses())
 def list_datasets(
     s: SessionDep,
     tenant: CurrentTenant,
@@ -85,7 +91,7 @@ def list_datasets(
     return [_out(r) for r in page(s, Dataset, tenant.id, response, limit=limit, offset=offset)]
 
 
-@router.get("/{dataset_id}", response_model=DatasetOut)
+@router.get("/{dataset_id}", response_model=DatasetOut, responses=responses(404))
 def get_dataset(dataset_id: str, s: SessionDep, tenant: CurrentTenant) -> DatasetOut:
     return _out(find_owned(s, Dataset, dataset_id, tenant.id))
 

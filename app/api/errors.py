@@ -1,8 +1,12 @@
 """One shape for every refused request, and the checks that keep bad values out of the database.
 
 A 422 always answers ``{"detail": [{"field": "budget.max_queries", "message": "..."}]}``,
-whether pydantic, the JSON parser or a service refused the request. Messages never echo the
-input: it may hold a secret.
+whether pydantic, the JSON parser or a service refused the request; every other refusal
+``{"detail": "message"}``. Messages never echo the input (it may hold a secret), and no field
+name or message is longer than a short excerpt, whatever the client sent.
+
+``RESPONSES`` documents each status an operation can answer, with these shapes, in the OpenAPI
+document (routes pick theirs with ``responses(...)``).
 """
 
 from __future__ import annotations
@@ -12,20 +16,30 @@ import math
 from collections.abc import Iterator, Sequence
 from typing import Any
 
-from fastapi import FastAPI, HTTPException, Request, status
+from fastapi import Depends, FastAPI, HTTPException, Request, status
+from fastapi.exception_handlers import http_exception_handler
 from fastapi.exceptions import RequestValidationError
-from fastapi.responses import JSONResponse
+from fastapi.responses import JSONResponse, Response
+from fastapi.routing import APIRoute
 from pydantic import BaseModel, Field
 from sqlalchemy.exc import DataError as DatabaseDataError
+from starlette.exceptions import HTTPException as StarletteHTTPException
 
 log = logging.getLogger("reprogram.api")
 
 INT64 = (-(2**63), 2**63 - 1)
 BODY = "body"  # the field named when the body as a whole is wrong (not JSON, not an object)
+MAX_FIELD = 120  # characters of a field path in an answer
+MAX_MESSAGE = 300  # characters of a message in an answer
+
+
+def excerpt(text: str, limit: int) -> str:
+    """``text`` cut to ``limit`` characters (an ellipsis says it was cut)."""
+    return text if len(text) <= limit else text[: limit - 1] + "…"
 
 
 def field_error(field: str, message: str) -> dict[str, str]:
-    return {"field": field or BODY, "message": message}
+    return {"field": excerpt(field or BODY, MAX_FIELD), "message": excerpt(message, MAX_MESSAGE)}
 
 
 def unprocessable(field: str, message: str) -> HTTPException:
@@ -126,15 +140,91 @@ class FieldError(BaseModel):
     message: str
 
 
+class ErrorOut(BaseModel):
+    """Every refusal but a 422: one message naming the problem."""
+
+    detail: str
+
+
+def _error(description: str) -> dict[str, Any]:
+    return {"model": ErrorOut, "description": description}
+
+
+#: Each status an operation may answer besides its success and 422 (which FastAPI documents
+#: for every operation with parameters), with its shape.
+RESPONSES: dict[int, dict[str, Any]] = {
+    400: _error("the body could not be parsed, or a file is not a readable data set or image"),
+    401: _error("missing or invalid bearer token (`WWW-Authenticate: Bearer`)"),
+    404: _error("no such object for this tenant"),
+    409: _error("the object is not in a state that allows this"),
+    413: _error("the body, or the pixels of its images, exceed a limit (README: Limits)"),
+    502: _error("the oracle failed"),
+    503: _error("a service the API depends on is unavailable"),
+}
+
+
+def responses(*statuses: int) -> dict[int | str, dict[str, Any]]:
+    """The ``responses=`` of a route: 401 (every /v1 route) and ``statuses``."""
+    return {status: RESPONSES[status] for status in sorted({401, *statuses})}
+
+
+def _query_names(route: APIRoute) -> frozenset[str]:
+    """The query parameters the route and its dependencies declare."""
+    names: set[str] = set()
+    pending = [route.dependant]
+    while pending:
+        dependant = pending.pop()
+        names.update(p.alias for p in dependant.query_params)
+        pending.extend(dependant.dependencies)
+    return frozenset(names)
+
+
+def known_query_parameters(request: Request) -> None:
+    """Refuse a ``/v1`` query parameter the operation does not take (422 naming it), as an
+    unknown field of a body is refused: a misspelt ``limt=`` must not pass unnoticed."""
+    route = request.scope.get("route")
+    if not isinstance(route, APIRoute) or not request.url.path.startswith("/v1/"):
+        return
+    known = _query_names(route)
+    unknown = [name for name in request.query_params if name not in known]
+    if unknown:
+        raise unprocessable(unknown[0], "unknown query parameter")
+
+
+def document_errors(doc: dict[str, Any]) -> None:
+    """Every ``/v1`` operation answers 401 (the token is checked before anything else), every
+    operation with a body 400 (not parseable, e.g. not UTF-8) and 413 (``app.api.limits``
+    limits every body), and every refusal but a 422 has the ``ErrorOut`` shape: say so
+    wherever a route did not."""
+    schemas = doc.setdefault("components", {}).setdefault("schemas", {})
+    schemas.setdefault("ErrorOut", ErrorOut.model_json_schema())
+    shape = {"application/json": {"schema": {"$ref": "#/components/schemas/ErrorOut"}}}
+    for path, item in doc.get("paths", {}).items():
+        for operation in item.values():
+            answers = operation.setdefault("responses", {})
+            if path.startswith("/v1/"):
+                answers.setdefault("401", {"description": RESPONSES[401]["description"]})
+            if "requestBody" in operation:  # FastAPI's 400 for a body it cannot parse at all
+                answers.setdefault("400", {"description": RESPONSES[400]["description"]})
+                answers.setdefault("413", {"description": RESPONSES[413]["description"]})
+            for status_code, answer in answers.items():
+                if status_code[:1] in "45" and status_code != "422" and "content" not in answer:
+                    answer["content"] = shape
+
+
 def install(app: FastAPI) -> None:
-    """The handlers, and an OpenAPI schema that documents the 422 shape they answer."""
+    """The handlers, the query-parameter check of every route included after this, and an
+    OpenAPI schema that documents the shapes they answer."""
+    app.router.dependencies.append(Depends(known_query_parameters))
     generate = app.openapi
 
     def openapi() -> dict[str, Any]:
         if app.openapi_schema is None:
-            schemas = generate().get("components", {}).get("schemas", {})
+            doc = generate()
+            schemas = doc.get("components", {}).get("schemas", {})
             if "ValidationError" in schemas:
                 schemas["ValidationError"] = FieldError.model_json_schema()
+            document_errors(doc)
         return app.openapi_schema  # type: ignore[return-value]
 
     app.openapi = openapi  # type: ignore[method-assign]
@@ -142,6 +232,14 @@ def install(app: FastAPI) -> None:
     @app.exception_handler(RequestValidationError)
     async def _invalid(_: Request, exc: RequestValidationError) -> JSONResponse:
         return JSONResponse(status_code=422, content={"detail": validation_errors(exc)})
+
+    @app.exception_handler(StarletteHTTPException)
+    async def _refused(request: Request, exc: StarletteHTTPException) -> Response:
+        # A message may quote what the client sent (a file name in an archive, an id): an
+        # excerpt at most. Lists are field errors, already cut.
+        if isinstance(exc.detail, str):
+            exc.detail = excerpt(exc.detail, MAX_MESSAGE)
+        return await http_exception_handler(request, exc)
 
     @app.exception_handler(DatabaseDataError)
     async def _unstorable(request: Request, exc: DatabaseDataError) -> JSONResponse:

@@ -9,40 +9,50 @@ from typing import Annotated, Any
 import numpy as np
 from fastapi import APIRouter, File, HTTPException, Query, UploadFile, status
 from fastapi.responses import Response
-from pydantic import BaseModel
 
 from adapters.errors import ConfigurationError, OracleError
 from app.api.deps import CurrentTenant, OwnedJob, ServicesDep, SessionDep
-from app.api.errors import check_storable, refused, unprocessable
+from app.api.errors import check_storable, refused, responses, unprocessable
+from app.api.job_models import JobCreated, JobOut, Predictions
 from app.api.paging import DEFAULT_LIMIT, Limit, Offset, page
+from app.config.settings import Settings
 from app.config.spec import JobSpec
-from app.data.loading import DataError, decode_image
+from app.data.loading import DataError, DataTooLarge, Limits, decode_image, image_size
 from app.jobs import lifecycle
 from app.jobs.artifacts import ProgramFile, curve_png, program_png
 from app.jobs.ledger import DbLedger
 from app.jobs.oracles import open_oracle
-from app.services import credentials
+from app.services import credentials, plans
 from app.services import jobs as job_service
 from app.storage.files import remove
-from app.storage.models import Credential, Job
+from app.storage.models import Credential, Dataset, Job
 
 router = APIRouter(prefix="/v1/jobs", tags=["jobs"])
 log = logging.getLogger("reprogram.api")
 MAX_PREDICT_FILES = 256
 
 
-class JobCreated(BaseModel):
-    id: str
-    status: str
-
-
-@router.post("", status_code=status.HTTP_202_ACCEPTED, response_model=JobCreated)
+@router.post(
+    "",
+    status_code=status.HTTP_202_ACCEPTED,
+    response_model=JobCreated,
+    responses=responses(413, 503),
+)
 def create(spec: JobSpec, s: SessionDep, tenant: CurrentTenant, svc: ServicesDep) -> JobCreated:
     """Queue a reprogramming job. Fields left out are chosen from the oracle, the task and
-    the budget; `GET /v1/jobs/{id}` lists the choices once the job starts."""
+    the budget; `GET /v1/jobs/{id}` lists the choices once the job starts. Refused with 422
+    naming the field: a device the server lacks, a split that leaves no test images, a
+    budget below what the job's mapping and evaluation need (the minimum is named)."""
     check_storable(spec.model_dump())
     try:
         job = job_service.create_job(s, svc.settings, tenant_id=tenant.id, spec=spec)
+        plans.check_feasible(
+            spec,
+            s.get_one(Dataset, job.dataset_id),
+            svc.settings.data_dir,
+            query_cap=job.query_cap,
+            price=svc.settings.price(job.provider),
+        )
     except job_service.InvalidRequest as err:
         raise refused(str(err)) from err
     if svc.queue is not None:
@@ -63,7 +73,7 @@ def create(spec: JobSpec, s: SessionDep, tenant: CurrentTenant, svc: ServicesDep
     return JobCreated(id=job.id, status=job.status)
 
 
-@router.get("")
+@router.get("", response_model=list[JobOut], responses=responses())
 def list_jobs(
     s: SessionDep,
     tenant: CurrentTenant,
@@ -76,13 +86,18 @@ def list_jobs(
     return [job_service.view(j) for j in rows]
 
 
-@router.get("/{job_id}")
+@router.get("/{job_id}", response_model=JobOut, responses=responses(404))
 def get_job(job: OwnedJob) -> dict[str, Any]:
     """`{id, status, progress, spend, metrics, error}` (+ choices and result)."""
     return job_service.view(job)
 
 
-@router.post("/{job_id}/cancel", status_code=status.HTTP_202_ACCEPTED, response_model=JobCreated)
+@router.post(
+    "/{job_id}/cancel",
+    status_code=status.HTTP_202_ACCEPTED,
+    response_model=JobCreated,
+    responses=responses(404),
+)
 def cancel(job: OwnedJob, s: SessionDep) -> JobCreated:
     lifecycle.request_cancel(s, job)
     return JobCreated(id=job.id, status=job.status)
@@ -117,7 +132,10 @@ def _program(job: Any, svc: Any) -> ProgramFile:
 
 @router.get(
     "/{job_id}/program",
-    responses={200: {"content": {"application/octet-stream": {}, "image/png": {}}}},
+    responses={
+        200: {"content": {"application/octet-stream": {}, "image/png": {}}},
+        **responses(404, 409),
+    },
 )
 def program(
     job: OwnedJob, svc: ServicesDep, format: Annotated[str, Query(pattern="^(npz|png)$")] = "npz"
@@ -135,13 +153,13 @@ def program(
     )
 
 
-@router.get("/{job_id}/metrics")
+@router.get("/{job_id}/metrics", responses=responses(404))
 def metrics(job: OwnedJob, s: SessionDep) -> list[dict[str, Any]]:
     """One row per iteration / validation: queries, loss, accuracies."""
     return job_service.metric_rows(s, job.id)
 
 
-@router.get("/{job_id}/curve", responses={200: {"content": {"image/png": {}}}})
+@router.get("/{job_id}/curve", responses={200: {"content": {"image/png": {}}}, **responses(404)})
 def curve(job: OwnedJob, s: SessionDep) -> Response:
     """The learning curve: accuracy and loss against queries."""
     rows = job_service.metric_rows(s, job.id)
@@ -151,7 +169,36 @@ def curve(job: OwnedJob, s: SessionDep) -> Response:
     )
 
 
-@router.post("/{job_id}/predict")
+def predict_limits(settings: Settings) -> Limits:
+    """What one predict request's images may hold (README "Limits")."""
+    return Limits(
+        max_pixels=settings.max_image_pixels,
+        max_total_pixels=settings.max_predict_pixels,
+        total_pixels_setting="REPROGRAM_MAX_PREDICT_PIXELS",
+    )
+
+
+def _decoded(files: list[UploadFile], limits: Limits, size: int) -> list[np.ndarray]:
+    """Every file's header read and the pixels summed before any is decoded; then each
+    decoded and resized at once to the program's target size (all memory keeps of it)."""
+    contents, total = [], 0
+    try:
+        for f in files:
+            content = f.file.read()  # the request body was limited as it came
+            width, height = image_size(content, f.filename or "?", limits)
+            total += width * height
+            limits.check_total_pixels(total, "files")
+            contents.append((f.filename or "?", content))
+        return [decode_image(data, name, limits, size=size) for name, data in contents]
+    except DataTooLarge as err:
+        raise HTTPException(status.HTTP_413_CONTENT_TOO_LARGE, str(err)) from err
+    except DataError as err:
+        raise HTTPException(status.HTTP_400_BAD_REQUEST, str(err)) from err
+
+
+@router.post(
+    "/{job_id}/predict", response_model=Predictions, responses=responses(400, 404, 409, 413, 502)
+)
 def predict(
     job: OwnedJob,
     s: SessionDep,
@@ -159,22 +206,13 @@ def predict(
     files: Annotated[list[UploadFile], File(description="PNG/JPEG images")],
 ) -> dict[str, Any]:
     """Classify images with the job's best program. Every image is one query to the
-    oracle, recorded in the ledger under purpose `predict`."""
+    oracle, recorded in the ledger under purpose `predict`. 413: the request body is over
+    `REPROGRAM_MAX_PREDICT_BYTES`, or its images' pixels over `REPROGRAM_MAX_PREDICT_PIXELS`
+    in all (read from their headers before any is decoded)."""
     prog = _program(job, svc)
     if not files or len(files) > MAX_PREDICT_FILES:
         raise unprocessable("files", f"1 to {MAX_PREDICT_FILES} images")
-    limit = svc.settings.max_upload_bytes
-    images = []
-    for f in files:
-        content = f.file.read(limit + 1)
-        if len(content) > limit:
-            raise HTTPException(
-                status.HTTP_413_CONTENT_TOO_LARGE, f"{f.filename}: larger than {limit} bytes"
-            )
-        try:
-            images.append(decode_image(content, f.filename or "?"))
-        except DataError as err:
-            raise HTTPException(status.HTTP_400_BAD_REQUEST, str(err)) from err
+    images = _decoded(files, predict_limits(svc.settings), int(prog.arrays["target_size"]))
     spec = JobSpec.model_validate(job.resolved_spec or job.spec)
     cred = s.get(Credential, job.credential_id) if job.credential_id else None
     if job.credential_id and (cred is None or cred.deleted_at is not None):

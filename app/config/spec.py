@@ -3,7 +3,10 @@
 Every field but ``oracle`` has a default; fields left ``null`` are chosen by
 ``app.config.defaults.resolve`` from the oracle's label count, the number of classes and the budget,
 and the resolved spec is what a job stores and reports. Unknown fields and out-of-range
-values are refused, naming the field.
+values are refused, naming the field. Types are strict: a number must be a JSON number (an
+integer field takes no ``1.5``, ``"300"`` or ``true``), a flag a JSON boolean. Strings and
+lists have caps (``MAX_ID``, ``MAX_NAME``, ``MAX_LABELS``, ...); the API caps the whole
+body besides (``REPROGRAM_MAX_JSON_BYTES``).
 """
 
 from __future__ import annotations
@@ -13,10 +16,21 @@ from urllib.parse import urlsplit
 
 from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
+MAX_ID = 64  # ids the service issues (ds_…, cr_…) are far shorter
+MAX_NAME = 200  # model ids, project names, labels
+MAX_PATH = 4096  # a TorchScript file path, an endpoint URL
+MAX_LABELS = 10_000  # names of an oracle's outputs (ImageNet has 1,000)
+
+Label = Annotated[str, Field(min_length=1, max_length=MAX_NAME)]
+Labels = Annotated[list[Label], Field(min_length=1, max_length=MAX_LABELS)]
+
 
 class Strict(BaseModel):
     # No NaN/Infinity: they cannot be stored (PostgreSQL JSON) and mean nothing here.
-    model_config = ConfigDict(extra="forbid", validate_assignment=True, allow_inf_nan=False)
+    # strict: no coercion (true is not 1, "300" is not 300, 1.0 is not an integer).
+    model_config = ConfigDict(
+        extra="forbid", validate_assignment=True, allow_inf_nan=False, strict=True
+    )
 
 
 def _check_endpoint(value: str | None) -> str | None:
@@ -31,11 +45,13 @@ def _check_endpoint(value: str | None) -> str | None:
 class CloudCredential(Strict):
     """Where the key comes from: a stored credential (REST) or an environment variable (CLI)."""
 
-    credential_id: str | None = None
-    api_key_env: str | None = Field(default=None, pattern=r"^[A-Za-z_][A-Za-z0-9_]*$")
-    endpoint: str | None = None
+    credential_id: str | None = Field(default=None, max_length=MAX_ID)
+    api_key_env: str | None = Field(
+        default=None, max_length=MAX_NAME, pattern=r"^[A-Za-z_][A-Za-z0-9_]*$"
+    )
+    endpoint: str | None = Field(default=None, max_length=MAX_PATH)
     rate_limit: float | None = Field(default=None, gt=0, le=10_000)
-    labels: list[str] | None = Field(default=None, min_length=1)
+    labels: Labels | None = None
 
     _endpoint = field_validator("endpoint")(_check_endpoint)
 
@@ -45,31 +61,36 @@ class TorchOracleSpec(Strict):
     model: str = Field(
         default="efficientnet-lite0",
         min_length=1,
+        max_length=MAX_PATH,
         description="'efficientnet-lite0' (bundled) or a TorchScript file path",
     )
     outputs: Literal["logits", "probabilities"] = "logits"
-    labels: list[str] | None = Field(default=None, min_length=1)
+    labels: Labels | None = None
     view: Literal["nsfw", "moderation"] | None = Field(
         default=None,
         description="expose the bundled model only through 2 ('nsfw') or 5 ('moderation') "
         "concepts, each the summed probability of a fixed group of ImageNet classes",
     )
-    device: str | None = Field(default=None, pattern=r"^(cpu|cuda(:\d+)?)$")
+    device: str | None = Field(
+        default=None,
+        pattern=r"^(cpu|cuda(:\d{1,2})?)$",
+        description="cpu, cuda or cuda:N; a CUDA device this machine lacks is refused",
+    )
 
 
 class ClarifaiOracleSpec(CloudCredential):
     kind: Literal["clarifai"]
-    model_id: str = Field(default="nsfw-recognition", min_length=1)
-    version_id: str | None = None
-    user_id: str = "clarifai"
-    app_id: str = "main"
+    model_id: str = Field(default="nsfw-recognition", min_length=1, max_length=MAX_NAME)
+    version_id: str | None = Field(default=None, max_length=MAX_NAME)
+    user_id: str = Field(default="clarifai", max_length=MAX_NAME)
+    app_id: str = Field(default="main", max_length=MAX_NAME)
     max_images_per_request: int = Field(default=128, ge=1, le=128)
 
 
 class CustomVisionOracleSpec(CloudCredential):
     kind: Literal["customvision"]
-    project_id: str = Field(min_length=1)
-    published_name: str = Field(min_length=1)
+    project_id: str = Field(min_length=1, max_length=MAX_NAME)
+    published_name: str = Field(min_length=1, max_length=MAX_NAME)
 
     @model_validator(mode="after")
     def _endpoint_required(self) -> CustomVisionOracleSpec:
@@ -134,8 +155,12 @@ class DataSpec(Strict):
 
     val_fraction: float = Field(default=0.2, ge=0, lt=1)
     test_fraction: float = Field(default=0.2, ge=0, lt=1)
-    max_train: int | None = Field(default=None, ge=1, description="cap on training images")
-    max_test: int | None = Field(default=None, ge=1, description="cap on test images")
+    max_train: int | None = Field(
+        default=None, ge=1, le=10_000_000, description="cap on training images"
+    )
+    max_test: int | None = Field(
+        default=None, ge=1, le=10_000_000, description="cap on test images"
+    )
     baselines: bool = Field(default=True, description="measure chance, blank program and probe")
 
     @model_validator(mode="after")
@@ -146,7 +171,7 @@ class DataSpec(Strict):
 
 
 class JobSpec(Strict):
-    dataset_id: str | None = None
+    dataset_id: str | None = Field(default=None, max_length=MAX_ID)
     oracle: OracleSpec
     program: ProgramSpec = Field(default_factory=ProgramSpec)
     mapping: MappingSpec = Field(default_factory=MappingSpec)
@@ -159,6 +184,7 @@ class JobSpec(Strict):
     model_config = ConfigDict(
         extra="forbid",
         allow_inf_nan=False,
+        strict=True,
         json_schema_extra={
             "examples": [
                 {

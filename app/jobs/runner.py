@@ -74,11 +74,20 @@ def trainer_config(spec: JobSpec) -> TrainerConfig:
     )  # type: ignore[arg-type]
 
 
-def prepare(
-    spec: JobSpec, dataset: Dataset, oracle: Oracle, *, query_cap: int | None, spent: int = 0
-) -> PreparedJob:
-    """Resolve the spec, split and resize the data, build the trainer, fit the plan into
-    ``query_cap`` images (minus ``spent``). Raises PlanError when the budget is too small."""
+@dataclass
+class Plan:
+    """What a job will do, before any image is resized: the resolved spec, the split and
+    the program."""
+
+    spec: JobSpec
+    notes: list[str]
+    parts: dict[str, np.ndarray]
+    program: Program
+
+
+def plan(spec: JobSpec, dataset: Dataset, *, n_labels: int, provider: str) -> Plan:
+    """Split the data and resolve the spec for an oracle of ``n_labels`` labels. Reads the
+    data set's labels only (``app.data.store.stored_labels`` is enough)."""
     parts = split_indices(
         dataset,
         spec.seed,
@@ -88,10 +97,10 @@ def prepare(
         spec.data.max_test,
     )
     facts = Facts(
-        n_labels=len(oracle.labels),
+        n_labels=n_labels,
         n_classes=len(dataset.classes),
         n_train=len(parts["train"]),
-        provider=oracle.provider,
+        provider=provider,
     )
     try:
         resolved, notes = resolve(spec, facts)
@@ -102,21 +111,56 @@ def prepare(
     program = Program(
         p.input_size, p.target_size, p.basis, None if p.basis == "pixel" else p.resolution
     )
+    return Plan(resolved, notes, parts, program)
 
-    def split(name: str) -> Split:
-        idx = parts[name]
-        return Split(to_target([dataset.images[i] for i in idx], p.target_size), dataset.y[idx])
 
-    trainer = Trainer(
-        trainer_config(resolved),
-        program,
+def _trainer(the_plan: Plan, dataset: Dataset, n_labels: int, split: Any) -> Trainer:
+    return Trainer(
+        trainer_config(the_plan.spec),
+        the_plan.program,
         len(dataset.classes),
-        len(oracle.labels),
+        n_labels,
         split("train"),
         split("val"),
         split("test"),
-        seed=resolved.seed,
+        seed=the_plan.spec.seed,
     )
+
+
+def minimum_queries(spec: JobSpec, dataset: Dataset, *, n_labels: int, provider: str) -> int:
+    """The fewest queries the job can run on under a budget: its plan with no training
+    iteration (the mapping's or baselines' pass and the test), below which ``prepare``
+    raises PlanError. The same trainer computes it, over images that are never looked at
+    (zeros, no memory)."""
+    the_plan = plan(spec, dataset, n_labels=n_labels, provider=provider)
+    t = the_plan.program.target_size
+    blank = np.zeros((1, t, t, 3), np.float32)
+
+    def split(name: str) -> Split:
+        idx = the_plan.parts[name]
+        return Split(np.broadcast_to(blank, (len(idx), t, t, 3)), dataset.y[idx])
+
+    try:
+        trainer = _trainer(the_plan, dataset, n_labels, split)
+    except ValueError as err:
+        raise PlanError(str(err)) from err
+    return sum(trainer.planned_queries(0).values())
+
+
+def prepare(
+    spec: JobSpec, dataset: Dataset, oracle: Oracle, *, query_cap: int | None, spent: int = 0
+) -> PreparedJob:
+    """Resolve the spec, split and resize the data, build the trainer, fit the plan into
+    ``query_cap`` images (minus ``spent``). Raises PlanError when the budget is too small."""
+    the_plan = plan(spec, dataset, n_labels=len(oracle.labels), provider=oracle.provider)
+    resolved, notes, parts = the_plan.spec, the_plan.notes, the_plan.parts
+    target_size = the_plan.program.target_size
+
+    def split(name: str) -> Split:
+        idx = parts[name]
+        return Split(to_target(dataset.images, target_size, idx), dataset.y[idx])
+
+    trainer = _trainer(the_plan, dataset, len(oracle.labels), split)
     limited = False
     if query_cap is not None:
         try:

@@ -37,6 +37,7 @@ from tests.helpers import (
 )
 
 UPLOAD_LIMIT = 64 * 1024  # small, so that "oversize" is cheap to build
+PREDICT_LIMIT = 4 * UPLOAD_LIMIT  # room for 257 small images (one too many)
 
 
 @dataclass
@@ -69,7 +70,9 @@ def make_npz(compressed: bool = False, **arrays: Any) -> bytes:
 def world(request, tmp_path_factory, small_npz) -> Iterator[World]:
     tmp = tmp_path_factory.mktemp(request.param)
     url = create_database() if request.param == "postgres" else None
-    settings = service_settings(tmp, url, max_upload_bytes=UPLOAD_LIMIT)
+    settings = service_settings(
+        tmp, url, max_upload_bytes=UPLOAD_LIMIT, max_predict_bytes=PREDICT_LIMIT
+    )
     try:
         with api(settings, run_jobs=False, raise_server_exceptions=False) as (client, db):
             w = World(client, db, settings, bearer(db, "acme"))
@@ -487,7 +490,7 @@ def test_what_a_queued_job_needs_is_not_deleted(world):
         ([("files", ("a.png", png())), ("files", ("b.png", b"not an image"))], 400, "b.png"),
         ([("files", ("a.gif", png(fmt="GIF")))], 400, "GIF"),
         ([("files", ("a.png", b""))], 400, "a.png"),
-        ([("files", ("big.png", b"\x89PNG" + bytes(UPLOAD_LIMIT)))], 413, "big.png"),
+        ([("files", ("big.png", b"\x89PNG" + bytes(PREDICT_LIMIT)))], 413, "larger than"),
     ],
     ids=["none", "too many", "not an image", "gif", "empty", "oversize"],
 )
@@ -500,7 +503,10 @@ def test_bad_images_to_predict_are_refused_before_any_query(world, files, status
 
 # --- uploads -----------------------------------------------------------------------------------
 
-GOOD = {"cats/a.png": png(seed=1), "dogs/b.png": png(seed=2)}
+GOOD = {
+    f"{c}/{i}.png": png(seed=seed)
+    for seed, (c, i) in enumerate((c, i) for c in ("cats", "dogs") for i in "abc")
+}
 
 
 def bomb_zip() -> bytes:
@@ -553,7 +559,7 @@ BAD_UPLOADS: dict[str, tuple[str, Callable[[], bytes], int, str]] = {
     "pixel bomb image": (
         "d.zip",
         lambda: make_zip({**GOOD, "dogs/c.png": mono_png(7000)}),
-        400,
+        413,
         "too large",
     ),
     "empty class folder": ("d.zip", lambda: make_zip({**GOOD, "birds/": b""}), 400, "'birds'"),
