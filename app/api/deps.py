@@ -11,7 +11,7 @@ from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
 from sqlalchemy.orm import Session
 
 from app.config.settings import Settings
-from app.services.auth import TokenCache
+from app.services.auth import Tokens
 from app.services.jobs import NotFoundError, get_owned
 from app.storage.crypto import SecretBox
 from app.storage.db import Database
@@ -28,7 +28,7 @@ class Services:
     db: Database
     box: SecretBox
     queue: Any = None  # procrastinate app (PostgreSQL mode)
-    tokens: TokenCache = field(default_factory=TokenCache)
+    tokens: Tokens = field(default_factory=Tokens)
 
 
 def services(request: Request) -> Services:

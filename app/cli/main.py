@@ -245,23 +245,75 @@ def migrate() -> None:
     console.print("database is up to date")
 
 
-@token_app.command("create")
-def token_create(tenant: Annotated[str, typer.Option(help="tenant name")]) -> None:
-    """Create an API token for TENANT (created on first use); prints it on the last line."""
-    from app.services.auth import create_token
+def _token_db():  # type: ignore[no-untyped-def]
     from app.storage.db import Database
     from app.storage.migrate import upgrade
 
     settings = _settings()
-    if not tenant.strip():
-        raise fail("--tenant must not be empty")
     settings.data_dir.mkdir(parents=True, exist_ok=True)
     upgrade(settings.db_url)
-    db = Database(settings.db_url)
+    return Database(settings.db_url)
+
+
+@token_app.command("create")
+def token_create(tenant: Annotated[str, typer.Option(help="tenant name")]) -> None:
+    """Create an API token for TENANT (created on first use); prints it on the last line."""
+    from app.services.auth import create_token
+
+    if not tenant.strip():
+        raise fail("--tenant must not be empty")
+    db = _token_db()
     with db.session() as s:
         token = create_token(s, tenant_name=tenant.strip())
     db.dispose()
     print(token)
+
+
+@token_app.command("list")
+def token_list(
+    tenant: Annotated[str | None, typer.Option(help="only this tenant's tokens")] = None,
+) -> None:
+    """The tokens: id, tenant, created, last 4 characters, revoked (never the secret)."""
+    from app.services.auth import list_tokens
+
+    db = _token_db()
+    with db.session() as s:
+        rows = list_tokens(s, tenant)
+    db.dispose()
+    table = Table("id", "tenant", "created", "ends with", "revoked")
+    for t in rows:
+        table.add_row(
+            t.id,
+            t.tenant,
+            f"{t.created_at:%Y-%m-%d %H:%M:%S}",
+            f"…{t.hint}" if t.hint else "-",
+            f"{t.revoked_at:%Y-%m-%d %H:%M:%S}" if t.revoked_at else "",
+        )
+    console.print(table)
+
+
+@token_app.command("revoke")
+def token_revoke(
+    token: Annotated[
+        str | None, typer.Argument(help="the token, or its id (tk_…) from `token list`")
+    ] = None,
+    tenant: Annotated[str | None, typer.Option(help="revoke every token of this tenant")] = None,
+) -> None:
+    """Revoke a token, or all of a tenant's: every API process refuses it from the next
+    request on."""
+    from app.services.auth import UnknownToken, revoke
+
+    if (token is None) == (tenant is None):
+        raise fail("name a TOKEN or --tenant NAME (one of them)")
+    db = _token_db()
+    try:
+        with db.session() as s:
+            n = revoke(s, token=token, tenant_name=tenant)
+    except UnknownToken as err:
+        raise fail(str(err)) from None
+    finally:
+        db.dispose()
+    console.print(f"revoked {n} token{'s' if n != 1 else ''}", highlight=False)
 
 
 def main() -> None:
