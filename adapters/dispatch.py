@@ -12,12 +12,21 @@ keeps its answered rows and retries only the failed inputs, so no answer is lost
 Errors reach the caller by meaning: a refused image is a ``BadInput`` whose ``index`` is its
 position in the query (not in the request that carried it), and the first error no retry
 can fix stops the query's other requests before they are sent.
+
+Answers are cached by the exact bytes of the frame (``AnswerCache``, bounded, least recently
+used first out): a frame the dispatcher has had answered before, or that appears twice in one
+query, is not sent again, so the ledger never pays for the same frame twice. Hits are counted
+by purpose (``cache_hits``). An oracle's answer to an image does not depend on the other
+images of its request (docs/architecture.md, "Invariants"), so a cached answer is the answer.
 """
 
 from __future__ import annotations
 
+import dataclasses
+import hashlib
 import threading
 import time
+from collections import OrderedDict
 from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor, wait
 from dataclasses import dataclass
@@ -43,6 +52,8 @@ class RequestRecord:
     outcome: str  # "ok", "partial", "not_sent", or the error class name
     request_id: str | None
     seconds: float
+    attempt: int = 1  # 2 and up: a retry of the same request
+    waited: float = 0.0  # seconds the shared rate limiter held it back
 
 
 class Reservation(Protocol):
@@ -87,9 +98,52 @@ def blame(failed: dict[int, OracleError]) -> OracleError:
     )
 
 
+class AnswerCache:
+    """Answers by the exact bytes of their frame, at most ``max_bytes`` of answers kept
+    (least recently used evicted first). Thread-safe."""
+
+    def __init__(self, max_bytes: int) -> None:
+        self.max_bytes = max_bytes
+        self.bytes = 0
+        self._rows: OrderedDict[bytes, np.ndarray] = OrderedDict()
+        self._lock = threading.Lock()
+
+    @staticmethod
+    def key(frame: np.ndarray) -> bytes:
+        """A digest of the frame's shape, dtype and bytes."""
+        h = hashlib.blake2b(digest_size=16)
+        h.update(repr((frame.shape, frame.dtype.str)).encode())
+        h.update(np.ascontiguousarray(frame).tobytes())
+        return h.digest()
+
+    def get(self, key: bytes) -> np.ndarray | None:
+        with self._lock:
+            row = self._rows.get(key)
+            if row is not None:
+                self._rows.move_to_end(key)
+            return row
+
+    def put(self, key: bytes, row: np.ndarray) -> None:
+        row = np.array(row, dtype=np.float64)  # a copy: the caller may change its own
+        with self._lock:
+            if key in self._rows or row.nbytes > self.max_bytes:
+                return
+            self._rows[key] = row
+            self.bytes += row.nbytes
+            while self.bytes > self.max_bytes:
+                _, old = self._rows.popitem(last=False)
+                self.bytes -= old.nbytes
+
+    def __len__(self) -> int:
+        return len(self._rows)
+
+
+DEFAULT_CACHE_BYTES = 64 * 1024**2  # 16,000 answers of 1,000 labels
+
+
 class Dispatcher:
-    """Answers queries through one oracle: splitting, concurrency, accounting, rate limiting
-    and retries. Thread-safe; one per (job, oracle)."""
+    """Answers queries through one oracle: splitting, concurrency, accounting, rate limiting,
+    retries and the answer cache. Thread-safe; one per (job, oracle)."""
 
     def __init__(
         self,
@@ -100,22 +154,51 @@ class Dispatcher:
         limit_unit: str = "request",  # what the provider counts: "request" or "image"
         retry: RetryPolicy | None = None,
         sleep: Callable[[float], None] = time.sleep,
+        cache_bytes: int = DEFAULT_CACHE_BYTES,  # 0: no answer cache
     ) -> None:
         if limit_unit not in ("request", "image"):
             raise ValueError("limit_unit is 'request' or 'image'")
         self.oracle, self.ledger = oracle, ledger or NullLedger()
         self.limiter, self.limit_unit = limiter, limit_unit
         self.retry, self.sleep = retry or RetryPolicy(), sleep
+        self.cache = AnswerCache(cache_bytes) if cache_bytes > 0 else None
+        self.cache_hits: dict[str, int] = {}  # answers taken from the cache, by purpose
         self._pool: ThreadPoolExecutor | None = None
         self._pool_lock = threading.Lock()
 
     # ----------------------------------------------------------------- public
     def query(self, images: np.ndarray, purpose: str) -> np.ndarray:
-        """Probabilities (N×K) for ``images`` (N×H×W×3 in [0, 1]), in order.
+        """Probabilities (N×K) for ``images`` (N×H×W×3 in [0, 1]), in order. Frames answered
+        before (or twice in ``images``) are taken from the cache and not sent.
 
         Raises the first error no retry could fix (``BadInput`` naming the query position of
         the refused image), or ``BudgetExceeded`` before sending what the budget lacks."""
         images = np.asarray(images, dtype=np.float32)
+        if self.cache is None or not len(images):
+            return self._send(images, purpose)
+        keys = [self.cache.key(frame) for frame in images]
+        rows: list[np.ndarray | None] = [self.cache.get(k) for k in keys]
+        first: dict[bytes, int] = {}  # key -> the position that will be sent
+        for i, k in enumerate(keys):
+            if rows[i] is None and k not in first:
+                first[k] = i
+        todo = list(first.values())
+        hits = len(images) - len(todo)
+        if todo:
+            try:
+                answers = self._send(images[todo], purpose)
+            except BadInput as err:
+                raise _reindexed(err, todo) from err
+            for i, row in zip(todo, answers, strict=True):
+                rows[i] = row
+                self.cache.put(keys[i], row)
+        if hits:
+            self.cache_hits[purpose] = self.cache_hits.get(purpose, 0) + hits
+        out = [row if row is not None else rows[first[keys[i]]] for i, row in enumerate(rows)]
+        return np.stack(out).astype(np.float64)
+
+    def _send(self, images: np.ndarray, purpose: str) -> np.ndarray:
+        """Answer ``images`` through the oracle: every one is sent (and paid for)."""
         step = self.oracle.max_images_per_request
         offsets = range(0, len(images), step)
         stop = threading.Event()
@@ -187,16 +270,19 @@ class Dispatcher:
         only unanswered inputs are sent again."""
         rows: dict[int, np.ndarray] = {}
         pending = list(range(len(images)))
+        tries = 0
 
         def attempt() -> None:
-            nonlocal pending
+            nonlocal pending, tries
             if stop.is_set():
                 raise _Stopped()
+            tries += 1
             batch = images[pending]
-            reservation = self.ledger.reserve(purpose, len(batch))
+            reservation = _Attempt(self.ledger.reserve(purpose, len(batch)), tries)
             try:
                 if self.limiter is not None:
-                    self.limiter.acquire(1 if self.limit_unit == "request" else len(batch))
+                    weight = 1 if self.limit_unit == "request" else len(batch)
+                    reservation.waited = self.limiter.acquire(weight)
             except BaseException:
                 reservation.settle(_record(purpose, 0, 0, NOT_SENT, None, time.perf_counter()))
                 raise
@@ -236,6 +322,37 @@ class Dispatcher:
         except PartialFailure as err:  # attempts ran out with inputs still failing
             raise min(err.failed.items())[1] from err
         return np.stack([rows[i] for i in range(len(images))])
+
+
+def _reindexed(err: BadInput, positions: list[int]) -> BadInput:
+    """``err`` about the i-th image sent, renamed after that image's position in the query
+    (the cache sent only some of the query's images)."""
+    if err.index is None or err.index >= len(positions):
+        return err
+    prefix = f"input {err.index} of the query was refused: "
+    message = err.message[len(prefix) :] if err.message.startswith(prefix) else err.message
+    index = positions[err.index]
+    return BadInput(
+        f"input {index} of the query was refused: {message}",
+        index=index,
+        provider=err.provider,
+        request_id=err.request_id,
+        status=err.status,
+    )
+
+
+@dataclass
+class _Attempt:
+    """A reservation that stamps its attempt number and rate-limit wait on the record."""
+
+    reservation: Reservation
+    attempt: int
+    waited: float = 0.0
+
+    def settle(self, record: RequestRecord) -> None:
+        self.reservation.settle(
+            dataclasses.replace(record, attempt=self.attempt, waited=self.waited)
+        )
 
 
 def _record(

@@ -6,7 +6,11 @@ GET /v1/jobs/{id} at a fixed rate (requests are fired on schedule whether or not
 returned, so slow answers cannot hide by slowing the generator) and records each latency.
 
     python -m bench.api_latency --rate 200 --seconds 30 --backend sqlite
-    python -m bench.api_latency --rate 200 --seconds 30 --backend postgres
+    python -m bench.api_latency --rates 500 1000 1500 --seconds 20 --backend postgres \
+        --api-workers 2
+
+It also reports the CPU time the API's processes spent per answered request (the jobs'
+processes, at nice 19, are left out).
 """
 
 from __future__ import annotations
@@ -84,13 +88,38 @@ async def load(
     return latencies, errors
 
 
+def run(coro):  # type: ignore[no-untyped-def]
+    """uvloop's loop when installed: the generator's own CPU per request halves."""
+    try:
+        import uvloop
+    except ImportError:
+        return asyncio.run(coro)
+    return uvloop.run(coro)
+
+
+def niceness(pid: int) -> int | None:
+    try:
+        return int(Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[16])
+    except (OSError, IndexError, ValueError):
+        return None
+
+
 def main() -> None:
     p = argparse.ArgumentParser()
     p.add_argument("--rate", type=float, default=200)
+    p.add_argument(
+        "--rates", type=float, nargs="+", help="several rates in turn, on the same server"
+    )
     p.add_argument("--seconds", type=float, default=30)
     p.add_argument("--backend", choices=["sqlite", "postgres"], default="sqlite")
     p.add_argument("--jobs", type=int, default=4, help="jobs training during the load")
+    p.add_argument("--api-workers", type=int, default=1, help="reprogram serve --workers N")
+    p.add_argument(
+        "--serve-args", default="", help="more `reprogram serve` options (e.g. --access-log)"
+    )
     a = p.parse_args()
+    rates = a.rates or [a.rate]
+    results: list[tuple[float, np.ndarray, int, float, float]] = []
     tmp = Path(tempfile.mkdtemp())
     env = {
         **os.environ,
@@ -119,7 +148,15 @@ def main() -> None:
     port = free_port()
     procs = [
         subprocess.Popen(
-            [*exe, "serve", "--port", str(port)],
+            [
+                *exe,
+                "serve",
+                "--port",
+                str(port),
+                "--workers",
+                str(a.api_workers),
+                *a.serve_args.split(),
+            ],
             env=env,
             stdout=subprocess.DEVNULL,
             stderr=subprocess.DEVNULL,
@@ -174,7 +211,17 @@ def main() -> None:
         if a.jobs == 0:  # a job row to read, cancelled before it runs
             for i in ids:
                 httpx.post(f"{url}/v1/jobs/{i}/cancel", headers=headers)
-        lat, errors = asyncio.run(load(url, headers, ids, a.rate, a.seconds))
+        from bench.api_cpu import proc_cpu, tree
+
+        # The API's processes: `serve` and its children but the jobs' (those run at nice 19).
+        api = [pid for pid in tree(procs[0].pid) if niceness(pid) == 0]
+        for rate in rates:
+            time.sleep(3)  # the previous rate's backlog drains
+            load_avg = os.getloadavg()[0]
+            cpu0 = sum(map(proc_cpu, api))
+            lat, errors = run(load(url, headers, ids, rate, a.seconds))
+            cpu = sum(map(proc_cpu, api)) - cpu0
+            results.append((rate, np.array(lat) * 1000, errors, cpu, load_avg))
         its = [
             httpx.get(f"{url}/v1/jobs/{i}", headers=headers).json()["progress"]["iteration"]
             for i in ids
@@ -194,18 +241,22 @@ def main() -> None:
             from tests.helpers import drop_database
 
             drop_database(pg)
-    ms = np.array(lat) * 1000
     print(
-        f"\n{a.backend}: {len(ms)} answered, {errors} errors, at {a.rate:.0f} req/s for "
-        f"{a.seconds:.0f} s while {a.jobs} jobs trained (iterations reached: {its})\n"
+        f"\n{a.backend}: {a.seconds:.0f} s per rate while {a.jobs} jobs trained (iterations "
+        f"reached: {its}); {a.api_workers} API process(es)\n"
     )
-    print("| backend | rate | p50 | p90 | p99 | max | errors |")
-    print("| --- | ---: | ---: | ---: | ---: | ---: | ---: |")
     print(
-        f"| {a.backend} | {a.rate:.0f}/s | {np.percentile(ms, 50):.1f} ms | "
-        f"{np.percentile(ms, 90):.1f} ms | {np.percentile(ms, 99):.1f} ms | {ms.max():.1f} ms "
-        f"| {errors} |"
+        "| backend | API processes | rate | p50 | p90 | p99 | max | errors | "
+        "API CPU/request | load average before |"
     )
+    print("| --- | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: |")
+    for rate, ms, errors, cpu, load_avg in results:
+        print(
+            f"| {a.backend} | {a.api_workers} | {rate:.0f}/s | {np.percentile(ms, 50):.1f} ms | "
+            f"{np.percentile(ms, 90):.1f} ms | {np.percentile(ms, 99):.1f} ms | "
+            f"{ms.max():.1f} ms | {errors} | {1e3 * cpu / max(len(ms), 1):.2f} ms | "
+            f"{load_avg:.1f} |"
+        )
 
 
 if __name__ == "__main__":

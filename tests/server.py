@@ -51,12 +51,14 @@ def server_env(data_dir: Path, **extra: str) -> dict[str, str]:
 
 
 @contextmanager
-def real_server(env: dict[str, str], log: Path, port: int | None = None) -> Iterator[Server]:
-    """``reprogram serve`` until the block ends (or the test kills it)."""
+def real_server(
+    env: dict[str, str], log: Path, port: int | None = None, args: tuple[str, ...] = ()
+) -> Iterator[Server]:
+    """``reprogram serve [ARGS]`` until the block ends (or the test kills it)."""
     port = port or free_port()
     with open(log, "a") as out:
         proc = subprocess.Popen(
-            [sys.executable, "-m", "app.cli.main", "serve", "--port", str(port)],
+            [sys.executable, "-m", "app.cli.main", "serve", "--port", str(port), *args],
             env=env,
             stdout=out,
             stderr=subprocess.STDOUT,

@@ -29,6 +29,8 @@ class Services:
     box: SecretBox
     queue: Any = None  # procrastinate app (PostgreSQL mode)
     tokens: Tokens = field(default_factory=Tokens)
+    reads: Any = None  # app.api.lean.JobReader: job views on a connection per thread
+    watch: Any = None  # app.api.events.JobWatch: the process's job poller for event streams
 
 
 def services(request: Request) -> Services:

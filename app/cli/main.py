@@ -103,7 +103,7 @@ def run_job(spec: JobSpec, dataset_loader: Any, out: Path) -> dict[str, Any]:
     try:
         with view.progress:
             run = run_local(spec, dataset, on_prepared=view.prepared, on_row=view.row)
-    except (ConfigurationError, PlanError) as err:
+    except (ConfigurationError, DataError, PlanError) as err:
         raise fail(str(err)) from None
     except OracleError as err:  # e.g. bad credentials found while discovering labels
         raise fail(f"{type(err).__name__}: {err}") from None
@@ -136,6 +136,17 @@ def show_result(result: dict[str, Any], out: Path) -> None:
         console.print(
             f"The reprogrammed model {verdict} the linear probe "
             f"({acc:.1%} vs {probe['accuracy']:.1%})."
+        )
+    v = result.get("validation")
+    if v:
+        how = "cross-validation over" if v["method"] == "cross_validation" else "validated on"
+        console.print(f"{how.capitalize()} {v['images']} images ({v['source']}).")
+    if result.get("returned") == "linear_probe" and result.get("best_iteration") == 0:
+        console.print("No program beat the linear probe on validation: the probe is returned.")
+    if result.get("stopped_early"):
+        console.print(
+            f"Stopped early: {result['stopped_early']}; "
+            f"{result['unspent_queries']:,} queries not spent."
         )
     console.print(
         f"queries {result['queries']:,} in {result['requests']:,} requests, "
@@ -191,20 +202,67 @@ def _settings():  # type: ignore[no-untyped-def]
 
 
 @app.command()
-def serve(host: str = "127.0.0.1", port: int = 8000) -> None:
+def serve(
+    host: str = "127.0.0.1",
+    port: int = 8000,
+    workers: Annotated[
+        int,
+        typer.Option(
+            min=1,
+            max=64,
+            help="API processes sharing the port (uvicorn workers); about one per core",
+        ),
+    ] = 1,
+    access_log: Annotated[
+        bool,
+        typer.Option(
+            "--access-log/--no-access-log",
+            help="a log line per request (a third of a status read's CPU; request counts "
+            "and latencies are in /metrics either way)",
+        ),
+    ] = False,
+) -> None:
     """The REST API; in the embedded (SQLite) mode it also runs the jobs."""
     import uvicorn
 
     from app.api.app import create_app
+    from app.storage.migrate import upgrade
 
     settings = _settings()
     console.print(
         f"reprogram API on http://{host}:{port} (docs at /docs); database "
         f"{'SQLite' if settings.is_sqlite else 'PostgreSQL'}, data in "
-        f"{settings.data_dir}",
+        f"{settings.data_dir}; {workers} API process{'es' if workers > 1 else ''}",
         highlight=False,
     )
-    uvicorn.run(create_app(settings), host=host, port=port, log_level="info")
+    options: dict[str, Any] = {
+        "host": host,
+        "port": port,
+        "log_level": "info",
+        "access_log": access_log,
+        # Event streams stay open until their job ends: on shutdown, close them after 10 s.
+        "timeout_graceful_shutdown": 10,
+    }
+    if workers == 1:
+        uvicorn.run(create_app(settings), **options)
+        return
+    # Several processes: this one supervises them, migrates the database once before they
+    # start and, in the embedded mode, runs the jobs (so that the concurrency limit holds
+    # for the whole server); the workers only answer requests.
+    from app.api.app import prepare_workers
+
+    settings.data_dir.mkdir(parents=True, exist_ok=True)
+    upgrade(settings.db_url)
+    with prepare_workers(settings):
+        uvicorn.run(
+            "app.api.app:worker_app",
+            factory=True,
+            workers=workers,
+            # A worker that does not answer the supervisor's ping in time is killed and
+            # started again: starting one (importing torch) takes seconds on a busy machine.
+            timeout_worker_healthcheck=60,
+            **options,
+        )
 
 
 @app.command()

@@ -41,6 +41,14 @@ class Settings(BaseSettings):
     max_upload_pixels: int = Field(default=256_000_000, ge=1)  # one data set
     max_predict_pixels: int = Field(default=64_000_000, ge=1)  # one predict request
     job_poll_seconds: float = 0.5
+    # GET /v1/jobs/{id}/events: how often each API process reads the watched jobs (one
+    # statement for all of them) to push their changes.
+    events_poll_seconds: float = Field(default=0.5, gt=0)
+    # GET /metrics (Prometheus), not behind a token: off, or on a port of its own (then not
+    # on the API's port), bound to metrics_host.
+    metrics: bool = True  # REPROGRAM_METRICS=on|off
+    metrics_port: int | None = Field(default=None, ge=1, le=65535)
+    metrics_host: str = "127.0.0.1"
     embedded_workers: int = 2  # jobs run at once by `reprogram serve` (child processes)
     # Endpoints a tenant's cloud oracle may reach besides its provider's public HTTPS hosts
     # (adapters/egress.py): comma-separated host[:port], *.domain[:port] or URL prefixes.

@@ -11,12 +11,14 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 from sqlalchemy import func, select, update
+from sqlalchemy.dialects import postgresql, sqlite
+from sqlalchemy.orm import Session
 
 from adapters.dispatch import NOT_SENT, RequestRecord
 from adapters.errors import BudgetExceeded
 from app.jobs.lifecycle import LeaseLost, release_reservation
 from app.storage.db import Database
-from app.storage.models import Job, LedgerEntry
+from app.storage.models import Job, LedgerEntry, ProviderCounter
 
 
 @dataclass
@@ -80,6 +82,7 @@ class DbLedger:
                         cost_usd=Job.cost_usd + cost,
                     )
                 )
+            add_counters(s, self.provider, counts_of(record, cost))
             s.add(
                 LedgerEntry(
                     job_id=self.job_id,
@@ -95,6 +98,52 @@ class DbLedger:
                     seconds=record.seconds,
                 )
             )
+
+
+# The provider counters (``ProviderCounter.name``) and what each counts.
+COUNTERS = {
+    "requests": "requests sent, by outcome (ok, partial, or the error's kind)",
+    "images_sent": "images sent",
+    "images": "images answered (what the provider bills)",
+    "cost_usd": "dollars, at the configured price per image",
+    "retries": "requests that were a retry of an earlier attempt",
+    "ratelimit_waits": "requests the shared rate limiter held back",
+    "ratelimit_wait_seconds": "seconds requests spent held back by the rate limiter",
+}
+WAITED = 0.001  # a limiter acquire longer than this was held back
+
+
+def counts_of(record: RequestRecord, cost: float) -> dict[tuple[str, str], float]:
+    """What one request adds to its provider's counters, by (name, label)."""
+    counts = {
+        ("requests", record.outcome[:40]): 1.0,
+        ("images_sent", ""): float(record.images),
+        ("images", ""): float(record.answered),
+        ("cost_usd", ""): cost,
+        ("retries", ""): 1.0 if record.attempt > 1 else 0.0,
+        ("ratelimit_waits", ""): 1.0 if record.waited > WAITED else 0.0,
+        ("ratelimit_wait_seconds", ""): record.waited,
+    }
+    return {key: value for key, value in counts.items() if value}
+
+
+def add_counters(session: Session, provider: str, counts: dict[tuple[str, str], float]) -> None:
+    """Add to the provider's counters in one statement (an upsert on SQLite and PostgreSQL).
+    Rows go in a fixed order, so concurrent transactions lock them in the same order."""
+    if not counts:
+        return
+    rows = [
+        {"provider": provider, "name": name, "label": label, "value": value}
+        for (name, label), value in sorted(counts.items())
+    ]
+    dialect = session.get_bind().dialect.name
+    insert = postgresql.insert if dialect == "postgresql" else sqlite.insert
+    stmt = insert(ProviderCounter).values(rows)
+    stmt = stmt.on_conflict_do_update(
+        index_elements=["provider", "name", "label"],
+        set_={"value": ProviderCounter.value + stmt.excluded.value},
+    )
+    session.execute(stmt)
 
 
 @dataclass

@@ -178,3 +178,16 @@ class LedgerEntry(Base):
     request_id: Mapped[str | None] = mapped_column(String(200), nullable=True)
     seconds: Mapped[float] = mapped_column(Float)
     created_at: Mapped[datetime] = _ts()
+
+
+class ProviderCounter(Base):
+    """Running totals by provider that the ledger adds to in the same transaction as each
+    request's row (``app.jobs.ledger``): ``/metrics`` reads these few rows instead of summing
+    the ledger, and they count what every process did, wherever it ran. ``name`` is one of
+    ``app.jobs.ledger.COUNTERS``; ``label`` the request's outcome for ``requests``."""
+
+    __tablename__ = "provider_counters"
+    provider: Mapped[str] = mapped_column(String(32), primary_key=True)
+    name: Mapped[str] = mapped_column(String(40), primary_key=True)
+    label: Mapped[str] = mapped_column(String(40), primary_key=True, default="")
+    value: Mapped[float] = mapped_column(Float, default=0.0, nullable=False)

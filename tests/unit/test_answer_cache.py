@@ -1,0 +1,114 @@
+"""The dispatcher's answer cache: the same frame is never sent (or paid for) twice within a
+job; the ledger counts only what was sent; hits are counted; memory stays bounded."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+from adapters.base import Answer, Oracle
+from adapters.dispatch import AnswerCache, Dispatcher
+from adapters.errors import BadInput
+from app.jobs.accounting import MemoryLedger
+
+K = 5
+
+
+class Counting(Oracle):
+    """Answers from the mean colour; remembers every image it received."""
+
+    provider = "torch"
+    max_images_per_request = 4
+
+    def __init__(self, refuse: float | None = None) -> None:
+        self.received: list[np.ndarray] = []
+        self.refuse = refuse  # refuse an image whose first pixel has this value
+
+    @property
+    def labels(self) -> tuple[str, ...]:
+        return tuple(f"l{i}" for i in range(K))
+
+    def predict(self, images: np.ndarray) -> Answer:
+        for i, img in enumerate(images):
+            if self.refuse is not None and img[0, 0, 0] == np.float32(self.refuse):
+                raise BadInput("cannot decode", index=i)
+        self.received.extend(images.copy())
+        m = images.reshape(len(images), -1).mean(axis=1)
+        z = np.stack([m * (j + 1) for j in range(K)], axis=1)
+        e = np.exp(z)
+        return Answer(e / e.sum(axis=1, keepdims=True))
+
+
+def frames(n: int, seed: int = 0) -> np.ndarray:
+    return np.random.default_rng(seed).random((n, 6, 6, 3), dtype=np.float32)
+
+
+def test_a_frame_is_sent_once_and_answered_the_same() -> None:
+    oracle, ledger = Counting(), MemoryLedger(price=0.001, max_queries=1000)
+    d = Dispatcher(oracle, ledger=ledger)
+    a = frames(6)
+    first = d.query(a, "mapping")
+    again = d.query(a[[5, 0, 3]], "validation")  # the same frames, another purpose
+    np.testing.assert_array_equal(again, first[[5, 0, 3]])
+    both = d.query(np.concatenate([a[:2], frames(3, seed=1)]), "test")
+    np.testing.assert_array_equal(both[:2], first[:2])
+    assert len(oracle.received) == 6 + 3
+    assert ledger.totals.queries == 9  # only what was sent is paid for
+    assert d.cache_hits == {"validation": 3, "test": 2}
+
+
+def test_a_frame_twice_in_one_query_is_sent_once() -> None:
+    oracle = Counting()
+    d = Dispatcher(oracle, ledger=MemoryLedger(price=0.0))
+    a = frames(3)
+    out = d.query(np.concatenate([a, a[::-1], a[:1]]), "training")
+    assert len(oracle.received) == 3
+    np.testing.assert_array_equal(out[3:6], out[2::-1])
+    np.testing.assert_array_equal(out[6], out[0])
+    assert d.cache_hits == {"training": 4}
+
+
+def test_without_the_cache_every_frame_is_sent() -> None:
+    oracle = Counting()
+    d = Dispatcher(oracle, cache_bytes=0)
+    a = frames(3)
+    d.query(a, "mapping")
+    d.query(a, "mapping")
+    assert len(oracle.received) == 6 and d.cache_hits == {}
+
+
+def test_the_cache_is_bounded_and_forgets_the_oldest() -> None:
+    row = 8 * K  # bytes of one answer
+    cache = AnswerCache(max_bytes=3 * row)
+    keys = [AnswerCache.key(f) for f in frames(5)]
+    for k in keys:
+        cache.put(k, np.ones(K))
+    assert len(cache) == 3 and cache.bytes == 3 * row
+    assert cache.get(keys[0]) is None and cache.get(keys[4]) is not None
+    oracle = Counting()
+    d = Dispatcher(oracle, cache_bytes=2 * row)
+    a = frames(4)
+    d.query(a, "mapping")
+    d.query(a[:2], "mapping")  # evicted: sent again
+    d.query(a[2:], "mapping")  # evicted in turn by the line above
+    assert len(oracle.received) == 8 and d.cache.bytes <= 2 * row
+
+
+def test_keys_are_exact_bytes() -> None:
+    a = frames(1)[0]
+    b = a.copy()
+    b[0, 0, 0] = np.nextafter(b[0, 0, 0], np.float32(2))
+    assert AnswerCache.key(a) == AnswerCache.key(a.copy())
+    assert AnswerCache.key(a) != AnswerCache.key(b)
+    assert AnswerCache.key(a) != AnswerCache.key(a.reshape(3, 12, 3))
+
+
+def test_a_refused_image_is_named_by_its_place_in_the_query() -> None:
+    a = frames(5)
+    a[3, 0, 0, 0] = 0.123
+    oracle = Counting(refuse=0.123)
+    d = Dispatcher(oracle)
+    d.query(a[:2], "mapping")  # cached: only a[2:] is sent next
+    with pytest.raises(BadInput) as err:
+        d.query(a, "mapping")
+    assert err.value.index == 3 and str(err.value).startswith("input 3 of the query")
