@@ -240,6 +240,9 @@ class CrossFitReadout:
     full: LinearReadout
     folds: list[LinearReadout]
     fold_of: np.ndarray  # fold index of each training image
+    # Whether each training image's out-of-fold read-out classified it correctly: the
+    # k-fold cross-validation score of the answers these read-outs were fitted on.
+    oof_correct: np.ndarray
 
     def state(self) -> dict[str, object]:
         """Arrays that recreate these read-outs with ``from_state``."""
@@ -247,15 +250,19 @@ class CrossFitReadout:
             "full": self.full.state(),
             "folds": [m.state() for m in self.folds],
             "fold_of": self.fold_of,
+            "oof_correct": self.oof_correct,
         }
 
     @classmethod
     def from_state(cls, s: dict) -> CrossFitReadout:
-        """Inverse of ``state``."""
+        """Inverse of ``state`` (a checkpoint from before ``oof_correct`` existed loads with
+        every image counted wrong; only the cross-validation mode, which is newer, reads it)."""
+        fold_of = np.asarray(s["fold_of"])
         return cls(
             full=mapping_from_state(s["full"]),  # type: ignore[arg-type]
             folds=[mapping_from_state(m) for m in s["folds"]],  # type: ignore[misc]
-            fold_of=np.asarray(s["fold_of"]),
+            fold_of=fold_of,
+            oof_correct=np.asarray(s.get("oof_correct", np.zeros(len(fold_of), dtype=bool))),
         )
 
 
@@ -299,20 +306,41 @@ def cross_fit_readout(
         )
 
     best: tuple[float, float] | None = None
-    best_l2, best_folds = l2_grid[0], []
+    best_l2, best_folds, best_hits = l2_grid[0], [], np.zeros(len(y), dtype=bool)
     for l2 in l2_grid:
-        fold_models, correct, nll = [], 0, 0.0
+        fold_models, hits, nll = [], np.zeros(len(y), dtype=bool), 0.0
         for f in range(n_folds):
             tr, te = torch.as_tensor(fold != f), torch.as_tensor(fold == f)
             init = previous.folds[f] if previous is not None else None
             w, b = _fit_readout_once(z[tr], yt[tr], n_classes, l2, init)
             logits = z[te] @ w.T + b
-            correct += int((logits.argmax(1) == yt[te]).sum())
+            hits[fold == f] = (logits.argmax(1) == yt[te]).numpy()
             nll += float(F.cross_entropy(logits, yt[te], reduction="sum"))
             fold_models.append(readout(w, b, l2))
-        score = (correct / len(y), -nll / len(y))
+        score = (float(hits.mean()), -nll / len(y))
         if best is None or score > best:
-            best, best_l2, best_folds = score, l2, fold_models
+            best, best_l2, best_folds, best_hits = score, l2, fold_models, hits
     init = previous.full if previous is not None else None
     w, b = _fit_readout_once(z, yt, n_classes, best_l2, init)
-    return CrossFitReadout(full=readout(w, b, best_l2), folds=best_folds, fold_of=fold)
+    return CrossFitReadout(
+        full=readout(w, b, best_l2), folds=best_folds, fold_of=fold, oof_correct=best_hits
+    )
+
+
+def fit_readout(
+    source: np.ndarray,
+    y: np.ndarray,
+    n_classes: int,
+    l2: float,
+    init: LinearReadout | None = None,
+) -> LinearReadout:
+    """One read-out on all of ``source`` (its own standardisation) at a given L2 strength,
+    started from ``init``'s weights when given: the final read-out of a program, refitted on
+    training and validation answers together once validation has done its job."""
+    feats = LinearReadout.features(torch.as_tensor(np.asarray(source, dtype=np.float64)))
+    mu, sigma = feats.mean(dim=0), feats.std(dim=0).clamp_min(1e-3)
+    yt = torch.as_tensor(np.asarray(y), dtype=torch.long)
+    w, b = _fit_readout_once((feats - mu) / sigma, yt, n_classes, l2, init)
+    return LinearReadout(
+        weight=w.numpy(), bias=b.numpy(), mu=mu.numpy(), sigma=sigma.numpy(), l2=l2
+    )

@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import copy
 import dataclasses
+import math
 from collections.abc import Callable
 from dataclasses import asdict, dataclass, field
 from enum import StrEnum
@@ -35,6 +36,7 @@ from engine.mapping import (
     CrossFitReadout,
     OutputMapping,
     cross_fit_readout,
+    fit_readout,
     frequency_mapping,
     labels_per_class,
     mapping_from_state,
@@ -45,7 +47,11 @@ from engine.program import Program
 
 Purpose = Literal["mapping", "baseline", "training", "validation", "test"]
 MappingMethod = Literal["frequency", "random", "learned"]
+ValidationMethod = Literal["holdout", "cross_validation"]
 WHITE_BOX = "white_box"
+
+#: What a checkpoint written before these fields existed ran with: the old behaviour.
+LEGACY_CONFIG = {"validation": "holdout", "patience": 0, "selection_p": 1.0}
 
 #: The complete state of a job's engine: θ, optimiser moments, the generator's state, phase,
 #: iteration, mappings and read-outs, best-so-far, partial evaluation passes, results. Plain
@@ -93,6 +99,16 @@ class TrainerConfig:
     labels_per_class: int  # wanted; fewer when the oracle has too few labels
     remap_every: int  # >0: re-estimate a frequency mapping from recent outputs (ILM-VP)
     baselines: bool
+    # "holdout": programs are scored on the validation split; "cross_validation" (learned
+    # read-out only, no validation split): on the training images, each classified by the
+    # read-out of the fold that did not contain it.
+    validation: ValidationMethod
+    # Stop when no program has become the best for this many evaluation points, or when
+    # nothing left to spend could change the choice (``Trainer._stop_reason``); 0: never.
+    patience: int
+    # A program replaces the blank one only if a one-sided sign test on the validation
+    # images the two classify differently gives p ≤ this (1.0: any higher accuracy).
+    selection_p: float
     chunk: int = 256  # largest number of frames asked at once in evaluation passes
 
     def __post_init__(self) -> None:
@@ -103,6 +119,12 @@ class TrainerConfig:
             raise ValueError(f"unknown optimizer {self.optimizer!r}")
         if self.eval_every < 1 or self.batch_size < 1 or self.iterations < 0:
             raise ValueError("eval_every and batch_size must be ≥ 1, iterations ≥ 0")
+        if self.validation not in ("holdout", "cross_validation"):
+            raise ValueError(f"unknown validation {self.validation!r}")
+        if self.validation == "cross_validation" and self.mapping != "learned":
+            raise ValueError("cross-validation scores programs through the learned read-out")
+        if self.patience < 0 or not 0.0 < self.selection_p <= 1.0:
+            raise ValueError("patience must be ≥ 0 and selection_p in (0, 1]")
 
     @property
     def needs_blank_pass(self) -> bool:
@@ -144,11 +166,24 @@ class Event:
     values: dict[str, float] = field(default_factory=dict)
 
 
+def sign_test_p(wins: int, losses: int) -> float:
+    """One-sided sign test: the chance of at least ``wins`` successes in ``wins + losses``
+    fair coin flips (images only one of two classifiers gets right)."""
+    n = wins + losses
+    return sum(math.comb(n, k) for k in range(wins, n + 1)) / 2.0**n
+
+
+def wins_needed(selection_p: float) -> int:
+    """The fewest images a program must win, losing none, to pass the sign test."""
+    return next(b for b in range(1, 64) if sign_test_p(b, 0) <= selection_p)
+
+
 @dataclass
 class Best:
-    """The best program so far: copies of θ and of the mapping as they were after the
-    validation pass that scored highest (the first of equals), or after the blank pass
-    before any validation."""
+    """The best program so far: θ as it was after the validation pass that selected it, and
+    the mapping it is used with (for the learned read-out, refitted on the training and
+    validation answers together once validation has scored it), or, before any validation,
+    the blank program with the mapping of the blank pass."""
 
     val_acc: float  # −1.0 until a validation pass has scored a program
     iteration: int
@@ -185,14 +220,21 @@ class Trainer:
                     → [BLANK_TEST] → DONE
 
     * ``BLANK_TRAIN``: asks the training set under the blank program (purpose "mapping",
-      "baseline" for a random mapping). Finishing fits the frequency mapping and the
-      cross-fitted read-outs (the linear probe), takes the job's mapping from them, and
-      goes to VALIDATE, or to TEST when there are no iterations. Skipped when neither the
-      mapping nor the baselines need it (a random mapping without baselines).
-    * ``VALIDATE``: asks the validation set under the current θ. Finishing scores it;
-      a strictly better accuracy replaces ``best``. Goes to TRAIN while iterations remain,
-      else to TEST. Without validation data no query is made and the latest program
-      becomes the best.
+      "baseline" for a random mapping). Finishing fits the frequency mapping (when the
+      oracle has at least as many labels as classes) and the cross-fitted read-outs (the
+      linear probe), takes the job's mapping from them, and goes to VALIDATE. Skipped when
+      neither the mapping nor the baselines need it (a random mapping without baselines).
+    * ``VALIDATE``: scores the current θ: with ``validation == "holdout"`` it asks the
+      validation set; with ``"cross_validation"`` it is entered and left in the same tell
+      as the blank or refit pass, whose read-outs' out-of-fold verdicts on the training
+      images are the score (the event is then a "validation" one, with ``train_acc``). The
+      first validation scores the blank program; its verdicts are the reference, the
+      baselines (probe, frequency mapping) are refitted on training + validation answers,
+      and the blank program with the probe becomes ``best``. Later, a program becomes
+      ``best`` when its accuracy is higher than the best's and a one-sided sign test
+      against the blank program's verdicts gives p ≤ ``selection_p``; its read-out is then
+      refitted on training + validation answers. Then, with ``patience``, the job may stop
+      early (``_stop_reason``): it goes to TEST; else to TRAIN while iterations remain.
     * ``TRAIN``: each ask is one iteration's minibatch: the estimator's K candidate
       programs applied to it (K×batch frames), or, white box, the batch under θ with
       ``Ask.loss_grad``. The tell estimates the gradient, takes one optimiser step
@@ -232,6 +274,10 @@ class Trainer:
         """A trainer at the start of its plan; every random draw comes from ``seed``."""
         if len(train) == 0:
             raise ValueError("the training split is empty")
+        if config.validation == "holdout" and len(val) == 0:
+            raise ValueError("holdout validation needs validation images")
+        if config.validation == "cross_validation" and len(val):
+            raise ValueError("cross-validation uses the training images: no validation split")
         self.config, self.program = config, program
         self.n_classes, self.n_source = n_classes, n_source
         self.train, self.val, self.test = train, val, test
@@ -245,13 +291,7 @@ class Trainer:
             program.dim, config.lr, lr_decay=config.lr_decay, clip=config.clip
         )
         self.rng = np.random.default_rng(seed)
-        self.phase = (
-            Phase.BLANK_TRAIN
-            if config.needs_blank_pass
-            else Phase.VALIDATE
-            if config.iterations
-            else Phase.TEST
-        )
+        self.phase = Phase.BLANK_TRAIN if config.needs_blank_pass else Phase.VALIDATE
         self.iteration = 0
         self.told = 0  # answers received so far, all purposes
         self.theta = np.zeros(program.dim)
@@ -263,6 +303,15 @@ class Trainer:
         self.baselines: dict[str, OutputMapping] = {}
         self.best = self._snapshot(-1.0)
         self.last_val_acc: float | None = None
+        # The blank program's verdict on each validation image (holdout) or training image
+        # (cross-validation): what a program must beat, by the sign test, to be chosen.
+        self.reference: np.ndarray | None = None
+        # Training answers under the current θ (blank or refit pass), kept until the
+        # validation pass that follows: a chosen program's read-out is refitted on them and
+        # the validation answers together.
+        self.train_answers: np.ndarray | None = None
+        self.since_best = 0  # evaluation points since ``best`` last changed
+        self.stop_reason: str | None = None  # why the job stopped before its last iteration
         self.cursor = 0
         self.partial: list[np.ndarray] = []
         self.results: dict[str, float] = {}
@@ -273,19 +322,19 @@ class Trainer:
     def planned_queries(self, iterations: int | None = None) -> dict[str, int]:
         """Images this job will send, by purpose, if it runs ``iterations`` iterations.
 
-        With zero iterations the program stays blank, so there is nothing to validate and the
-        test pass doubles as the baselines' pass: the job then costs exactly what the linear
-        probe costs (training set once, test set once)."""
+        With zero iterations the program stays blank and the test pass doubles as the
+        baselines' pass: the job then costs exactly what the linear probe on every labelled
+        image costs (training and validation sets once, test set once). A job that stops
+        early (``patience``) sends less."""
         c = self.config
         it = c.iterations if iterations is None else iterations
-        per_iter = c.batch_size * (1 if self.estimator is None else self.estimator.n_candidates)
         evals = it // c.eval_every + (it % c.eval_every != 0)  # evaluation points after 0
         refits = evals * len(self.train) if c.mapping == "learned" else 0
         plan = {
             "mapping": 0,
             "baseline": 0,
-            "training": it * per_iter + refits,
-            "validation": (1 + evals) * len(self.val) if it else 0,
+            "training": it * self.per_iteration + refits,
+            "validation": (1 + evals) * len(self.val),
             "test": len(self.test),
         }
         if c.needs_blank_pass:
@@ -293,6 +342,12 @@ class Trainer:
         if c.baselines and it:
             plan["baseline"] += len(self.test)
         return plan
+
+    @property
+    def per_iteration(self) -> int:
+        """Images one training iteration sends (at most)."""
+        n = 1 if self.estimator is None else self.estimator.n_candidates
+        return self.config.batch_size * n
 
     def fit_iterations(self, max_queries: int) -> int:
         """The most iterations (≤ the configured number) whose whole plan fits the budget;
@@ -341,9 +396,6 @@ class Trainer:
             raise RuntimeError("the trainer is done")
         if self.phase == Phase.TRAIN and self.iteration >= self.config.iterations:
             self.phase = self._evaluation_phase
-        if self.phase == Phase.VALIDATE and not len(self.val):
-            self._finish_validation(None)
-            return self.ask()
         if self.phase == Phase.TRAIN:
             return self._ask_training()
         if self.phase == Phase.TEST and not self.best.theta.any() and self.config.baselines:
@@ -423,23 +475,39 @@ class Trainer:
         }[self.phase]
         return finish(answers)
 
+    def _fit_baselines(self, answers: np.ndarray, y: np.ndarray) -> CrossFitReadout | None:
+        """The frequency mapping (when every class can own a source label of its own: not
+        on an oracle with fewer labels than classes) and the linear probe (when the oracle
+        has more than one label), on blank-program answers; returns the probe's
+        cross-fitted read-outs."""
+        m = labels_per_class(self.n_source, self.n_classes, self.config.labels_per_class)
+        if self.n_classes * m <= self.n_source:
+            self.baselines["frequency"] = frequency_mapping(answers, y, self.n_classes, m)
+        if self.n_source < 2:
+            return None
+        crossfit = cross_fit_readout(answers, y, self.n_classes)
+        self.baselines["probe"] = copy.deepcopy(crossfit.full)
+        return crossfit
+
     def _finish_blank_train(self, answers: np.ndarray) -> Event:
         c, y = self.config, self.train.y
-        m = labels_per_class(self.n_source, self.n_classes, c.labels_per_class)
-        self.baselines["frequency"] = frequency_mapping(answers, y, self.n_classes, m)
-        if self.n_source > 1:
-            crossfit = cross_fit_readout(answers, y, self.n_classes)
-            self.baselines["probe"] = copy.deepcopy(crossfit.full)
-            if c.mapping == "learned":
-                self.crossfit, self.mapping = crossfit, crossfit.full
+        if c.mapping == "frequency" and self.n_classes > self.n_source:
+            raise ValueError(
+                f"a many-to-one mapping needs at least as many oracle labels as classes "
+                f"({self.n_source} labels, {self.n_classes} classes)"
+            )
+        crossfit = self._fit_baselines(answers, y)
+        if c.mapping == "learned" and crossfit is not None:
+            self.crossfit, self.mapping = crossfit, crossfit.full
         if c.mapping == "frequency":
             self.mapping = copy.deepcopy(self.baselines["frequency"])
         if self.mapping is None:
             raise ValueError("a learned read-out needs an oracle with more than one label")
+        self.train_answers = answers.astype(np.float32) if c.validation == "holdout" else None
         self.best = self._snapshot(-1.0)
-        self.phase = Phase.VALIDATE if self.config.iterations else Phase.TEST
+        self.phase = Phase.VALIDATE
         acc = float((self.mapping.predict(answers) == y).mean())
-        return Event("mapping", 0, {"train_acc": acc})
+        return self._then_cross_validate(Event("mapping", 0, {"train_acc": acc}))
 
     def _finish_refit(self, answers: np.ndarray) -> Event:
         """Refit the read-outs to the current program's answers on the whole training set."""
@@ -447,22 +515,130 @@ class Trainer:
             answers, self.train.y, self.n_classes, previous=self.crossfit
         )
         self.mapping = self.crossfit.full
+        if self.config.validation == "holdout":
+            self.train_answers = answers.astype(np.float32)
         self.phase = Phase.VALIDATE
         acc = float((self.mapping.predict(answers) == self.train.y).mean())
-        return Event("mapping", self.iteration, {"train_acc": acc})
+        return self._then_cross_validate(Event("mapping", self.iteration, {"train_acc": acc}))
+
+    def _then_cross_validate(self, event: Event) -> Event:
+        """With cross-validation the pass that just refitted the read-outs also scored the
+        program (out of fold): validate at once, no query, and report both in one event."""
+        if self.config.validation != "cross_validation":
+            return event
+        done = self._finish_validation(None)
+        done.values = event.values | done.values
+        return done
 
     def _finish_validation(self, answers: np.ndarray | None) -> Event:
-        values: dict[str, float] = {}
-        if answers is None:  # no validation data: the latest program is the best we know
-            self.best = self._snapshot(-1.0)
+        """Score the current program (``answers``: the validation set's; None: the
+        cross-fitted read-outs' out-of-fold verdicts), keep it if it is the best, and decide
+        whether to go on."""
+        if answers is None:
+            if self.crossfit is None:
+                raise RuntimeError("cross-validation needs the learned read-out")
+            correct = self.crossfit.oof_correct.astype(bool)
         else:
-            acc = float((self._mapping().predict(answers) == self.val.y).mean())
-            self.last_val_acc = values["val_acc"] = acc
-            if acc > self.best.val_acc:
-                self.best = self._snapshot(acc)
-            values["best_val_acc"] = self.best.val_acc
-        self.phase = Phase.TRAIN if self.iteration < self.config.iterations else Phase.TEST
+            correct = self._mapping().predict(answers) == self.val.y
+        acc = float(correct.mean())
+        self.last_val_acc = acc
+        if self.best.val_acc < 0:  # the blank program: the probe is the first candidate
+            self.reference = correct
+            self.best = Best(acc, self.iteration, self.theta.copy(), self._blank_choice(answers))
+            self.since_best = 0
+        elif self._beats_best(correct, acc):
+            self.best = Best(acc, self.iteration, self.theta.copy(), self._final_mapping(answers))
+            self.since_best = 0
+        else:
+            self.since_best += 1
+        self.train_answers = None
+        self.stop_reason = self._stop_reason()
+        more = self.iteration < self.config.iterations and self.stop_reason is None
+        self.phase = Phase.TRAIN if more else Phase.TEST
+        values = {"val_acc": acc, "best_val_acc": self.best.val_acc}
         return Event("validation", self.iteration, values)
+
+    def _labelled(self, val_answers: np.ndarray | None) -> tuple[np.ndarray, np.ndarray] | None:
+        """Answers and labels of every labelled image (training + validation) under the
+        current θ, when this validation pass has both; None otherwise."""
+        if val_answers is None or self.train_answers is None:
+            return None
+        answers = np.concatenate([self.train_answers.astype(np.float64), val_answers])
+        return answers, np.concatenate([self.train.y, self.val.y])
+
+    def _blank_choice(self, val_answers: np.ndarray | None) -> OutputMapping:
+        """The blank program's mapping as a candidate: with holdout validation the baselines
+        are refitted on training + validation answers (the probe on every labelled image)
+        and the job's mapping method picks among them."""
+        both = self._labelled(val_answers)
+        if both is not None:
+            self._fit_baselines(*both)
+        if self.config.mapping == "learned":
+            return copy.deepcopy(self.baselines["probe"])
+        if self.config.mapping == "frequency":
+            return copy.deepcopy(self.baselines["frequency"])
+        return copy.deepcopy(self._mapping())
+
+    def _final_mapping(self, val_answers: np.ndarray | None) -> OutputMapping:
+        """A chosen program's mapping: the learned read-out refitted on training +
+        validation answers (same L2, warm-started), any other mapping as it is."""
+        both = self._labelled(val_answers)
+        if both is None or self.crossfit is None:
+            return copy.deepcopy(self._mapping())
+        full = self.crossfit.full
+        return fit_readout(*both, self.n_classes, full.l2, init=full)
+
+    def _beats_best(self, correct: np.ndarray, acc: float) -> bool:
+        """Higher accuracy than the best, and better than the blank program by the sign
+        test on the images the two classify differently."""
+        if acc <= self.best.val_acc:
+            return False
+        if self.reference is None:  # a checkpoint from before the sign test: higher wins
+            return True
+        wins = int((correct & ~self.reference).sum())
+        losses = int((~correct & self.reference).sum())
+        return sign_test_p(wins, losses) <= self.config.selection_p
+
+    def _stop_reason(self) -> str | None:
+        """Why to stop now, in words, or None to go on. With ``patience`` > 0 a job stops
+        when (1) the best program is right on every validation image (nothing could be
+        chosen over it); (2) the blank program is still the best and the probe is wrong on
+        too few validation images for any program to pass the sign test against it; (3) no
+        program has become the best for ``patience`` evaluation points; or (4) at the rate
+        validation has improved so far, the training queries left would not gain one more
+        validation image."""
+        c = self.config
+        if not c.patience or self.iteration >= c.iterations or self.reference is None:
+            return None
+        n = len(self.reference)
+        what = "validation" if c.validation == "holdout" else "cross-validated training"
+        blank_best = not self.best.theta.any()
+        if self.best.val_acc >= 1.0:
+            return f"the best program is right on all {n} {what} images: nothing can beat it"
+        room, need = int((~self.reference).sum()), wins_needed(c.selection_p)
+        if blank_best and sign_test_p(room, 0) > c.selection_p:
+            return (
+                f"the linear probe is wrong on only {room} of the {n} {what} images; "
+                f"a program would have to get at least {need} of those right, and none "
+                "that the probe gets right wrong, to be chosen over it"
+            )
+        if self.since_best >= c.patience:
+            if blank_best:
+                return (
+                    f"no program has beaten the linear probe on {what} in {c.patience} "
+                    "evaluation points"
+                )
+            return f"{what} accuracy has not improved for {c.patience} evaluation points"
+        if not blank_best and self.iteration:
+            gained = round((self.best.val_acc - float(self.reference.mean())) * n)
+            spent = self.iteration * self.per_iteration
+            left = (c.iterations - self.iteration) * self.per_iteration
+            if gained * left < spent:
+                return (
+                    f"{what} improved by {gained} images in {spent:,} training queries; "
+                    f"at that rate the {left:,} left would not gain one more"
+                )
+        return None
 
     def _finish_test(self, answers: np.ndarray) -> Event:
         acc = float((self.best_program()[1].predict(answers) == self.test.y).mean())
@@ -583,6 +759,10 @@ class Trainer:
             "baselines": {k: v.state() for k, v in self.baselines.items()},
             "best": self.best.state(),
             "last_val_acc": self.last_val_acc,
+            "reference": self.reference,
+            "train_answers": self.train_answers,
+            "since_best": self.since_best,
+            "stop_reason": self.stop_reason,
             "cursor": self.cursor,
             "partial": self.partial,
             "results": self.results,
@@ -599,7 +779,7 @@ class Trainer:
         """Continue from ``state_bytes()`` (or ``state()``) of a trainer built with the same
         program, classes, labels and data."""
         s = state_io.loads(data) if isinstance(data, bytes) else data
-        self.config = TrainerConfig(**s["config"])
+        self.config = TrainerConfig(**(LEGACY_CONFIG | s["config"]))
         self.phase, self.iteration = Phase(s["phase"]), int(s["iteration"])
         self.told = int(s["told"])
         self.theta = np.asarray(s["theta"], dtype=np.float64)
@@ -613,6 +793,11 @@ class Trainer:
         self.baselines = {k: mapping_from_state(v) for k, v in s["baselines"].items()}
         self.best = Best.from_state(s["best"])
         self.last_val_acc = s["last_val_acc"]
+        ref = s.get("reference")
+        self.reference = None if ref is None else np.asarray(ref, dtype=bool)
+        self.train_answers = s.get("train_answers")
+        self.since_best = int(s.get("since_best", 0))
+        self.stop_reason = s.get("stop_reason")
         self.cursor, self.partial = int(s["cursor"]), list(s["partial"])
         self.results = dict(s["results"])
         self._recent = [(p, t) for p, t in s["recent"]]

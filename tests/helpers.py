@@ -66,6 +66,28 @@ def digits_npz(n_per_class: int = 12, classes: int = 3, size: int = 16, seed: in
     return buf.getvalue()
 
 
+def split_digits_npz(train_per_class: list[int], test_per_class: int = 8, size: int = 16) -> bytes:
+    """Handwritten digits 0, 1, … (scikit-learn's, upscaled) as an .npz with train and test
+    splits and no val: what a user uploads as train/ and test/ folders, with
+    ``train_per_class[c]`` training images of digit c."""
+    from PIL import Image
+    from sklearn.datasets import load_digits
+
+    d = load_digits()
+    rng = np.random.default_rng(0)
+    xs, ys, split = [], [], []
+    for c, n_train in enumerate(train_per_class):
+        idx = rng.permutation(np.flatnonzero(d.target == c))[: n_train + test_per_class]
+        for k, i in enumerate(idx):
+            img = (d.images[i] / 16.0 * 255).astype(np.uint8)
+            xs.append(np.asarray(Image.fromarray(img).resize((size, size), Image.BILINEAR)))
+            ys.append(c)
+            split.append("train" if k < n_train else "test")
+    buf = io.BytesIO()
+    np.savez(buf, x=np.stack(xs)[..., None], y=np.array(ys), split=np.array(split))
+    return buf.getvalue()
+
+
 def png(size: int = 8, seed: int = 0, fmt: str = "PNG") -> bytes:
     """A ``size``×``size`` RGB image of noise, encoded as ``fmt`` (PNG unless told)."""
     from PIL import Image

@@ -10,12 +10,17 @@ These are the only defaults of a job: the engine's ``TrainerConfig`` has none of
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+import math
+from dataclasses import dataclass, field
 
 from app.config.spec import JobSpec
 from engine.mapping import labels_per_class
 
 BUDGET_DECIDES = 1_000_000  # "as many iterations as the budget allows"
+# A program replaces the linear probe only if a one-sided sign test on the validation images
+# the two classify differently gives p ≤ this (docs/algorithm.md, "Validation").
+SELECTION_P = 0.05
+PATIENCE = 5  # evaluation points without a better program before a job stops
 
 # The paper's settings (Tsai et al. 2020, §4): used whenever the estimator is "bar".
 PAPER = {
@@ -33,8 +38,23 @@ PAPER = {
 class Facts:
     n_labels: int
     n_classes: int
-    n_train: int
+    n_train: int  # training images, before any are held out for validation
     provider: str
+    n_val: int = 0  # validation images the data set (or its split) already has
+    train_per_class: tuple[int, ...] = field(default=())
+    capped: bool = False  # whether the budget caps the queries (not: price 0, cost cap only)
+
+
+def holdout_count(n: int, fraction: float) -> int:
+    """Validation images held out of a class of ``n`` training images (n ≥ 2): the fraction,
+    at least one, never the last training image."""
+    return min(n - 1, max(1, round(fraction * n)))
+
+
+def candidates_per_iteration(estimator: str, q: int) -> int:
+    """Programs one iteration sends per image (engine.estimators: two-sided 2q, bar q + 1,
+    white box 1)."""
+    return {"spsa": 2 * q, "antithetic": 2 * q, "bar": q + 1}.get(estimator, 1)
 
 
 def resolve(spec: JobSpec, facts: Facts) -> tuple[JobSpec, list[str]]:
@@ -103,15 +123,69 @@ def resolve(spec: JobSpec, facts: Facts) -> tuple[JobSpec, list[str]]:
         "an 8×8 program per channel, upsampled: on MNIST/ImageNet it gained 5 points over "
         "the probe at 20k queries where 16×16 gained none and 4×4 gained 2.6",
     )
-    if s.budget.max_queries is None and s.budget.max_cost_usd is None:
-        choose(o, "iterations", 500, "default length (no budget given)")
+    if not facts.capped:
+        choose(
+            o,
+            "iterations",
+            500,
+            "default length (no budget given)"
+            if s.budget.max_cost_usd is None
+            else "default length: budget.max_cost_usd does not limit this oracle, whose "
+            "images cost nothing (give budget.max_queries to set a ceiling)",
+        )
     elif o.iterations is None:
         o.iterations = BUDGET_DECIDES  # the runner fits the length to the budget and says so
+
+    d, learned = s.data, s.mapping.method == "learned"
+    if d.validation == "cross_validation" and not learned:
+        raise ValueError(
+            "data.validation: cross-validation scores programs through the learned read-out; "
+            "use 'holdout' or mapping.method 'learned'"
+        )
+    cv_only = facts.n_val == 0 and d.val_fraction == 0 and learned
+    choose(
+        d,
+        "validation",
+        "cross_validation" if cv_only else "holdout",
+        "data.val_fraction is 0 and the data set has no validation images: programs are "
+        "scored by k-fold cross-validation over the training images"
+        if cv_only
+        else "programs are scored on images they were not trained on (the data set's own "
+        "validation images, or a stratified share held out of its training images)",
+    )
+    n_val, n_train = facts.n_val, facts.n_train
+    if d.validation == "cross_validation":
+        n_val, n_train = 0, facts.n_train + facts.n_val
+    elif not n_val and d.val_fraction > 0:
+        n_val = sum(holdout_count(n, d.val_fraction) for n in facts.train_per_class if n >= 2)
+        n_train -= n_val
+    # An evaluation point sends the validation set and (learned read-out) the training set
+    # once: spaced so that evaluation costs about a tenth of training, every 5 to 50
+    # iterations, at least 5 times over a shorter run.
+    per_iteration = (o.batch_size or 10) * candidates_per_iteration(o.estimator or "", o.q or 1)
+    cost = n_val + (n_train if learned else 0)
+    spacing = min(50, max(5, math.ceil(10 * cost / per_iteration)))
+    every = max(1, min(spacing, (o.iterations or 500) // 5))
     choose(
         o,
         "eval_every",
-        max(1, min(50, (o.iterations or 500) // 5 or 1)),
-        "validate every 50 iterations (5 times over a shorter run) and at the end, keeping "
-        "the best program",
+        every,
+        f"validate every {every} iterations and at the end (an evaluation point costs "
+        f"{cost} queries, an iteration {per_iteration}). The job returns the best program on "
+        "validation among the blank program with the linear probe and every validated "
+        "program; a program replaces the probe "
+        f"only if a sign test on the validation images they classify differently gives "
+        f"p ≤ {SELECTION_P:g}",
+    )
+    explicit = spec.optimizer.iterations is not None
+    choose(
+        o,
+        "patience",
+        0 if explicit else PATIENCE,
+        "optimizer.iterations was given, so all of them run (set optimizer.patience to stop early)"
+        if explicit
+        else f"stop after {PATIENCE} evaluation points without a better program, or as soon "
+        "as the rest of the budget cannot change which program is returned; a budget is a "
+        "ceiling, and what is not spent is reported",
     )
     return s, notes

@@ -143,6 +143,13 @@ class OptimizerSpec(Strict):
     batch_size: int | None = Field(default=None, ge=1, le=1024)
     iterations: int | None = Field(default=None, ge=0, le=1_000_000)
     eval_every: int | None = Field(default=None, ge=1, le=1_000_000)
+    patience: int | None = Field(
+        default=None,
+        ge=0,
+        le=1_000_000,
+        description="stop after this many evaluation points without a better program, or "
+        "sooner when the rest of the budget cannot change the choice; 0: never stop early",
+    )
 
 
 class BudgetSpec(Strict):
@@ -162,6 +169,12 @@ class DataSpec(Strict):
         default=None, ge=1, le=10_000_000, description="cap on test images"
     )
     baselines: bool = Field(default=True, description="measure chance, blank program and probe")
+    validation: Literal["holdout", "cross_validation"] | None = Field(
+        default=None,
+        description="'holdout': validation images (the data set's own, or held out of its "
+        "training images); 'cross_validation': k-fold over the training images, none held "
+        "out (learned read-out only)",
+    )
 
     @model_validator(mode="after")
     def _fractions(self) -> DataSpec:

@@ -123,9 +123,11 @@ def execute_job(
                     prepared = runner.prepare(spec, dataset, oracle, query_cap=None)
                     prepared.trainer.load_state(state)
                     prepared.notes = job.choices or []
+                    prepared.query_cap = job.query_cap
                     _fit_budget(prepared, job)
                 hooks = _Hooks(db, job_id, lease, _metric_count(db, job))
                 error = runner.run_to_end(prepared.trainer, dispatcher, hooks)
+                prepared.cache_hits = dict(dispatcher.cache_hits)  # this execution's
     except LeaseLost:
         log.warning("job %s: lease lost to another worker; stopping", job_id)
         return None

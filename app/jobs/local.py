@@ -89,6 +89,7 @@ def run_local(
             on_prepared(job)
         hooks = _Hooks(job, ledger, on_row, should_stop)
         error = runner.run_to_end(job.trainer, dispatcher, hooks)
+        job.cache_hits = dict(dispatcher.cache_hits)
     status = runner.final_status(job, error)
     result = runner.summarize(job, ledger.totals.as_dict(), status, time.monotonic() - start)
     if status == "failed":

@@ -17,10 +17,11 @@ import numpy as np
 from adapters.base import Oracle
 from adapters.dispatch import Dispatcher
 from adapters.errors import BudgetExceeded, ConfigurationError, OracleError
-from app.config.defaults import Facts, resolve
+from app.config.defaults import SELECTION_P, Facts, resolve
 from app.config.spec import JobSpec
 from app.data.loading import DataError, Dataset, split_indices, to_target
 from app.jobs.artifacts import program_arrays
+from app.jobs.validation import Validation, apply_validation
 from engine.program import Program
 from engine.trainer import Event, Split, Trainer, TrainerConfig
 
@@ -44,6 +45,9 @@ class PreparedJob:
     source_labels: tuple[str, ...]
     sizes: dict[str, int]
     budget_limited: bool = False
+    validation: Validation | None = None
+    query_cap: int | None = None  # the budget's ceiling, None: unlimited
+    cache_hits: dict[str, int] | None = None  # answers the dispatcher had already paid for
 
 
 def input_size_of(spec: JobSpec) -> int:
@@ -71,6 +75,9 @@ def trainer_config(spec: JobSpec) -> TrainerConfig:
         labels_per_class=m.labels_per_class,
         remap_every=m.remap_every,
         baselines=spec.data.baselines,
+        validation=spec.data.validation,
+        patience=o.patience,
+        selection_p=SELECTION_P,
     )  # type: ignore[arg-type]
 
 
@@ -83,11 +90,16 @@ class Plan:
     notes: list[str]
     parts: dict[str, np.ndarray]
     program: Program
+    validation: Validation
 
 
-def plan(spec: JobSpec, dataset: Dataset, *, n_labels: int, provider: str) -> Plan:
-    """Split the data and resolve the spec for an oracle of ``n_labels`` labels. Reads the
-    data set's labels only (``app.data.store.stored_labels`` is enough)."""
+def plan(
+    spec: JobSpec, dataset: Dataset, *, n_labels: int, provider: str, capped: bool = False
+) -> Plan:
+    """Split the data, resolve the spec for an oracle of ``n_labels`` labels and decide the
+    validation (``app.jobs.validation``; DataError when the data is too small to validate).
+    ``capped``: the budget caps the queries. Reads the data set's labels only
+    (``app.data.store.stored_labels`` is enough)."""
     parts = split_indices(
         dataset,
         spec.seed,
@@ -96,22 +108,37 @@ def plan(spec: JobSpec, dataset: Dataset, *, n_labels: int, provider: str) -> Pl
         spec.data.max_train,
         spec.data.max_test,
     )
+    n_classes = len(dataset.classes)
     facts = Facts(
         n_labels=n_labels,
-        n_classes=len(dataset.classes),
+        n_classes=n_classes,
         n_train=len(parts["train"]),
         provider=provider,
+        n_val=len(parts["val"]),
+        train_per_class=tuple(np.bincount(dataset.y[parts["train"]], minlength=n_classes)),
+        capped=capped,
     )
     try:
         resolved, notes = resolve(spec, facts)
     except ValueError as err:
         raise PlanError(str(err)) from err
+    assert resolved.data.validation is not None
+    parts, validation = apply_validation(
+        parts,
+        dataset.y,
+        list(dataset.classes),
+        resolved.data.validation,
+        fraction=resolved.data.val_fraction,
+        seed=resolved.seed,
+        own_val=dataset.split is not None,
+    )
+    notes.append(validation.sentence(len(parts["train"]), resolved.data.val_fraction))
     p = resolved.program
     assert p.input_size and p.target_size and p.basis
     program = Program(
         p.input_size, p.target_size, p.basis, None if p.basis == "pixel" else p.resolution
     )
-    return Plan(resolved, notes, parts, program)
+    return Plan(resolved, notes, parts, program, validation)
 
 
 def _trainer(the_plan: Plan, dataset: Dataset, n_labels: int, split: Any) -> Trainer:
@@ -132,7 +159,7 @@ def minimum_queries(spec: JobSpec, dataset: Dataset, *, n_labels: int, provider:
     iteration (the mapping's or baselines' pass and the test), below which ``prepare``
     raises PlanError. The same trainer computes it, over images that are never looked at
     (zeros, no memory)."""
-    the_plan = plan(spec, dataset, n_labels=n_labels, provider=provider)
+    the_plan = plan(spec, dataset, n_labels=n_labels, provider=provider, capped=True)
     t = the_plan.program.target_size
     blank = np.zeros((1, t, t, 3), np.float32)
 
@@ -152,7 +179,13 @@ def prepare(
 ) -> PreparedJob:
     """Resolve the spec, split and resize the data, build the trainer, fit the plan into
     ``query_cap`` images (minus ``spent``). Raises PlanError when the budget is too small."""
-    the_plan = plan(spec, dataset, n_labels=len(oracle.labels), provider=oracle.provider)
+    the_plan = plan(
+        spec,
+        dataset,
+        n_labels=len(oracle.labels),
+        provider=oracle.provider,
+        capped=query_cap is not None,
+    )
     resolved, notes, parts = the_plan.spec, the_plan.notes, the_plan.parts
     target_size = the_plan.program.target_size
 
@@ -184,7 +217,15 @@ def prepare(
             limited = asked
     sizes = {k: len(v) for k, v in parts.items()}
     return PreparedJob(
-        resolved, notes, trainer, list(dataset.classes), oracle.labels, sizes, limited
+        resolved,
+        notes,
+        trainer,
+        list(dataset.classes),
+        oracle.labels,
+        sizes,
+        limited,
+        validation=the_plan.validation,
+        query_cap=query_cap,
     )
 
 
@@ -274,10 +315,10 @@ def summarize(
 ) -> dict[str, Any]:
     """The result every front end reports (result.json, GET /v1/jobs/{id})."""
     t = job.trainer
-    n_train, n_test = job.sizes["train"], job.sizes["test"]
+    n_test = job.sizes["test"]
     y_test = t.test.y
     counts = np.bincount(y_test, minlength=len(job.classes)) if len(y_test) else np.zeros(1)
-    blank_queries = n_train + n_test
+    blank_queries = job.sizes["train"] + job.sizes["val"] + n_test  # fitted on every label
     baselines: dict[str, dict[str, Any]] = {
         "chance": {"accuracy": 1.0 / len(job.classes), "queries": 0},
         "majority": {"accuracy": float(counts.max() / max(1, counts.sum())), "queries": 0},
@@ -293,31 +334,79 @@ def summarize(
             "accuracy": t.results["baseline_probe"],
             "queries": blank_queries,
         }
+    planned = t.planned_queries()
+    discovery = int(totals["by_purpose"].get("discovery", {}).get("queries", 0))
+    ceiling = job.query_cap if job.query_cap is not None else sum(planned.values()) + discovery
+    unspent = max(0, ceiling - int(totals["queries"]))
+    hits = job.cache_hits or {}
+    breakdown = {k: dict(v) for k, v in totals["by_purpose"].items()}
+    for purpose, n in hits.items():
+        breakdown.setdefault(purpose, {"queries": 0, "requests": 0, "cost_usd": 0.0})
+        breakdown[purpose]["cache_hits"] = n
+    blank = not t.best.theta.any()
+    returned = (
+        "trained_program"
+        if not blank
+        else "linear_probe"
+        if t.config.mapping == "learned"
+        else "blank_program"
+    )
     return {
         "status": status,
         "test_accuracy": t.results.get("test_accuracy"),
         "queries": totals["queries"],
         "requests": totals["requests"],
         "cost_usd": totals["cost_usd"],
-        "breakdown": totals["by_purpose"],
+        "breakdown": breakdown,
         "images_sent": totals.get("images_sent"),
+        "cache_hits": sum(hits.values()),
         "baselines": baselines,
+        "returned": returned,
         "best_iteration": t.best.iteration,
         "best_val_accuracy": t.best.val_acc if t.best.val_acc >= 0 else None,
+        "validation": job.validation.as_dict() if job.validation is not None else None,
         "iterations": t.iteration,
-        "planned_queries": t.planned_queries(),
+        "stopped_early": t.stop_reason,
+        "unspent_queries": unspent,
+        "planned_queries": planned,
         "sizes": job.sizes,
         "classes": job.classes,
         "n_source_labels": len(job.source_labels),
-        "choices": job.notes,
+        "choices": job.notes + outcome_notes(job, returned, unspent),
         "spec": job.spec.model_dump(mode="json"),
         "seconds": round(seconds, 1),
     }
 
 
+def outcome_notes(job: PreparedJob, returned: str, unspent: int) -> list[str]:
+    """Plain sentences on how the job ended: stopped early (and what it did not spend), or
+    the probe returned because no program beat it."""
+    t, notes = job.trainer, []
+    if t.stop_reason is not None:
+        budget = (
+            f"of the budget of {job.query_cap:,} queries"
+            if job.query_cap is not None
+            else "of the queries planned"
+        )
+        notes.append(
+            f"Stopped early after iteration {t.iteration} of {t.config.iterations}: "
+            f"{t.stop_reason}. {unspent:,} {budget} were not spent."
+        )
+    if returned == "linear_probe" and t.done and t.config.iterations:
+        n = job.sizes["train"] + job.sizes["val"]
+        notes.append(
+            "No program beat the linear probe on validation, so the job returns the probe: "
+            f"a blank program (P = 0) with the probe's read-out, fitted on all {n} labelled "
+            "images."
+        )
+    return notes
+
+
 def final_status(job: PreparedJob, error: BaseException | None) -> str:
     if isinstance(error, Cancelled):
         return "cancelled"
-    if isinstance(error, BudgetExceeded) or (error is None and job.budget_limited):
+    # A job that stopped early did not run out of budget, whatever it had asked for.
+    limited = job.budget_limited and job.trainer.stop_reason is None
+    if isinstance(error, BudgetExceeded) or (error is None and limited):
         return "budget_exhausted"
     return "failed" if error is not None else "succeeded"

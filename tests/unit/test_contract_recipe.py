@@ -18,7 +18,7 @@ import torch
 
 from app.jobs.artifacts import ProgramFile, npz_bytes, program_arrays
 from engine.program import Program
-from engine.trainer import Split, Trainer, TrainerConfig
+from engine.trainer import Best, Split, Trainer, TrainerConfig
 
 S, T, K, C = 32, 11, 6, 3  # frame, target (S − T odd: the offset rounds down), labels, classes
 CLASSES = ["ant", "bee", "cat"]
@@ -94,8 +94,8 @@ def _train(mapping: str) -> tuple[Trainer, dict[str, np.ndarray], ProgramFile]:
     xt, yt = _images(rng, 9, (T, T))
     train = Split(np.stack(x).astype(np.float32) / 255.0, y)
     test = Split(np.stack(xt).astype(np.float32) / 255.0, yt)
-    # No validation images: the best program is the latest, so P is not blank.
-    val = Split(np.zeros((0, T, T, 3), np.float32), np.zeros(0, np.int64))
+    xv, yv = _images(rng, 9, (T, T))
+    val = Split(np.stack(xv).astype(np.float32) / 255.0, yv)
     config = TrainerConfig(
         estimator="spsa",
         q=2,
@@ -115,10 +115,18 @@ def _train(mapping: str) -> tuple[Trainer, dict[str, np.ndarray], ProgramFile]:
         labels_per_class=2,
         remap_every=0,
         baselines=True,
+        validation="holdout",
+        patience=0,
+        selection_p=1.0,
     )
     trainer = Trainer(config, Program(S, T, "bilinear", 4), C, K, train, val, test, seed=3)
     while not trainer.done:
         trainer.tell(oracle(trainer.ask().frames))
+    assert trainer.iteration == 4
+    # The recipe must hold for any program the file may hold; validation kept the blank one
+    # on this easy task, so the file holds the latest program instead (P not blank).
+    trainer.best = Best(0.0, trainer.iteration, trainer.theta.copy(), trainer.mapping)
+    assert trainer.best.theta.any()
     spec = json.dumps({"oracle": {"kind": "torch"}, "mapping": {"method": mapping}})
     blob = npz_bytes(program_arrays(trainer, spec, CLASSES, LABELS))
     with np.load(io.BytesIO(blob), allow_pickle=False) as f:

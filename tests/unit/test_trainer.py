@@ -4,9 +4,18 @@ import numpy as np
 import pytest
 
 from engine import state as state_io
-from engine.mapping import labels_per_class
+from engine.mapping import cross_fit_readout, labels_per_class
 from engine.program import Program
-from engine.trainer import Event, Phase, Split, Trainer, TrainerConfig
+from engine.trainer import (
+    Best,
+    Event,
+    Phase,
+    Split,
+    Trainer,
+    TrainerConfig,
+    sign_test_p,
+    wins_needed,
+)
 
 K = 12  # source labels
 RNG = np.random.default_rng(42)
@@ -29,11 +38,11 @@ def oracle_grad(frames, loss_grad):
     return p, gx.reshape(frames.shape)
 
 
-def data(n: int, seed: int) -> Split:
+def data(n: int, seed: int, signal: float = 0.5, noise: float = 0.3) -> Split:
     r = np.random.default_rng(seed)
     y = np.arange(n) % 3
-    x = r.uniform(0, 0.3, size=(n, 8, 8, 3)).astype(np.float32)
-    x[np.arange(n), :, :, y] += 0.5  # the class lights one colour channel
+    x = r.uniform(0, noise, size=(n, 8, 8, 3)).astype(np.float32)
+    x[np.arange(n), :, :, y] += signal  # the class lights one colour channel
     return Split(x, y)
 
 
@@ -58,14 +67,20 @@ CONFIG = {
     "labels_per_class": 10,
     "remap_every": 0,
     "baselines": True,
+    "validation": "holdout",
+    "patience": 0,
+    "selection_p": 1.0,
     "chunk": 7,
 }
 
 
-def make(seed: int = 7, **overrides) -> Trainer:
+def make(seed: int = 7, hard: bool = False, **overrides) -> Trainer:
+    """A trainer on the easy task (``hard``: the class signal 0.15 over noise 0.6, where
+    the probe is right on 7 of the 9 validation images)."""
     cfg = TrainerConfig(**(CONFIG | overrides))
     prog = Program(16, 8, "bilinear", 4)
-    return Trainer(cfg, prog, 3, K, data(24, 0), data(9, 1), data(15, 2), seed=seed)
+    d = (lambda n, s: data(n, s, signal=0.15, noise=0.6)) if hard else data
+    return Trainer(cfg, prog, 3, K, d(24, 0), d(9, 1), d(15, 2), seed=seed)
 
 
 def drive(
@@ -210,10 +225,12 @@ def test_training_improves_on_an_easy_task_and_keeps_the_best(seed: int) -> None
 def test_zero_iterations_cost_exactly_what_the_probe_costs(mapping: str) -> None:
     t = make(mapping=mapping, iterations=0)
     sent = drive(t)
-    assert sum(sent.values()) == len(t.train) + len(t.test) == sum(t.planned_queries().values())
+    # Every labelled image once (the probe is fitted on training + validation), test once.
+    labelled = len(t.train) + len(t.val)
+    assert sum(sent.values()) == labelled + len(t.test) == sum(t.planned_queries().values())
     # The blank program is the job's program; its score is its own mapping's.
     blank = np.zeros_like(t.theta)
-    assert t.results["test_accuracy"] == accuracy_on(t, t.test, blank, t.mapping)
+    assert t.results["test_accuracy"] == accuracy_on(t, t.test, blank, t.best_program()[1])
     if mapping != "random":
         baseline = "baseline_probe" if mapping == "learned" else "baseline_frequency"
         assert t.results["test_accuracy"] == t.results[baseline]
@@ -262,3 +279,203 @@ def test_a_blank_best_program_shares_its_test_pass_with_the_baselines() -> None:
     planned = t.planned_queries()
     assert sent["test"] == len(t.test) and "baseline" not in sent
     assert sum(sent.values()) == sum(planned.values()) - planned["baseline"]
+
+
+# ------------------------------------------------------- validation, selection, early stop
+def test_every_trainer_validates() -> None:
+    empty = Split(np.zeros((0, 8, 8, 3), np.float32), np.zeros(0, np.int64))
+    prog = Program(16, 8, "bilinear", 4)
+    with pytest.raises(ValueError, match="holdout validation needs validation images"):
+        Trainer(TrainerConfig(**CONFIG), prog, 3, K, data(24, 0), empty, data(15, 2))
+    cv = CONFIG | {"validation": "cross_validation", "mapping": "learned"}
+    with pytest.raises(ValueError, match="no validation split"):
+        Trainer(TrainerConfig(**cv), prog, 3, K, data(24, 0), data(9, 1), data(15, 2))
+    with pytest.raises(ValueError, match="learned read-out"):
+        TrainerConfig(**(cv | {"mapping": "frequency"}))
+
+
+def test_the_probe_is_fitted_on_training_and_validation_images() -> None:
+    """The blank program's candidate (and the probe baseline) is the read-out fitted on every
+    labelled image: the blank answers of the training and the validation sets together."""
+    t = make(mapping="learned", iterations=0)
+    answers: dict[str, list[np.ndarray]] = {}
+    while not t.done:
+        ask = t.ask()
+        probs = oracle(ask.frames)
+        answers.setdefault(ask.purpose, []).append(probs)
+        t.tell(probs)
+    both = np.concatenate(answers["mapping"] + answers["validation"]).astype(np.float32)
+    y = np.concatenate([t.train.y, t.val.y])
+    probe = cross_fit_readout(both.astype(np.float64), y, 3).full
+    _, chosen = t.best_program()
+    np.testing.assert_array_equal(chosen.state()["weight"], probe.state()["weight"])
+    np.testing.assert_array_equal(t.baselines["probe"].state()["weight"], probe.state()["weight"])
+
+
+def test_a_chosen_programs_readout_is_refitted_on_training_and_validation() -> None:
+    """When a validation pass chooses a program, its read-out is refitted on the training
+    answers of the refit pass before it and the validation answers together (standardised
+    on both), at the L2 strength cross-validation chose."""
+    t = make(mapping="learned")
+    while not (t.phase == Phase.VALIDATE and t.iteration == 5):
+        drive(t, stop_after=1)
+    val_answers = oracle(t.program.apply(t.program.embed(t.val.x), t.theta))
+    both = np.concatenate([t.train_answers.astype(np.float64), val_answers])
+    chosen = t._final_mapping(val_answers)
+    feats = np.log(both + 1e-6)
+    np.testing.assert_allclose(chosen.state()["mu"], feats.mean(axis=0), rtol=1e-12)
+    assert chosen.l2 == t.crossfit.full.l2
+    y = np.concatenate([t.train.y, t.val.y])
+    assert (chosen.predict(both) == y).mean() == 1.0  # fitted on these 33 images
+
+
+def test_sign_test() -> None:
+    assert sign_test_p(0, 0) == 1.0
+    assert sign_test_p(3, 0) == 0.125
+    assert sign_test_p(5, 0) == 0.03125
+    assert sign_test_p(4, 1) == pytest.approx(6 / 32)
+    assert wins_needed(0.05) == 5 and wins_needed(0.2) == 3 and wins_needed(1.0) == 1
+
+
+def test_a_program_must_pass_the_sign_test_against_the_probe() -> None:
+    """With selection_p 1.0 a trained program is chosen on this task; the same run with a
+    level no 9-image validation set can reach keeps the probe (the runs are the same until
+    the choice: the selection rule draws nothing)."""
+    free = make(mapping="frequency", iterations=30, lr=0.2)
+    drive(free)
+    assert free.best.iteration > 0
+    strict = make(mapping="frequency", iterations=30, lr=0.2, selection_p=0.001)
+    drive(strict)
+    np.testing.assert_array_equal(strict.theta, free.theta)
+    assert strict.best.iteration == 0 and not strict.best.theta.any()
+    assert strict.results["test_accuracy"] == strict.results["baseline_frequency"]
+
+
+def test_a_job_that_cannot_beat_the_probe_returns_it_and_stops_spending() -> None:
+    """The program cannot move (lr ≈ 0): with patience the job stops after that many
+    evaluation points without a better program, returns the probe, and sends less than
+    planned."""
+    t = make(mapping="learned", iterations=40, eval_every=5, lr=1e-12, patience=2, hard=True)
+    assert t.reference is None
+    planned = sum(t.planned_queries().values())
+    events: list[Event] = []
+    sent = drive(t, events=events)
+    assert t.done and t.iteration == 10  # evaluation points at 5 and 10, none better
+    assert "no program has beaten the linear probe" in t.stop_reason
+    assert t.best.iteration == 0 and not t.best.theta.any()
+    assert t.results["test_accuracy"] == t.results["baseline_probe"]
+    assert sum(sent.values()) < planned and "baseline" not in sent
+    assert [e.iteration for e in events if e.kind == "validation"] == [0, 5, 10]
+    assert t.reference.mean() < 1  # the probe is not perfect: there was room to beat it
+    never = make(mapping="learned", iterations=40, eval_every=5, lr=1e-12, patience=0, hard=True)
+    drive(never)
+    assert never.iteration == 40 and never.stop_reason is None
+
+
+def test_a_probe_no_program_could_be_shown_to_beat_stops_at_once() -> None:
+    """The probe is wrong on 2 of the 9 validation images: no program can pass a sign test
+    at p ≤ 0.05 against it on these images (that takes 5 wins), so nothing is trained."""
+    t = make(mapping="learned", iterations=40, patience=3, selection_p=0.05, hard=True)
+    sent = drive(t)
+    assert t.iteration == 0 and t.stop_reason is not None
+    wrong = int((~t.reference).sum())
+    assert wrong < wins_needed(0.05)
+    assert f"wrong on only {wrong} of the {len(t.val)} validation images" in t.stop_reason
+    assert "training" not in sent
+
+
+def test_the_projected_gain_rule() -> None:
+    """A program 1 validation image better after 20 iterations, 4 iterations left: at that
+    rate the rest would gain less than one image, so the job stops."""
+    t = make(mapping="learned", iterations=24, patience=10)
+    t.reference = np.array([True] * 5 + [False] * 4)
+    t.best = Best(6 / 9, 20, np.ones_like(t.theta), None)
+    t.iteration = 20
+    assert "would not gain one more" in t._stop_reason()
+    t.set_iterations(1000)  # with 980 left the same rate promises more than one image
+    assert t._stop_reason() is None
+    t.best = Best(1.0, 20, np.ones_like(t.theta), None)
+    assert "right on all 9 validation images" in t._stop_reason()
+
+
+def test_cross_validation_scores_programs_out_of_fold_without_queries() -> None:
+    empty = Split(np.zeros((0, 8, 8, 3), np.float32), np.zeros(0, np.int64))
+    cfg = TrainerConfig(**(CONFIG | {"mapping": "learned", "validation": "cross_validation"}))
+    t = Trainer(cfg, Program(16, 8, "bilinear", 4), 3, K, data(24, 0), empty, data(15, 2), seed=7)
+    events: list[Event] = []
+    sent = drive(t, events=events)
+    assert "validation" not in sent and t.planned_queries()["validation"] == 0
+    vals = [e for e in events if e.kind == "validation"]
+    assert [e.iteration for e in vals] == [0, 5, 10, 12]
+    assert vals[-1].values["val_acc"] == float(t.crossfit.oof_correct.mean())
+    assert len(t.reference) == len(t.train)
+
+
+def test_a_learned_readout_works_with_fewer_oracle_labels_than_classes() -> None:
+    """3 classes on a 2-label oracle (the 2-concept view): no frequency-mapping baseline
+    (it needs a label per class), but the read-out, the probe and training run."""
+    two = Program(16, 8, "bilinear", 4)
+    w = RNG.normal(size=(16 * 16 * 3, 2))
+
+    def oracle2(frames: np.ndarray) -> np.ndarray:
+        z = frames.reshape(len(frames), -1).astype(np.float64) @ w * 0.05
+        e = np.exp(z - z.max(axis=1, keepdims=True))
+        return e / e.sum(axis=1, keepdims=True)
+
+    t = Trainer(
+        TrainerConfig(**(CONFIG | {"mapping": "learned"})),
+        two, 3, 2, data(24, 0), data(9, 1), data(15, 2), seed=7,
+    )  # fmt: skip
+    while not t.done:
+        t.tell(oracle2(t.ask().frames))
+    assert set(t.baselines) == {"probe"} and "test_accuracy" in t.results
+    with pytest.raises(ValueError, match="at least as many oracle labels as classes"):
+        f = Trainer(TrainerConfig(**CONFIG), two, 3, 2, data(24, 0), data(9, 1), data(15, 2))
+        while not f.done:
+            f.tell(oracle2(f.ask().frames))
+
+
+@pytest.mark.parametrize(
+    "variant",
+    [
+        {"patience": 2, "selection_p": 0.2, "lr": 0.2, "iterations": 30},
+        {"validation": "cross_validation", "patience": 3, "iterations": 30},
+    ],
+)
+def test_resume_is_bit_identical_with_early_stopping_and_selection(variant: dict) -> None:
+    val = data(9, 1)
+    if variant.get("validation") == "cross_validation":
+        val = Split(np.zeros((0, 8, 8, 3), np.float32), np.zeros(0, np.int64))
+
+    def build() -> Trainer:
+        cfg = TrainerConfig(**(CONFIG | {"mapping": "learned"} | variant))
+        return Trainer(cfg, Program(16, 8, "bilinear", 4), 3, K, data(24, 0), val, data(15, 2), 7)
+
+    straight = build()
+    drive(straight)
+    for cut in (1, 4, 9, 13):
+        first = build()
+        drive(first, stop_after=cut)
+        resumed = build()
+        resumed.load_state(first.state_bytes())
+        drive(resumed)
+        assert resumed.state_bytes() == straight.state_bytes()
+        assert resumed.stop_reason == straight.stop_reason
+
+
+def test_a_checkpoint_from_before_validation_changes_loads() -> None:
+    """Checkpoints written before the validation fields existed resume with the old
+    behaviour (no early stop, any higher accuracy wins)."""
+    t = make(mapping="learned")
+    drive(t, stop_after=6)
+    s = state_io.loads(t.state_bytes())
+    for key in ("validation", "patience", "selection_p"):
+        del s["config"][key]
+    for key in ("reference", "train_answers", "since_best", "stop_reason"):
+        del s[key]
+    del s["crossfit"]["oof_correct"]
+    old = make(mapping="learned", selection_p=0.5, patience=4)
+    old.load_state(s)
+    assert (old.config.patience, old.config.selection_p) == (0, 1.0)
+    drive(old)
+    assert old.done and old.iteration == 12

@@ -1,0 +1,34 @@
+"""POST /v1/jobs refuses a data set too small to validate, naming the minimum, before
+anything runs (issue 9); the plan's minimum budget counts the validation it will do."""
+
+from __future__ import annotations
+
+from tests.helpers import service, service_settings, split_digits_npz, upload
+
+
+def test_a_class_too_small_to_validate_is_refused_at_post(tmp_path):
+    with service(service_settings(tmp_path), run_jobs=False) as (client, h):
+        ds = upload(client, h, split_digits_npz([6, 1, 6]))
+        r = client.post(
+            "/v1/jobs",
+            headers=h,
+            json={"dataset_id": ds["id"], "oracle": {"kind": "torch"}},
+        )
+        assert r.status_code == 422, r.text
+        (error,) = r.json()["detail"]
+        assert error["field"] == "dataset_id"
+        assert "class '1' has 1 labelled image" in error["message"]
+        assert "at least 2 per class" in error["message"]
+
+
+def test_the_minimum_budget_includes_the_held_out_validation(tmp_path):
+    """10 training images per class, no val/: 6 are held out; the minimum is every image
+    once (24 training, 6 validation, 24 test)."""
+    with service(service_settings(tmp_path), run_jobs=False) as (client, h):
+        ds = upload(client, h, split_digits_npz([10, 10, 10]))
+        job = {"dataset_id": ds["id"], "oracle": {"kind": "torch"}}
+        r = client.post("/v1/jobs", headers=h, json=job | {"budget": {"max_queries": 53}})
+        assert r.status_code == 422, r.text
+        assert "the minimum is 54 queries" in r.json()["detail"][0]["message"]
+        r = client.post("/v1/jobs", headers=h, json=job | {"budget": {"max_queries": 54}})
+        assert r.status_code == 202, r.text

@@ -1,0 +1,69 @@
+"""app/config/defaults.py: the choices a job makes by itself, and the two doc-review bugs
+(a learned read-out with fewer labels than classes; a torch job budgeted by cost alone)."""
+
+from __future__ import annotations
+
+import pytest
+
+from app.config.defaults import BUDGET_DECIDES, PATIENCE, Facts, resolve
+from app.config.spec import JobSpec
+
+TINY = Facts(n_labels=1000, n_classes=3, n_train=30, provider="torch", train_per_class=(10,) * 3)
+
+
+def spec(**sections) -> JobSpec:
+    return JobSpec.model_validate({"oracle": {"kind": "torch"}, **sections})
+
+
+def test_a_torch_job_budgeted_by_cost_alone_gets_the_default_length() -> None:
+    """Its images cost nothing, so max_cost_usd caps nothing: 500 iterations, not the
+    budget-decides million, and the choice says why."""
+    s, notes = resolve(spec(budget={"max_cost_usd": 5.0}), TINY)
+    assert s.optimizer.iterations == 500
+    assert any("max_cost_usd does not limit this oracle" in n for n in notes)
+    capped, _ = resolve(
+        spec(budget={"max_queries": 5000}), Facts(**{**TINY.__dict__, "capped": True})
+    )
+    assert capped.optimizer.iterations == BUDGET_DECIDES
+
+
+def test_fewer_labels_than_classes_chooses_the_learned_readout() -> None:
+    s, _ = resolve(spec(), Facts(n_labels=2, n_classes=3, n_train=30, provider="torch"))
+    assert s.mapping.method == "learned" and s.mapping.labels_per_class == 1
+    with pytest.raises(ValueError, match="use 'learned'"):
+        resolve(spec(mapping={"method": "frequency"}), Facts(2, 3, 30, "torch"))
+
+
+def test_validation_is_holdout_unless_nothing_can_be_held_out() -> None:
+    s, notes = resolve(spec(), TINY)
+    assert s.data.validation == "holdout"
+    s, notes = resolve(spec(data={"val_fraction": 0.0}), TINY)
+    assert s.data.validation == "cross_validation"
+    assert any("k-fold cross-validation" in n for n in notes)
+    with pytest.raises(ValueError, match=r"data\.validation: cross-validation"):
+        resolve(
+            spec(data={"validation": "cross_validation"}, mapping={"method": "frequency"}), TINY
+        )
+
+
+def test_patience_stops_a_budgeted_job_but_not_an_explicit_length() -> None:
+    s, notes = resolve(spec(), TINY)
+    assert s.optimizer.patience == PATIENCE
+    assert any("a budget is a ceiling" in n for n in notes)
+    s, notes = resolve(spec(optimizer={"iterations": 40}), TINY)
+    assert s.optimizer.patience == 0 and any("all of them run" in n for n in notes)
+    s, _ = resolve(spec(optimizer={"iterations": 40, "patience": 3}), TINY)
+    assert s.optimizer.patience == 3
+
+
+def test_evaluation_is_spaced_by_its_cost() -> None:
+    """An evaluation point sends the validation and (learned read-out) training sets: about
+    a tenth of training's queries, every 5 to 50 iterations."""
+    small, _ = resolve(spec(), TINY)  # 24 + 6 images per evaluation, 200 per iteration
+    assert small.optimizer.eval_every == 5
+    big = Facts(n_labels=1000, n_classes=10, n_train=200, provider="torch", n_val=100)
+    s, notes = resolve(spec(), big)  # 300 per evaluation: every 15 iterations
+    assert s.optimizer.eval_every == 15
+    assert any("validate every 15 iterations" in n and "costs 300 queries" in n for n in notes)
+    short, _ = resolve(spec(optimizer={"iterations": 20}), big)
+    assert short.optimizer.eval_every == 4  # at least 5 evaluation points
