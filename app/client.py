@@ -20,7 +20,7 @@ import json
 import os
 import time
 import zipfile
-from collections.abc import Callable, Iterable, Mapping
+from collections.abc import Callable, Iterable, Iterator, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, BinaryIO
@@ -247,22 +247,80 @@ class Client:
         interval: float = 1.0,
         timeout: float | None = None,
     ) -> Job:
-        """Poll the job until it ends, calling ``on_update`` with each new state; return the
-        final one. ``TimeoutError`` after ``timeout`` seconds."""
-        # Polling for now; the job's server-sent events (GET /v1/jobs/{id}/events) can
-        # replace this loop once the server has them.
+        """Follow the job until it ends, calling ``on_update`` with each new state; return the
+        final one. ``TimeoutError`` after ``timeout`` seconds.
+
+        The server pushes each change over the job's event stream (``events``), so waiting
+        costs no requests while the job works; if the stream breaks, the job is read once and
+        the stream opened again after ``interval`` s, and a server without the stream is
+        polled every ``interval`` s."""
         deadline = None if timeout is None else time.monotonic() + timeout
         last: dict[str, Any] | None = None
-        while True:
-            job = self.job(job_id)
+        streams = True
+
+        def seen(job: Job) -> bool:
+            nonlocal last
             if on_update is not None and job.data != last:
                 on_update(job)
             last = job.data
-            if job.final:
+            return job.final
+
+        def left() -> float | None:
+            if deadline is None:
+                return None
+            if (rest := deadline - time.monotonic()) <= 0:
+                raise TimeoutError(f"job {job_id} still unfinished after {timeout} s")
+            return rest
+
+        while True:
+            if streams:
+                try:
+                    for job in self.events(job_id, timeout=left()):
+                        if seen(job):
+                            return job
+                except ApiError as err:
+                    if err.status not in (404, 405, 501):
+                        raise
+                    streams = False  # no stream here (or no such job: the read says so)
+                except (httpx.TransportError, httpx.RemoteProtocolError, ValueError):
+                    pass  # the stream broke: read the job once, then open it again
+            job = self.job(job_id)
+            if seen(job):
                 return job
-            if deadline is not None and time.monotonic() >= deadline:
-                raise TimeoutError(f"job {job_id} still {job.status} after {timeout} s")
-            time.sleep(interval)
+            rest = left()
+            time.sleep(interval if rest is None else min(interval, rest))
+
+    def events(self, job_id: str, *, timeout: float | None = None) -> Iterator[Job]:
+        """The job's states as the server pushes them (``GET /v1/jobs/{id}/events``,
+        server-sent events): the current one at once, then each change; it ends after a
+        final status. ``TimeoutError`` once ``timeout`` seconds have passed."""
+        deadline = None if timeout is None else time.monotonic() + timeout
+        # The server sends a comment line every 15 s: a longer silence is a dead stream.
+        read = httpx.Timeout(self._http.timeout.connect, read=45.0)
+        with self._http.stream(
+            "GET",
+            f"/v1/jobs/{job_id}/events",
+            headers={"Accept": "text/event-stream"},
+            timeout=read,
+        ) as r:
+            if r.is_error:
+                r.read()
+                kind = AuthError if r.status_code == 401 else ApiError
+                raise kind(r.status_code, error_message(r), _detail(r))
+            name, data = "message", []
+            for line in r.iter_lines():
+                if deadline is not None and time.monotonic() >= deadline:
+                    raise TimeoutError(f"job {job_id} still unfinished after {timeout} s")
+                if line.startswith(":"):
+                    continue  # a keep-alive comment
+                if line.startswith("event:"):
+                    name = line[6:].strip()
+                elif line.startswith("data:"):
+                    data.append(line[5:].removeprefix(" "))
+                elif not line and data:
+                    if name == "job":
+                        yield Job.from_json(json.loads("\n".join(data)))
+                    name, data = "message", []
 
     def download(
         self, job_id: str, dest: str | os.PathLike[str] | None = None, *, format: str = "npz"
