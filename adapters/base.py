@@ -48,6 +48,16 @@ class Oracle(ABC):
     def predict(self, images: np.ndarray) -> Answer:
         """Answer one request; raise an ``adapters.errors.OracleError`` subclass on failure."""
 
+    def encode(self, images: np.ndarray) -> object:
+        """What a request of ``images`` will carry, prepared before it waits for its budget
+        hold and rate-limit slot (a cloud oracle's PNG bytes), so that a slot is spent
+        sending, not encoding. Default: nothing to prepare."""
+        return None
+
+    def predict_encoded(self, images: np.ndarray, encoded: object) -> Answer:
+        """``predict`` of ``images`` whose ``encode`` is done."""
+        return self.predict(images)
+
     def close(self) -> None:  # noqa: B027 - optional hook
         """Release connections and threads."""
 

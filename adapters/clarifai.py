@@ -397,11 +397,20 @@ class ClarifaiOracle(Oracle):
         """The bytes sent for each image (a seam for tests that need undecodable inputs)."""
         return [encode_png(p) for p in pixels]
 
+    def encode(self, images: np.ndarray) -> list[bytes]:
+        """The PNG bytes of each image (8-bit), checked against the request limit."""
+        images = validate_images(images, self.max_images_per_request)
+        return self._encode_all(to_uint8(images)) if len(images) else []
+
     def predict(self, images: np.ndarray) -> Answer:
         """Probabilities (N×K over ``labels``) for one request of at most
         ``max_images_per_request`` float32 N×H×W×3 images in [0, 1]."""
-        images = validate_images(images, self.max_images_per_request)
-        if len(images) == 0:
+        return self.predict_encoded(images, self.encode(images))
+
+    def predict_encoded(self, images: np.ndarray, encoded: object) -> Answer:
+        """``predict`` with the images already encoded (``encode``)."""
+        blobs = list(encoded)  # type: ignore[call-overload]
+        if not blobs:
             return Answer(probs=np.zeros((0, len(self._labels))))
         request = service_pb2.PostModelOutputsRequest(
             user_app_id=self._user_app(),
@@ -409,12 +418,12 @@ class ClarifaiOracle(Oracle):
             version_id=self.version_id or "",
             inputs=[
                 resources_pb2.Input(data=resources_pb2.Data(image=resources_pb2.Image(base64=b)))
-                for b in self._encode_all(to_uint8(images))
+                for b in blobs
             ],
             model=self._model,
         )
         response = self._call("PostModelOutputs", request)
-        return self._answer(response, len(images))
+        return self._answer(response, len(blobs))
 
     def _answer(self, response: service_pb2.MultiOutputResponse, n: int) -> Answer:
         status = response.status

@@ -289,14 +289,22 @@ class CustomVisionOracle(Oracle):
             )
         return self._labels
 
+    def encode(self, images: np.ndarray) -> bytes | None:
+        """The PNG bytes of the request's one image (8-bit); None for no image."""
+        images = validate_images(images, self.max_images_per_request)
+        return encode_png(to_uint8(images[0])) if len(images) else None
+
     def predict(self, images: np.ndarray) -> Answer:
         """Classify one image (float32 1×H×W×3 in [0, 1]); thread-safe."""
-        images = validate_images(images, self.max_images_per_request)
-        if len(images) == 0:
+        return self.predict_encoded(images, self.encode(images))
+
+    def predict_encoded(self, images: np.ndarray, encoded: object) -> Answer:
+        """``predict`` with the image already encoded (``encode``)."""
+        if encoded is None:
             return Answer(probs=np.zeros((0, len(self._labels or ()))))
         if self._clients.closed:
             raise RuntimeError("the Custom Vision oracle is closed")
-        data = encode_png(to_uint8(images[0]))
+        data = encoded
         client = self._clients.get()
         self._last.response = None
         try:

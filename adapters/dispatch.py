@@ -278,6 +278,7 @@ class Dispatcher:
                 raise _Stopped()
             tries += 1
             batch = images[pending]
+            encoded = self.oracle.encode(batch)  # before the budget hold and the slot
             reservation = _Attempt(self.ledger.reserve(purpose, len(batch)), tries)
             try:
                 if self.limiter is not None:
@@ -288,7 +289,7 @@ class Dispatcher:
                 raise
             start = time.perf_counter()
             try:
-                answer = self.oracle.predict(batch)
+                answer = self.oracle.predict_encoded(batch, encoded)
             except PartialFailure as err:
                 for pos, row in err.answered.items():
                     rows[pending[pos]] = np.asarray(row, dtype=np.float64)

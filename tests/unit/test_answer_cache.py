@@ -112,3 +112,45 @@ def test_a_refused_image_is_named_by_its_place_in_the_query() -> None:
     with pytest.raises(BadInput) as err:
         d.query(a, "mapping")
     assert err.value.index == 3 and str(err.value).startswith("input 3 of the query")
+
+
+def test_images_are_encoded_before_a_rate_limit_slot_is_taken() -> None:
+    """A slot is spent sending, not encoding: the oracle's encode runs before the limiter
+    is asked, and predict_encoded gets what encode made."""
+    events: list[str] = []
+
+    class Encoding(Counting):
+        def encode(self, images: np.ndarray) -> object:
+            events.append("encode")
+            return len(images)
+
+        def predict_encoded(self, images: np.ndarray, encoded: object) -> Answer:
+            assert encoded == len(images)
+            events.append("send")
+            return self.predict(images)
+
+    class Limiter:
+        def acquire(self, weight: int) -> float:
+            events.append("slot")
+            return 0.0
+
+        def pause(self, seconds: float) -> None:
+            pass
+
+    d = Dispatcher(Encoding(), limiter=Limiter())  # type: ignore[arg-type]
+    d.query(frames(6), "mapping")  # two requests of at most 4
+    assert events == ["encode", "slot", "send"] * 2
+
+
+def test_the_cloud_adapters_encode_png_before_sending() -> None:
+    from adapters.clarifai import ClarifaiOracle
+    from adapters.customvision import CustomVisionOracle
+
+    png = b"\x89PNG\r\n\x1a\n"
+    img = frames(2)
+    clarifai = ClarifaiOracle.__new__(ClarifaiOracle)
+    clarifai.max_images_per_request = 4
+    assert [b[:8] for b in clarifai.encode(img)] == [png, png]
+    cv = CustomVisionOracle.__new__(CustomVisionOracle)
+    cv.max_images_per_request = 1
+    assert cv.encode(img[:1])[:8] == png and cv.encode(img[:0]) is None
