@@ -130,3 +130,24 @@ def test_labels_per_class_is_what_is_wanted_within_what_the_oracle_allows(
     n_source: int, n_classes: int, wanted: int, expected: int
 ) -> None:
     assert labels_per_class(n_source, n_classes, wanted) == expected
+
+
+def test_the_l2_strength_is_chosen_by_cross_validation_and_scores_out_of_fold() -> None:
+    """The read-out's L2 strength is chosen on our side, from the answers already paid for:
+    the strength whose read-outs classify the held-out folds best; its out-of-fold verdicts
+    are kept (``oof_correct``, the cross-validation score)."""
+    rng = np.random.default_rng(3)
+    y = np.repeat([0, 1, 2], 12)
+    grid = (1e-3, 1e-2, 1e-1, 1.0, 10.0)
+    logits = rng.normal(size=(36, 30))
+    logits[np.arange(36), y] += 3.0
+    src = np.exp(logits) / np.exp(logits).sum(axis=1, keepdims=True)
+    cf = cross_fit_readout(src, y, 3, l2_grid=grid)
+    oof = np.empty(len(y), dtype=np.int64)
+    for f, fold in enumerate(cf.folds):
+        oof[cf.fold_of == f] = fold.predict(src[cf.fold_of == f])
+        assert fold.l2 == cf.full.l2
+    np.testing.assert_array_equal(cf.oof_correct, oof == y)
+    scores = {l2: cross_fit_readout(src, y, 3, l2_grid=(l2,)).oof_correct.mean() for l2 in grid}
+    assert scores[cf.full.l2] == max(scores.values())  # no other strength does better
+    assert len(set(scores.values())) > 1  # and the choice mattered here
