@@ -19,6 +19,8 @@ import numpy as np
 
 @dataclass(frozen=True)
 class Answer:
+    """One request's answer: a probability row per image sent, and the provider's id."""
+
     probs: np.ndarray  # N×K float64, rows in the order of the request's images
     request_id: str | None = None
 

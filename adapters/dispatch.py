@@ -57,6 +57,8 @@ class RequestRecord:
 
 
 class Reservation(Protocol):
+    """Images held against a budget until the request they were held for is settled."""
+
     def settle(self, record: RequestRecord) -> None: ...
 
 

@@ -37,6 +37,7 @@ BUNDLED_MODELS = {
 
 
 def default_device() -> torch.device:
+    """The first GPU when there is one, else the CPU."""
     return torch.device("cuda" if torch.cuda.is_available() else "cpu")
 
 
@@ -103,6 +104,9 @@ def _load_torchscript(path: str, device: str) -> torch.nn.Module:
 
 
 class TorchOracle(GradientOracle):
+    """A local PyTorch model (the bundled EfficientNet-Lite or a TorchScript file), batched;
+    it also offers true input gradients, for the white-box baseline only."""
+
     provider = "torch"
 
     def __init__(

@@ -425,6 +425,22 @@ def _from_npz(source: Source, name: str, limits: Limits, check: Check) -> Datase
     for key in ("x", "y"):
         if key not in headers:
             raise DataError(f"{name}: the .npz has no {key!r} array")
+    shape = _npz_image_shape(headers, name, limits, check)
+    y, classes, split = _npz_labels(source, name, headers, shape[0], limits)
+    if check == "decode":
+        _check_npz_payload(source, name, "x")
+    return Dataset(
+        images=ArrayImages(lambda: _npz_array(source, name, "x"), shape),
+        y=y.astype(np.int64),
+        classes=classes,
+        split=split,
+    )
+
+
+def _npz_image_shape(
+    headers: dict[str, tuple[tuple, np.dtype]], name: str, limits: Limits, check: Check
+) -> tuple[int, ...]:
+    """``x``'s shape, checked from its header alone (nothing is loaded)."""
     shape, dtype = headers["x"]
     if dtype != np.uint8 or len(shape) != 4 or shape[-1] not in (1, 3):
         raise DataError(f"{name}: x must be uint8 N×H×W×C with C in {{1, 3}}, got {dtype} {shape}")
@@ -435,7 +451,18 @@ def _from_npz(source: Source, name: str, limits: Limits, check: Check) -> Datase
         raise DataError(f"{name}: {shape[1]}×{shape[2]} pixels is not a usable image size")
     if check != "labels":
         limits.check_total_pixels(n * shape[1] * shape[2], name)
-    # The small arrays are loaded only once their headers say they are as small as they must be.
+    return shape
+
+
+def _npz_labels(
+    source: Source,
+    name: str,
+    headers: dict[str, tuple[tuple, np.dtype]],
+    n: int,
+    limits: Limits,
+) -> tuple[np.ndarray, list[str], np.ndarray | None]:
+    """``y``, the class names and the split; the small arrays are loaded only once their
+    headers say they are as small as they must be."""
     if headers["y"][0] != (n,):
         raise DataError(f"{name}: y must be {n} integers")
     if "split" in headers and headers["split"][0] != (n,):
@@ -450,8 +477,7 @@ def _from_npz(source: Source, name: str, limits: Limits, check: Check) -> Datase
     if "classes" in headers:
         if len(headers["classes"][0]) != 1 or headers["classes"][0][0] > limits.max_files:
             raise DataError(f"{name}: classes must be a 1-D array of names")
-        names = _npz_array(source, name, "classes")
-        classes = [str(c) for c in names]
+        classes = [str(c) for c in _npz_array(source, name, "classes")]
         if len(set(classes)) != len(classes):
             raise DataError(f"{name}: class names must be unique")
     if classes is not None and len(classes) < n_classes:
@@ -461,14 +487,7 @@ def _from_npz(source: Source, name: str, limits: Limits, check: Check) -> Datase
         split = _npz_array(source, name, "split").astype(str)
         if split.shape != (n,) or not set(split.tolist()) <= set(SPLITS):
             raise DataError(f"{name}: split must hold train/val/test for every image")
-    if check == "decode":
-        _check_npz_payload(source, name, "x")
-    return Dataset(
-        images=ArrayImages(lambda: _npz_array(source, name, "x"), shape),
-        y=y.astype(np.int64),
-        classes=classes or [str(i) for i in range(n_classes)],
-        split=split,
-    )
+    return y, classes or [str(i) for i in range(n_classes)], split
 
 
 def load_dataset(path: str | Path, limits: Limits = Limits()) -> Dataset:
