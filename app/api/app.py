@@ -74,6 +74,7 @@ def create_app(
             svc.watch.close()
             if stop_metrics is not None:
                 stop_metrics()
+            await svc.reads.aclose()
             svc.reads.close()
             db.dispose()
 
