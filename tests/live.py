@@ -29,6 +29,7 @@ class LiveServer:
     data_dir: Path
     db_url: str
     log: Path
+    proc: subprocess.Popen  # a test about the process may kill it
 
     def token(self, tenant: str) -> str:
         """A new token for ``tenant`` (created on first use)."""
@@ -42,6 +43,10 @@ class LiveServer:
         finally:
             db.dispose()
 
+    def headers(self, tenant: str) -> dict[str, str]:
+        """Authorization headers with a new token of ``tenant``."""
+        return {"Authorization": f"Bearer {self.token(tenant)}"}
+
 
 def free_port() -> int:
     with socket.socket() as s:
@@ -49,30 +54,55 @@ def free_port() -> int:
         return s.getsockname()[1]
 
 
-@contextmanager
-def live_server(
-    tmp: Path, *, workers: int = 2, timeout: float = 60, env: dict[str, str] | None = None
-) -> Iterator[LiveServer]:
-    """``reprogram serve`` in embedded mode on a free port, data under ``tmp``; ``env``: more
-    ``REPROGRAM_*`` settings."""
-    from app.storage.migrate import upgrade
-
-    data_dir = tmp / "data"
-    data_dir.mkdir(parents=True, exist_ok=True)
-    db_url = f"sqlite:///{data_dir / 'reprogram.db'}"
-    upgrade(db_url)
-    port = free_port()
+def server_env(tmp: Path, *, workers: int = 2, env: dict[str, str] | None = None) -> dict[str, str]:
+    """The environment of a service with its data under ``tmp`` (SQLite there, unless ``env``
+    names another database), ``workers`` embedded job processes, and ``env`` on top."""
     environ = {k: v for k, v in os.environ.items() if not k.startswith("REPROGRAM_")}
-    environ |= {
-        "REPROGRAM_DATA_DIR": str(data_dir),
+    return environ | {
+        "REPROGRAM_DATA_DIR": str(tmp / "data"),
         "REPROGRAM_SECRET_KEY": "live-server-test-key",
         "REPROGRAM_EMBEDDED_WORKERS": str(workers),
         **(env or {}),
     }
-    log = tmp / "serve.log"
-    with open(log, "w") as out:
+
+
+def cli(args: list[str], env: dict[str, str]) -> str:
+    """``reprogram ARGS`` in a process of its own; its standard output."""
+    out = subprocess.run(
+        [sys.executable, "-m", "app.cli.main", *args],
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+    assert out.returncode == 0, out.stderr
+    return out.stdout.strip()
+
+
+@contextmanager
+def live_server(
+    tmp: Path,
+    *,
+    workers: int = 2,
+    timeout: float = 60,
+    env: dict[str, str] | None = None,
+    args: tuple[str, ...] = (),
+) -> Iterator[LiveServer]:
+    """``reprogram serve ARGS`` on a free port, data under ``tmp``; ``env``: more
+    ``REPROGRAM_*`` settings. A second server on the same ``tmp`` finds the first's data (a
+    restart, or several servers on one database)."""
+    from app.storage.migrate import upgrade
+
+    environ = server_env(tmp, workers=workers, env=env)
+    data_dir = Path(environ["REPROGRAM_DATA_DIR"])
+    data_dir.mkdir(parents=True, exist_ok=True)
+    db_url = environ.get("REPROGRAM_DATABASE_URL") or f"sqlite:///{data_dir / 'reprogram.db'}"
+    upgrade(db_url)
+    port = free_port()
+    log = tmp / f"serve-{port}.log"
+    with open(log, "a") as out:
         proc = subprocess.Popen(
-            [sys.executable, "-m", "app.cli.main", "serve", "--port", str(port)],
+            [sys.executable, "-m", "app.cli.main", "serve", "--port", str(port), *args],
             env=environ,
             stdout=out,
             stderr=subprocess.STDOUT,
@@ -91,7 +121,7 @@ def live_server(
             if time.monotonic() > deadline:
                 raise RuntimeError(f"reprogram serve did not start:\n{log.read_text()}")
             time.sleep(0.2)
-        yield LiveServer(url, data_dir, db_url, log)
+        yield LiveServer(url, data_dir, db_url, log, proc)
     finally:
         proc.terminate()
         try:

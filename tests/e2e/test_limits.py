@@ -17,7 +17,7 @@ from urllib.parse import urlsplit
 import pytest
 
 from tests.helpers import digits_npz
-from tests.server import Server, real_server, server_env
+from tests.live import LiveServer, live_server
 
 UPLOAD_LIMIT = 1024 * 1024
 PREDICT_LIMIT = 256 * 1024
@@ -27,21 +27,19 @@ FIRST_CHUNK = b"x" * 16 * 1024
 
 
 @pytest.fixture(scope="module")
-def server(tmp_path_factory) -> Iterator[Server]:
+def server(tmp_path_factory) -> Iterator[LiveServer]:
     tmp = tmp_path_factory.mktemp("limits")
-    env = server_env(
-        tmp / "data",
-        REPROGRAM_MAX_UPLOAD_BYTES=str(UPLOAD_LIMIT),
-        REPROGRAM_MAX_PREDICT_BYTES=str(PREDICT_LIMIT),
-        REPROGRAM_EMBEDDED_WORKERS="1",
-    )
-    with real_server(env, tmp / "server.log") as srv:
+    env = {
+        "REPROGRAM_MAX_UPLOAD_BYTES": str(UPLOAD_LIMIT),
+        "REPROGRAM_MAX_PREDICT_BYTES": str(PREDICT_LIMIT),
+    }
+    with live_server(tmp, workers=1, env=env) as srv:
         yield srv
 
 
 @pytest.fixture(scope="module")
-def token(server: Server) -> dict[str, str]:
-    return server.token("acme")
+def token(server: LiveServer) -> dict[str, str]:
+    return server.headers("acme")
 
 
 def multipart_head(field: str, filename: str) -> bytes:
@@ -55,7 +53,7 @@ class Conversation:
     """One HTTP/1.1 request on a raw socket, sent piece by piece, and the answer read as it
     comes: the test decides how much of the body is ever sent."""
 
-    def __init__(self, server: Server) -> None:
+    def __init__(self, server: LiveServer) -> None:
         url = urlsplit(server.url)
         self.sock = socket.create_connection((url.hostname, url.port), timeout=15)
         self.sent = 0

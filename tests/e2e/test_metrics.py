@@ -17,7 +17,7 @@ from app.jobs.ledger import DbLedger
 from app.storage.db import Database
 from app.storage.models import Dataset, Job, Tenant, utcnow
 from tests.helpers import bearer, service_settings
-from tests.server import free_port
+from tests.live import free_port
 
 BACKENDS = ["sqlite", pytest.param("postgres", marks=pytest.mark.postgres)]
 FAMILIES = {

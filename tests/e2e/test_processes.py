@@ -10,24 +10,24 @@ import httpx
 import pytest
 
 from tests.helpers import digits_npz
-from tests.server import cli, real_server, server_env
+from tests.live import cli, live_server, server_env
 
 pytestmark = [pytest.mark.postgres, pytest.mark.slow]
 
 
 def test_a_revoked_token_is_refused_at_once_by_every_process(tmp_path: Path, pg_url: str) -> None:
-    env = server_env(
-        tmp_path / "data",
-        REPROGRAM_DATABASE_URL=pg_url,
-        REPROGRAM_SECRET_KEY="k",
-        REPROGRAM_MODE="production",
-    )
+    production = {
+        "REPROGRAM_DATABASE_URL": pg_url,
+        "REPROGRAM_SECRET_KEY": "k",
+        "REPROGRAM_MODE": "production",
+    }
+    env = server_env(tmp_path, env=production)
     token = cli(["token", "create", "--tenant", "acme"], env).splitlines()[-1]
     spare = cli(["token", "create", "--tenant", "acme"], env).splitlines()[-1]
     headers = {"Authorization": f"Bearer {token}"}
     with (
-        real_server(env, tmp_path / "a.log") as a,
-        real_server(env, tmp_path / "b.log", args=("--workers", "2")) as b,
+        live_server(tmp_path, env=production) as a,
+        live_server(tmp_path, env=production, args=("--workers", "2")) as b,
     ):
         ds = httpx.post(
             f"{a.url}/v1/datasets",

@@ -13,7 +13,7 @@ import httpx
 from app.storage.db import Database
 from app.storage.models import Job
 from tests.helpers import digits_npz
-from tests.server import real_server, server_env
+from tests.live import live_server
 
 
 def children_of(pid: int) -> list[int]:
@@ -50,8 +50,6 @@ def wait_for(predicate, timeout: float, what: str) -> float:
 
 
 def test_killed_server_and_job_process_the_job_resumes_within_seconds(tmp_path):
-    env = server_env(tmp_path / "data")
-    log = tmp_path / "server.log"
     spec = {
         "oracle": {"kind": "torch"},
         "program": {"input_size": 64, "target_size": 24},
@@ -59,8 +57,8 @@ def test_killed_server_and_job_process_the_job_resumes_within_seconds(tmp_path):
         "budget": {"max_queries": 100_000},
         "seed": 1,
     }
-    with real_server(env, log) as srv:
-        h = srv.token("acme")
+    with live_server(tmp_path) as srv:
+        h = srv.headers("acme")
         ds = httpx.post(
             f"{srv.url}/v1/datasets",
             headers=h,
@@ -77,12 +75,12 @@ def test_killed_server_and_job_process_the_job_resumes_within_seconds(tmp_path):
         srv.proc.wait(10)
         # The job's process does not run on unsupervised.
         orphan_s = wait_for(lambda: not any(alive(k) for k in kids), 10, "child outlived server")
-    db = Database(env_db_url(env))
+    db = Database(srv.db_url)
     with db.session() as s:
         row = s.get(Job, job_id)
         assert row.status == "running"  # what the dead server left
         left_at, spent = row.iteration, row.queries
-    with real_server(env, log) as srv:
+    with live_server(tmp_path) as srv:
         # Requeued by the new server within seconds (lease silent), resumed from the
         # checkpoint, with the dead process's reservations released.
         picked_s = wait_for(
@@ -101,7 +99,3 @@ def test_killed_server_and_job_process_the_job_resumes_within_seconds(tmp_path):
         assert s.get(Job, job_id).reserved_queries == 0
     db.dispose()
     print(f"child gone {orphan_s:.1f} s after the kill; job resumed {picked_s:.1f} s after restart")
-
-
-def env_db_url(env: dict[str, str]) -> str:
-    return f"sqlite:///{Path(env['REPROGRAM_DATA_DIR']) / 'reprogram.db'}"
