@@ -186,6 +186,7 @@ def _finish(
     values: dict[str, Any] = {"error": message}
     if job is not None:
         values["result"] = runner.summarize(job, totals_by_purpose(db, job_id), status, seconds)
+        values["choices"] = values["result"]["choices"]  # with how the job ended
         arrays = runner.program_of(job)
         if arrays is not None:
             blob = npz_bytes(arrays)

@@ -32,3 +32,34 @@ def test_the_minimum_budget_includes_the_held_out_validation(tmp_path):
         assert "the minimum is 54 queries" in r.json()["detail"][0]["message"]
         r = client.post("/v1/jobs", headers=h, json=job | {"budget": {"max_queries": 54}})
         assert r.status_code == 202, r.text
+
+
+def test_a_service_job_that_cannot_beat_the_probe_returns_it_and_says_so(tmp_path):
+    """Through the service: the job stops early, succeeds, reports what it did not spend in
+    its result and in the job's choices, and serves the probe as its program (P = 0)."""
+    import io
+
+    import numpy as np
+
+    from tests.helpers import wait_final
+
+    with service(service_settings(tmp_path)) as (client, h):
+        ds = upload(client, h, split_digits_npz([10, 10, 10]))
+        spec = {
+            "dataset_id": ds["id"],
+            "oracle": {"kind": "torch"},
+            "program": {"input_size": 64, "target_size": 24},
+            "budget": {"max_queries": 20_000},
+        }
+        r = client.post("/v1/jobs", headers=h, json=spec)
+        assert r.status_code == 202, r.text
+        job = wait_final(client, h, r.json()["id"])
+        assert job["status"] == "succeeded", job["error"]
+        result = job["result"]
+        assert result["returned"] == "linear_probe" and result["stopped_early"]
+        assert result["unspent_queries"] == 20_000 - job["spend"]["queries"] > 19_000
+        assert any(c.startswith("Stopped early after iteration 0") for c in job["choices"])
+        assert result["validation"]["source"] == "held out"
+        program = client.get(f"/v1/jobs/{job['id']}/program", headers=h)
+        with np.load(io.BytesIO(program.content)) as npz:
+            assert not npz["P"].any() and str(npz["classifier"]) == "readout"
