@@ -65,7 +65,7 @@ VIEW_COLUMNS = (
     Job.created_at,
     Job.finished_at,
 )
-ASYNC_CONNECTIONS = 4  # per API process, PostgreSQL
+ASYNC_CONNECTIONS = 8  # per API process, PostgreSQL
 FINAL = frozenset({"succeeded", "failed", "cancelled", "budget_exhausted"})
 
 

@@ -6,7 +6,7 @@ Every request reads its token's row: one indexed query (joined with the tenant, 
 job it asks for in ``app.api.lean``), so there is no cache to go stale. A revoked token is
 refused by the next request to any API process, on any machine. (A TTL cache once saved
 that query and kept revoked tokens working for up to 30 s; in a request that reads the
-database anyway the query adds about 0.1 ms of CPU, BENCHMARKS.md §6, and the status read
+database anyway the query adds about 0.1 ms of CPU, BENCHMARKS.md §9, and the status read
 does it in the same statement as the job.)
 """
 
