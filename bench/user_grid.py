@@ -19,7 +19,8 @@ after that long, so it can be left running in the background across sessions.
 Configurations (``CONFIGS``): ``default`` (no overrides), ``bar`` (the paper's BAR: estimator
 ``bar`` with its settings and the frequency mapping), white-box AR with true gradients over
 program resolutions 8, 16, 32 and the full pixel program (``wb_r8`` … ``wb_full``; the
-default's program is the one whose basis and resolution the default rows resolved to), and
+default's program is the one whose basis and resolution the default rows resolved to; these
+ceilings never stop early, ``optimizer.patience`` 0, where the spec has that field), and
 ablations: the paper's levers (mapping frequency/random, focal/cross-entropy loss, q) on the
 paper's BAR and on the default.
 """
@@ -124,9 +125,15 @@ def merge(base: dict, extra: dict) -> dict:
 
 def job_spec(pair: str, config: str, seed: int, budget: int) -> dict[str, Any]:
     """The JobSpec a user would send: the oracle, the budget, the seed, the overrides."""
+    from app.config.spec import OptimizerSpec
+
     p = PAIR_BY_NAME[pair]
     spec = {"oracle": dict(ORACLES[p.oracle]), "budget": {"max_queries": budget}, "seed": seed}
-    return merge(spec, CONFIGS[config])
+    spec = merge(spec, CONFIGS[config])
+    if config in WHITE_BOX and "patience" in OptimizerSpec.model_fields:
+        # the ceiling trains through the whole budget (a job may otherwise stop early)
+        spec = merge(spec, {"optimizer": {"patience": 0}})
+    return spec
 
 
 def run_job(pair: str, config: str, seed: int, budget: int) -> dict[str, Any]:
