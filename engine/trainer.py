@@ -620,7 +620,8 @@ class Trainer:
             return (
                 f"the linear probe is wrong on only {room} of the {n} {what} images; "
                 f"a program would have to get at least {need} of those right, and none "
-                "that the probe gets right wrong, to be chosen over it"
+                "that the probe gets right wrong, to be chosen over it (more validation "
+                "images, a val/ folder or a larger data.val_fraction, would let one show it)"
             )
         if self.since_best >= c.patience:
             if blank_best:
