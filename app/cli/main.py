@@ -16,11 +16,11 @@ from typing import Annotated, Any
 
 import typer
 from pydantic import ValidationError
-from rich.console import Console
 from rich.progress import BarColumn, Progress, TextColumn, TimeElapsedColumn
 from rich.table import Table
 
 from adapters.errors import ConfigurationError, OracleError
+from app.cli.common import console, err_console, fail, read_json
 from app.cli.remote import jobs_app
 from app.config.spec import JobSpec, error_fields
 from app.data.loading import DataError
@@ -34,22 +34,10 @@ app = typer.Typer(
 token_app = typer.Typer(no_args_is_help=True, help="API tokens.")
 app.add_typer(token_app, name="token")
 app.add_typer(jobs_app, name="jobs")  # jobs on a server, through app.client
-console = Console()
-err_console = Console(stderr=True, soft_wrap=True)  # messages stay greppable, unwrapped
-
-
-def fail(message: str, code: int = 2) -> typer.Exit:
-    err_console.print(f"[bold red]error:[/] {message}", highlight=False)
-    return typer.Exit(code)
 
 
 def load_spec(path: Path) -> JobSpec:
-    try:
-        raw = json.loads(path.read_text())
-    except FileNotFoundError:
-        raise fail(f"{path}: no such file") from None
-    except (json.JSONDecodeError, UnicodeDecodeError) as err:
-        raise fail(f"{path}: not valid JSON ({err})") from None
+    raw = read_json(path)
     try:
         return JobSpec.model_validate(raw)
     except ValidationError as err:

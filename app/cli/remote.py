@@ -7,7 +7,6 @@ watched job that fails or is cancelled exits 1.
 
 from __future__ import annotations
 
-import json
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
@@ -15,17 +14,15 @@ from typing import Annotated, Any
 
 import httpx
 import typer
-from rich.console import Console
 from rich.table import Table
 
+from app.cli.common import console, err_console, fail, read_json
 from app.client import DEFAULT_SERVER, ApiError, AuthError, Client, Job
 
 jobs_app = typer.Typer(
     no_args_is_help=True,
     help="Jobs on a reprogram server (REPROGRAM_SERVER, REPROGRAM_TOKEN).",
 )
-console = Console()
-err_console = Console(stderr=True, soft_wrap=True)
 
 ServerOpt = Annotated[
     str, typer.Option("--server", envvar="REPROGRAM_SERVER", help="the server's URL")
@@ -39,11 +36,6 @@ TokenOpt = Annotated[
         show_default=False,
     ),
 ]
-
-
-def fail(message: str, code: int = 2) -> typer.Exit:
-    err_console.print(f"[bold red]error:[/] {message}", highlight=False, markup=True)
-    return typer.Exit(code)
 
 
 @contextmanager
@@ -144,12 +136,7 @@ def submit(
     """Upload a data set (or name a stored one) and start a job on it.
 
     Prints the job id on the last line (without --watch)."""
-    try:
-        spec = json.loads(config.read_text())
-    except FileNotFoundError:
-        raise fail(f"{config}: no such file") from None
-    except (json.JSONDecodeError, UnicodeDecodeError) as err:
-        raise fail(f"{config}: not valid JSON ({err})") from None
+    spec = read_json(config)
     if not isinstance(spec, dict):
         raise fail(f"{config}: a job spec is a JSON object")
     path = Path(data)
