@@ -341,3 +341,27 @@ def wait_final(client: TestClient, headers: dict, job_id: str, timeout: float = 
             return job
         time.sleep(0.5)
     raise AssertionError(f"job {job_id} did not finish: {job}")
+
+
+def seed_job(db: Database, tenant: str, **job: Any) -> tuple[str, str]:
+    """A job of ``tenant`` (which must exist) on a placeholder data set, with ``job``'s
+    fields, written straight to the database; (job id, tenant id)."""
+    from app.storage.models import Dataset, Job, Tenant
+
+    with db.session() as s:
+        tn = s.query(Tenant).filter_by(name=tenant).one()
+        ds = Dataset(
+            tenant_id=tn.id,
+            filename="d",
+            path="x",
+            sha256="0",
+            size_bytes=1,
+            n_samples=1,
+            classes=[],
+        )
+        s.add(ds)
+        s.flush()
+        row = Job(tenant_id=tn.id, dataset_id=ds.id, spec={}, **job)
+        s.add(row)
+        s.flush()
+        return row.id, tn.id

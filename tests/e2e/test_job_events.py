@@ -15,36 +15,12 @@ from sqlalchemy import update
 from app.api.app import create_app
 from app.services.auth import revoke
 from app.storage.db import Database
-from app.storage.models import Dataset, Job, Tenant
-from tests.helpers import bearer, service_settings
+from app.storage.models import Job
+from tests.helpers import bearer, seed_job, service_settings
 
 
 def seed(db: Database, tenant: str) -> str:
-    with db.session() as s:
-        tn = s.query(Tenant).filter_by(name=tenant).one()
-        ds = Dataset(
-            tenant_id=tn.id,
-            filename="d",
-            path="x",
-            sha256="0",
-            size_bytes=1,
-            n_samples=1,
-            classes=[],
-        )
-        s.add(ds)
-        s.flush()
-        job = Job(
-            tenant_id=tn.id,
-            dataset_id=ds.id,
-            provider="torch",
-            spec={},
-            status="running",
-            iteration=1,
-            iterations=10,
-        )
-        s.add(job)
-        s.flush()
-        return job.id
+    return seed_job(db, tenant, provider="torch", status="running", iteration=1, iterations=10)[0]
 
 
 def events(client: TestClient, path: str, headers: dict[str, str]) -> list[dict]:

@@ -15,8 +15,8 @@ from adapters.dispatch import RequestRecord
 from app.api.app import create_app
 from app.jobs.ledger import DbLedger
 from app.storage.db import Database
-from app.storage.models import Dataset, Job, Tenant, utcnow
-from tests.helpers import bearer, service_settings
+from app.storage.models import utcnow
+from tests.helpers import bearer, seed_job, service_settings
 from tests.live import free_port
 
 BACKENDS = ["sqlite", pytest.param("postgres", marks=pytest.mark.postgres)]
@@ -36,30 +36,7 @@ FAMILIES = {
 
 
 def running_job(db: Database, tenant: str) -> tuple[str, str]:
-    with db.session() as s:
-        tn = s.query(Tenant).filter_by(name=tenant).one()
-        ds = Dataset(
-            tenant_id=tn.id,
-            filename="d",
-            path="x",
-            sha256="0",
-            size_bytes=1,
-            n_samples=1,
-            classes=[],
-        )
-        s.add(ds)
-        s.flush()
-        job = Job(
-            tenant_id=tn.id,
-            dataset_id=ds.id,
-            provider="clarifai",
-            spec={},
-            status="running",
-            heartbeat_at=utcnow(),
-        )
-        s.add(job)
-        s.flush()
-        return job.id, tn.id
+    return seed_job(db, tenant, provider="clarifai", status="running", heartbeat_at=utcnow())
 
 
 def samples(text: str) -> dict[tuple[str, tuple[tuple[str, str], ...]], float]:
