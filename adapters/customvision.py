@@ -39,18 +39,9 @@ from urllib3.connectionpool import HTTPConnectionPool, HTTPSConnectionPool
 from urllib3.exceptions import ConnectTimeoutError, NameResolutionError, NewConnectionError
 from urllib3.util import connection as urllib3_connection
 
+from adapters import errors
 from adapters.base import Answer, Oracle, to_uint8, validate_images
 from adapters.egress import EgressPolicy, Guard
-from adapters.errors import (
-    AuthFailed,
-    BadInput,
-    ConfigurationError,
-    MalformedAnswer,
-    NotFound,
-    OracleError,
-    Throttled,
-    TransientUpstreamError,
-)
 from adapters.retry import MAX_RETRY_AFTER_S, parse_retry_after
 
 PROVIDER = "customvision"
@@ -99,7 +90,9 @@ def _normalise_endpoint(endpoint: str) -> str:
         parts = urlsplit(str(endpoint).strip())
         port = parts.port
     except ValueError as err:
-        raise ConfigurationError(f"Custom Vision endpoint {endpoint!r} is not a URL") from err
+        raise errors.ConfigurationError(
+            f"Custom Vision endpoint {endpoint!r} is not a URL"
+        ) from err
     problem = None
     if parts.scheme not in ("https", "http") or not parts.hostname:
         problem = "must be https://host (as Azure serves it) or http://host:port"
@@ -108,7 +101,7 @@ def _normalise_endpoint(endpoint: str) -> str:
     elif parts.username or parts.password or parts.query or parts.fragment:
         problem = "must not carry credentials, a query or a fragment"
     if problem:
-        raise ConfigurationError(f"Custom Vision endpoint {endpoint!r} {problem}")
+        raise errors.ConfigurationError(f"Custom Vision endpoint {endpoint!r} {problem}")
     return f"{parts.scheme}://{parts.netloc}{parts.path.rstrip('/')}"
 
 
@@ -246,15 +239,15 @@ class CustomVisionOracle(Oracle):
         wherever ``endpoint`` says, as ``reprogram train`` does)."""
         for name, value in (("project_id", project_id), ("published_name", published_name)):
             if not isinstance(value, str) or not value.strip():
-                raise ConfigurationError(f"Custom Vision needs a non-empty {name}")
+                raise errors.ConfigurationError(f"Custom Vision needs a non-empty {name}")
         if not isinstance(api_key, str) or not api_key.strip():
-            raise ConfigurationError("Custom Vision needs a prediction key")
+            raise errors.ConfigurationError("Custom Vision needs a prediction key")
         if labels is not None and (not labels or len(set(labels)) != len(labels)):
-            raise ConfigurationError("labels must be a non-empty list of distinct tag names")
+            raise errors.ConfigurationError("labels must be a non-empty list of distinct tag names")
         if int(max_concurrency) < 1:
-            raise ConfigurationError("max_concurrency must be at least 1")
+            raise errors.ConfigurationError("max_concurrency must be at least 1")
         if not (isinstance(timeout, int | float) and math.isfinite(timeout) and timeout > 0):
-            raise ConfigurationError("timeout must be a positive number of seconds")
+            raise errors.ConfigurationError("timeout must be a positive number of seconds")
         self.project_id, self.published_name = project_id, published_name
         self.endpoint = _normalise_endpoint(endpoint)
         self._guard = egress.guard(PROVIDER) if egress is not None else None
@@ -325,11 +318,11 @@ class CustomVisionOracle(Oracle):
         except ClientRequestError as err:
             # The class name only: the text names addresses and what the endpoint said.
             cause = err.inner_exception or err
-            raise TransientUpstreamError(
+            raise errors.TransientUpstreamError(
                 f"Custom Vision unreachable ({type(cause).__name__})", provider=PROVIDER
             ) from err
         except DeserializationError as err:
-            raise MalformedAnswer(
+            raise errors.MalformedAnswer(
                 "Custom Vision answered 200 with a body that is not a prediction",
                 provider=PROVIDER,
             ) from err
@@ -374,10 +367,10 @@ class CustomVisionOracle(Oracle):
         return text.replace(self._api_key, "***")
 
     def _row(self, predictions: list[Any] | None, request_id: str | None) -> np.ndarray:
-        """The answer's probabilities in label order, or MalformedAnswer."""
+        """The answer's probabilities in label order, or errors.MalformedAnswer."""
 
-        def malformed(why: str) -> MalformedAnswer:
-            return MalformedAnswer(
+        def malformed(why: str) -> errors.MalformedAnswer:
+            return errors.MalformedAnswer(
                 f"Custom Vision answer {why}", provider=PROVIDER, request_id=request_id
             )
 
@@ -409,7 +402,7 @@ class CustomVisionOracle(Oracle):
                 self._labels = tuple(sorted(found, key=lambda t: (t, found[t][0])))
             return self._labels
 
-    def _http_error(self, err: CustomVisionErrorException) -> OracleError:
+    def _http_error(self, err: CustomVisionErrorException) -> errors.OracleError:
         """Map a non-200 answer to an error by meaning."""
         response = err.response
         status = getattr(response, "status_code", None)
@@ -418,7 +411,7 @@ class CustomVisionOracle(Oracle):
 
     def _status_error(
         self, status: int | None, headers: Mapping[str, str], code: str | None
-    ) -> OracleError:
+    ) -> errors.OracleError:
         kw: dict[str, Any] = {
             "provider": PROVIDER,
             "request_id": _request_id(headers),
@@ -434,22 +427,22 @@ class CustomVisionOracle(Oracle):
         # id that is not a GUID) would fail for every image and must not be skipped as one.
         image_code = code is None or code.startswith("BadRequestImage")
         if status in (413, 415) or (status == 400 and image_code):
-            return BadInput(message, index=0, **kw)
+            return errors.BadInput(message, index=0, **kw)
         if status is not None and 300 <= status < 400:
-            return OracleError(f"{message} (a redirect; not followed)", **kw)
+            return errors.OracleError(f"{message} (a redirect; not followed)", **kw)
         if status in (401, 403):
-            return AuthFailed(message, **kw)
+            return errors.AuthFailed(message, **kw)
         if status == 404:
             what = {
                 "NotFoundProject": f"project {self.project_id!r}",
                 "NotFoundIteration": f"published iteration {self.published_name!r}",
             }.get(code or "", "resource")
-            return NotFound(f"Custom Vision {what} not found ({message})", **kw)
+            return errors.NotFound(f"Custom Vision {what} not found ({message})", **kw)
         if status == 429:
-            return Throttled(message, retry_after=_retry_after(headers), **kw)
+            return errors.Throttled(message, retry_after=_retry_after(headers), **kw)
         if status is not None and (status >= 500 or status == 408):
-            return TransientUpstreamError(message, **kw)
-        return OracleError(message, **kw)
+            return errors.TransientUpstreamError(message, **kw)
+        return errors.OracleError(message, **kw)
 
 
 def _error_code(err: CustomVisionErrorException) -> str | None:

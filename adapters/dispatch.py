@@ -89,10 +89,18 @@ def blame(failed: dict[int, OracleError]) -> OracleError:
     """The error to report for a request whose inputs ``failed`` (query positions → error)
     can not all be retried: the first one no retry fixes, naming its input if it is one."""
     index, err = next((i, e) for i, e in sorted(failed.items()) if not e.retryable)
-    if not isinstance(err, BadInput):
-        return err
+    return _input_refused(err, index) if isinstance(err, BadInput) else err
+
+
+_REFUSED = "input {} of the query was refused: "
+
+
+def _input_refused(err: BadInput, index: int) -> BadInput:
+    """``err`` as the refusal of the query's input ``index`` (named in its message)."""
+    prefix = _REFUSED.format(err.index)
+    message = err.message[len(prefix) :] if err.message.startswith(prefix) else err.message
     return BadInput(
-        f"input {index} of the query was refused: {err.message}",
+        _REFUSED.format(index) + message,
         index=index,
         provider=err.provider,
         request_id=err.request_id,
@@ -332,16 +340,7 @@ def _reindexed(err: BadInput, positions: list[int]) -> BadInput:
     (the cache sent only some of the query's images)."""
     if err.index is None or err.index >= len(positions):
         return err
-    prefix = f"input {err.index} of the query was refused: "
-    message = err.message[len(prefix) :] if err.message.startswith(prefix) else err.message
-    index = positions[err.index]
-    return BadInput(
-        f"input {index} of the query was refused: {message}",
-        index=index,
-        provider=err.provider,
-        request_id=err.request_id,
-        status=err.status,
-    )
+    return _input_refused(err, positions[err.index])
 
 
 @dataclass

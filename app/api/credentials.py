@@ -5,12 +5,12 @@ from __future__ import annotations
 
 from typing import Literal
 
-from fastapi import APIRouter, HTTPException, Response, status
+from fastapi import APIRouter, HTTPException, status
 from pydantic import BaseModel, ConfigDict, Field, SecretStr
 
 from app.api.deps import CurrentTenant, ServicesDep, SessionDep, find_owned
-from app.api.errors import check_storable
-from app.api.paging import DEFAULT_LIMIT, Limit, Offset, page
+from app.api.errors import check_storable, deletion
+from app.api.paging import PageDep
 from app.services import credentials
 from app.storage.models import Credential
 
@@ -35,7 +35,7 @@ class CredentialOut(BaseModel):
     name: str | None = None
 
 
-@router.post("", status_code=status.HTTP_201_CREATED, response_model=CredentialOut)
+@router.post("", status_code=status.HTTP_201_CREATED)
 def create(
     body: CredentialIn, s: SessionDep, tenant: CurrentTenant, svc: ServicesDep
 ) -> CredentialOut:
@@ -53,26 +53,16 @@ def create(
     return CredentialOut(id=row.id, provider=row.provider, name=row.name)
 
 
-@router.get("", response_model=list[CredentialOut])
-def list_credentials(
-    s: SessionDep,
-    tenant: CurrentTenant,
-    response: Response,
-    limit: Limit = DEFAULT_LIMIT,
-    offset: Offset = 0,
-) -> list[CredentialOut]:
+@router.get("")
+def list_credentials(s: SessionDep, tenant: CurrentTenant, pager: PageDep) -> list[CredentialOut]:
     """The tenant's credentials (never their secrets), oldest first, one page at a time."""
-    rows = page(s, Credential, tenant.id, response, limit=limit, offset=offset)
+    rows = pager.rows(s, Credential, tenant.id)
     return [CredentialOut(id=r.id, provider=r.provider, name=r.name) for r in rows]
 
 
 @router.delete(
     "/{credential_id}",
-    status_code=status.HTTP_204_NO_CONTENT,
-    responses={
-        404: {"description": "no such credential (or another tenant's, or deleted)"},
-        409: {"description": "a queued or running job uses it (the message names the job)"},
-    },
+    **deletion("credential", "a queued or running job uses it (the message names the job)"),
 )
 def delete(credential_id: str, s: SessionDep, tenant: CurrentTenant) -> None:
     """Delete a credential: its secret is erased. Finished jobs that used it keep their

@@ -4,12 +4,12 @@ from __future__ import annotations
 
 from pathlib import PurePosixPath
 
-from fastapi import APIRouter, HTTPException, Response, UploadFile, status
+from fastapi import APIRouter, HTTPException, UploadFile, status
 from pydantic import BaseModel
 
 from app.api.deps import CurrentTenant, ServicesDep, SessionDep, find_owned
-from app.api.errors import responses, unprocessable
-from app.api.paging import DEFAULT_LIMIT, Limit, Offset, page
+from app.api.errors import deletion, responses, unprocessable
+from app.api.paging import PageDep
 from app.data import store as datasets
 from app.data.loading import DataError, DataTooLarge, TooLittleData
 from app.services.jobs import active_job_using_dataset
@@ -33,12 +33,7 @@ def _out(row: Dataset) -> DatasetOut:
     return DatasetOut.model_validate(row, from_attributes=True)
 
 
-@router.post(
-    "",
-    status_code=status.HTTP_201_CREATED,
-    response_model=DatasetOut,
-    responses=responses(400, 413),
-)
+@router.post("", status_code=status.HTTP_201_CREATED, responses=responses(400, 413))
 def upload(file: UploadFile, s: SessionDep, tenant: CurrentTenant, svc: ServicesDep) -> DatasetOut:
     """Upload a `.zip` (`<class>/<image>`, optionally under `train/ val/ test/`) or a `.npz`
     (`x` uint8 N×H×W×C, `y`, optional `classes`, `split`). Every image's size is read from
@@ -79,30 +74,20 @@ def _clean_filename(name: str | None) -> str:
     return "".join(ch for ch in base if ch.isprintable())[:255] or "upload"
 
 
-@router.get("", response_model=list[DatasetOut], responses=responses())
-def list_datasets(
-    s: SessionDep,
-    tenant: CurrentTenant,
-    response: Response,
-    limit: Limit = DEFAULT_LIMIT,
-    offset: Offset = 0,
-) -> list[DatasetOut]:
+@router.get("", responses=responses())
+def list_datasets(s: SessionDep, tenant: CurrentTenant, pager: PageDep) -> list[DatasetOut]:
     """The tenant's data sets, oldest first, one page at a time (`X-Total-Count`: all)."""
-    return [_out(r) for r in page(s, Dataset, tenant.id, response, limit=limit, offset=offset)]
+    return [_out(r) for r in pager.rows(s, Dataset, tenant.id)]
 
 
-@router.get("/{dataset_id}", response_model=DatasetOut, responses=responses(404))
+@router.get("/{dataset_id}", responses=responses(404))
 def get_dataset(dataset_id: str, s: SessionDep, tenant: CurrentTenant) -> DatasetOut:
     return _out(find_owned(s, Dataset, dataset_id, tenant.id))
 
 
 @router.delete(
     "/{dataset_id}",
-    status_code=status.HTTP_204_NO_CONTENT,
-    responses={
-        404: {"description": "no such data set (or another tenant's, or deleted)"},
-        409: {"description": "a queued or running job reads it (the message names the job)"},
-    },
+    **deletion("data set", "a queued or running job reads it (the message names the job)"),
 )
 def delete(dataset_id: str, s: SessionDep, tenant: CurrentTenant, svc: ServicesDep) -> None:
     """Delete a data set and its stored file. Finished jobs that used it keep their

@@ -168,6 +168,18 @@ def responses(*statuses: int) -> dict[int | str, dict[str, Any]]:
     return {status: RESPONSES[status] for status in sorted({401, *statuses})}
 
 
+def deletion(thing: str, conflict: str) -> dict[str, Any]:
+    """The route arguments of a ``DELETE`` of one ``thing``: 204 on success, 404 for none (or
+    another tenant's, or one already deleted), 409 when ``conflict`` (still in use)."""
+    return {
+        "status_code": status.HTTP_204_NO_CONTENT,
+        "responses": {
+            404: {"description": f"no such {thing} (or another tenant's, or deleted)"},
+            409: {"description": conflict},
+        },
+    }
+
+
 def _query_names(route: APIRoute) -> frozenset[str]:
     """The query parameters the route and its dependencies declare."""
     names: set[str] = set()

@@ -12,9 +12,9 @@ from fastapi.responses import Response
 
 from adapters.errors import ConfigurationError, OracleError
 from app.api.deps import CurrentTenant, OwnedJob, ServicesDep, SessionDep
-from app.api.errors import check_storable, refused, responses, unprocessable
+from app.api.errors import check_storable, deletion, refused, responses, unprocessable
 from app.api.job_models import JobCreated, JobOut, Predictions
-from app.api.paging import DEFAULT_LIMIT, Limit, Offset, page
+from app.api.paging import PageDep
 from app.config.settings import Settings
 from app.config.spec import JobSpec
 from app.data.loading import DataError, DataTooLarge, Limits, decode_image, image_size
@@ -32,12 +32,7 @@ log = logging.getLogger("reprogram.api")
 MAX_PREDICT_FILES = 256
 
 
-@router.post(
-    "",
-    status_code=status.HTTP_202_ACCEPTED,
-    response_model=JobCreated,
-    responses=responses(413, 503),
-)
+@router.post("", status_code=status.HTTP_202_ACCEPTED, responses=responses(413, 503))
 def create(spec: JobSpec, s: SessionDep, tenant: CurrentTenant, svc: ServicesDep) -> JobCreated:
     """Queue a reprogramming job. Fields left out are chosen from the oracle, the task and
     the budget; `GET /v1/jobs/{id}` lists the choices once the job starts. Refused with 422
@@ -74,15 +69,9 @@ def create(spec: JobSpec, s: SessionDep, tenant: CurrentTenant, svc: ServicesDep
 
 
 @router.get("", response_model=list[JobOut], responses=responses())
-def list_jobs(
-    s: SessionDep,
-    tenant: CurrentTenant,
-    response: Response,
-    limit: Limit = DEFAULT_LIMIT,
-    offset: Offset = 0,
-) -> list[dict[str, Any]]:
+def list_jobs(s: SessionDep, tenant: CurrentTenant, pager: PageDep) -> list[dict[str, Any]]:
     """The tenant's jobs, newest first, one page at a time (`X-Total-Count`: all of them)."""
-    rows = page(s, Job, tenant.id, response, limit=limit, offset=offset, newest_first=True)
+    rows = pager.rows(s, Job, tenant.id, newest_first=True)
     return [job_service.view(j) for j in rows]
 
 
@@ -92,25 +81,13 @@ def get_job(job: OwnedJob) -> dict[str, Any]:
     return job_service.view(job)
 
 
-@router.post(
-    "/{job_id}/cancel",
-    status_code=status.HTTP_202_ACCEPTED,
-    response_model=JobCreated,
-    responses=responses(404),
-)
+@router.post("/{job_id}/cancel", status_code=status.HTTP_202_ACCEPTED, responses=responses(404))
 def cancel(job: OwnedJob, s: SessionDep) -> JobCreated:
     lifecycle.request_cancel(s, job)
     return JobCreated(id=job.id, status=job.status)
 
 
-@router.delete(
-    "/{job_id}",
-    status_code=status.HTTP_204_NO_CONTENT,
-    responses={
-        404: {"description": "no such job (or another tenant's, or deleted)"},
-        409: {"description": "the job is queued or running: cancel it first"},
-    },
-)
+@router.delete("/{job_id}", **deletion("job", "the job is queued or running: cancel it first"))
 def delete(job: OwnedJob, s: SessionDep, svc: ServicesDep) -> None:
     """Delete a finished job: its program and other files, checkpoint, metrics, spec and
     results. What it spent stays in `GET /v1/spend` (the ledger is billing history)."""

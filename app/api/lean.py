@@ -23,24 +23,19 @@ import hashlib
 import json
 import threading
 from collections import namedtuple
-from collections.abc import Awaitable, Callable, Iterable, MutableMapping
+from collections.abc import Iterable
 from typing import Any
 
 import psycopg
 from fastapi.security.utils import get_authorization_scheme_param
 from sqlalchemy import Engine, Row, bindparam, select
+from starlette.types import ASGIApp, Receive, Scope, Send
 
 from app.api.deps import plausible_id
 from app.services.auth import digest
 from app.services.jobs import view
 from app.storage.db import libpq_url
 from app.storage.models import Job, Token
-
-Scope = MutableMapping[str, Any]
-Message = MutableMapping[str, Any]
-Receive = Callable[[], Awaitable[Message]]
-Send = Callable[[Message], Awaitable[None]]
-ASGIApp = Callable[[Scope, Receive, Send], Awaitable[None]]
 
 JOBS = "/v1/jobs/"
 ROUTE = "/v1/jobs/{job_id}"

@@ -20,7 +20,7 @@ from __future__ import annotations
 
 import os
 import time
-from collections.abc import Awaitable, Callable, Iterator, MutableMapping
+from collections.abc import Callable, Iterator
 from typing import Any
 
 from fastapi import APIRouter, Request
@@ -36,20 +36,15 @@ from prometheus_client import (
 )
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metric
 from sqlalchemy import func, select, text
+from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
+from app.api.lean import ROUTE_KEY  # set by routes answered outside the router
 from app.jobs.ledger import COUNTERS
 from app.jobs.lifecycle import Status
 from app.storage.db import Database
 from app.storage.models import Job, ProviderCounter, utcnow
 
-Scope = MutableMapping[str, Any]
-Message = MutableMapping[str, Any]
-Receive = Callable[[], Awaitable[Message]]
-Send = Callable[[Message], Awaitable[None]]
-ASGIApp = Callable[[Scope, Receive, Send], Awaitable[None]]
-
 MULTIPROC = "PROMETHEUS_MULTIPROC_DIR"
-ROUTE_KEY = "reprogram.route"  # set by routes answered outside the router (app.api.lean)
 BUCKETS = (0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0)
 
 # Not registered anywhere at import: ``registry`` adds them (one process) or reads every

@@ -5,7 +5,7 @@ from __future__ import annotations
 
 from typing import Annotated, Any, TypeVar
 
-from fastapi import Query, Response
+from fastapi import Depends, Query, Response
 from sqlalchemy import func, select
 from sqlalchemy.orm import Session
 
@@ -22,27 +22,29 @@ Limit = Annotated[int, Query(ge=1, le=MAX_LIMIT, description=f"page size (at mos
 Offset = Annotated[int, Query(ge=0, le=INT64[1], description="rows to skip")]
 
 
-def page(
-    s: Session,
-    model: type[M],
-    tenant_id: str,
-    response: Response,
-    *,
-    limit: int,
-    offset: int,
-    newest_first: bool = False,
-) -> list[M]:
-    """One page of the tenant's rows of ``model`` in creation order (ties broken by id, so
-    pages neither repeat nor skip a row), and the total in ``X-Total-Count``. Deleted rows
-    (tombstones) are not listed."""
-    table: Any = model
-    mine = table.tenant_id == tenant_id
-    if hasattr(table, "deleted_at"):
-        mine = mine & table.deleted_at.is_(None)
-    total = s.scalar(select(func.count()).select_from(model).where(mine)) or 0
-    response.headers[TOTAL_HEADER] = str(total)
-    order = (table.created_at, table.id)
-    if newest_first:
-        order = tuple(c.desc() for c in order)
-    q = select(model).where(mine).order_by(*order).limit(limit).offset(offset)
-    return list(s.scalars(q))
+class Pager:
+    """A list endpoint's ``?limit=&offset=`` (a FastAPI dependency: every list pages alike)."""
+
+    def __init__(self, response: Response, limit: Limit = DEFAULT_LIMIT, offset: Offset = 0):
+        self.response, self.limit, self.offset = response, limit, offset
+
+    def rows(
+        self, s: Session, model: type[M], tenant_id: str, *, newest_first: bool = False
+    ) -> list[M]:
+        """One page of the tenant's rows of ``model`` in creation order (ties broken by id,
+        so pages neither repeat nor skip a row), and the total in ``X-Total-Count``. Deleted
+        rows (tombstones) are not listed."""
+        table: Any = model
+        mine = table.tenant_id == tenant_id
+        if hasattr(table, "deleted_at"):
+            mine = mine & table.deleted_at.is_(None)
+        total = s.scalar(select(func.count()).select_from(model).where(mine)) or 0
+        self.response.headers[TOTAL_HEADER] = str(total)
+        order = (table.created_at, table.id)
+        if newest_first:
+            order = tuple(c.desc() for c in order)
+        q = select(model).where(mine).order_by(*order).limit(self.limit).offset(self.offset)
+        return list(s.scalars(q))
+
+
+PageDep = Annotated[Pager, Depends()]

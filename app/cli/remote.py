@@ -24,6 +24,7 @@ jobs_app = typer.Typer(
     help="Jobs on a reprogram server (REPROGRAM_SERVER, REPROGRAM_TOKEN).",
 )
 
+JobIdArg = Annotated[str, typer.Argument(help="job id (job_…)")]
 ServerOpt = Annotated[
     str, typer.Option("--server", envvar="REPROGRAM_SERVER", help="the server's URL")
 ]
@@ -163,7 +164,7 @@ def submit(
 
 @jobs_app.command("watch")
 def watch_command(
-    job_id: Annotated[str, typer.Argument(help="job id (job_…)")],
+    job_id: JobIdArg,
     server: ServerOpt = DEFAULT_SERVER,
     token: TokenOpt = None,
 ) -> None:
@@ -175,7 +176,7 @@ def watch_command(
 
 @jobs_app.command()
 def download(
-    job_id: Annotated[str, typer.Argument(help="job id (job_…)")],
+    job_id: JobIdArg,
     out: Annotated[
         Path | None, typer.Option(help="where to write it (default program.npz / .png)")
     ] = None,
@@ -219,7 +220,7 @@ def list_command(
 
 @jobs_app.command()
 def cancel(
-    job_id: Annotated[str, typer.Argument(help="job id (job_…)")],
+    job_id: JobIdArg,
     server: ServerOpt = DEFAULT_SERVER,
     token: TokenOpt = None,
 ) -> None:

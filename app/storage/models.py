@@ -53,16 +53,34 @@ def _ts() -> Mapped[datetime]:
     return mapped_column(DateTime(timezone=True), default=utcnow, nullable=False)
 
 
+def _when() -> Mapped[datetime | None]:
+    """A moment that may not have come yet (started, finished, deleted, revoked)."""
+    return mapped_column(DateTime(timezone=True), nullable=True)
+
+
+def _id(prefix: str) -> Mapped[str]:
+    return mapped_column(String(32), primary_key=True, default=lambda: new_id(prefix))
+
+
+class _Owned:
+    """What every thing a tenant owns and may delete has: its tenant, when it was made, and
+    ``deleted_at`` once it is a tombstone (the module docstring)."""
+
+    tenant_id: Mapped[str] = mapped_column(ForeignKey("tenants.id"), index=True)
+    created_at: Mapped[datetime] = _ts()
+    deleted_at: Mapped[datetime | None] = _when()
+
+
 class Tenant(Base):
     __tablename__ = "tenants"
-    id: Mapped[str] = mapped_column(String(32), primary_key=True, default=lambda: new_id("tn"))
+    id: Mapped[str] = _id("tn")
     name: Mapped[str] = mapped_column(String(200), unique=True, nullable=False)
     created_at: Mapped[datetime] = _ts()
 
 
 class Token(Base):
     __tablename__ = "tokens"
-    id: Mapped[str] = mapped_column(String(32), primary_key=True, default=lambda: new_id("tk"))
+    id: Mapped[str] = _id("tk")
     tenant_id: Mapped[str] = mapped_column(ForeignKey("tenants.id"), nullable=False)
     token_hash: Mapped[str] = mapped_column(String(64), unique=True, nullable=False)
     created_at: Mapped[datetime] = _ts()
@@ -70,13 +88,12 @@ class Token(Base):
     # tokens made before 0005); 4 of 43 random characters leave 232 bits unknown.
     hint: Mapped[str | None] = mapped_column(String(8), nullable=True)
     # Revoked tokens keep their row (who had access, and until when) and authenticate nothing.
-    revoked_at: Mapped[datetime | None] = mapped_column(DateTime(timezone=True), nullable=True)
+    revoked_at: Mapped[datetime | None] = _when()
 
 
-class Dataset(Base):
+class Dataset(_Owned, Base):
     __tablename__ = "datasets"
-    id: Mapped[str] = mapped_column(String(32), primary_key=True, default=lambda: new_id("ds"))
-    tenant_id: Mapped[str] = mapped_column(ForeignKey("tenants.id"), index=True)
+    id: Mapped[str] = _id("ds")
     filename: Mapped[str] = mapped_column(String(255))
     path: Mapped[str] = mapped_column(String(500))  # relative to the data directory
     sha256: Mapped[str] = mapped_column(String(64))
@@ -85,25 +102,19 @@ class Dataset(Base):
     classes: Mapped[list[str]] = mapped_column(JSON)
     image_shape: Mapped[list[int] | None] = mapped_column(JSON, nullable=True)
     has_split: Mapped[bool] = mapped_column(Boolean, default=False)
-    created_at: Mapped[datetime] = _ts()
-    deleted_at: Mapped[datetime | None] = mapped_column(DateTime(timezone=True), nullable=True)
 
 
-class Credential(Base):
+class Credential(_Owned, Base):
     __tablename__ = "credentials"
-    id: Mapped[str] = mapped_column(String(32), primary_key=True, default=lambda: new_id("cr"))
-    tenant_id: Mapped[str] = mapped_column(ForeignKey("tenants.id"), index=True)
+    id: Mapped[str] = _id("cr")
     provider: Mapped[str] = mapped_column(String(32))
     name: Mapped[str | None] = mapped_column(String(200), nullable=True)
     ciphertext: Mapped[bytes] = mapped_column(LargeBinary)  # Fernet token; b"" once deleted
-    created_at: Mapped[datetime] = _ts()
-    deleted_at: Mapped[datetime | None] = mapped_column(DateTime(timezone=True), nullable=True)
 
 
-class Job(Base):
+class Job(_Owned, Base):
     __tablename__ = "jobs"
-    id: Mapped[str] = mapped_column(String(32), primary_key=True, default=lambda: new_id("job"))
-    tenant_id: Mapped[str] = mapped_column(ForeignKey("tenants.id"), index=True)
+    id: Mapped[str] = _id("job")
     dataset_id: Mapped[str] = mapped_column(ForeignKey("datasets.id"))
     credential_id: Mapped[str | None] = mapped_column(ForeignKey("credentials.id"), nullable=True)
     provider: Mapped[str] = mapped_column(String(32))
@@ -125,17 +136,15 @@ class Job(Base):
     reserved_queries: Mapped[int] = mapped_column(BigInteger, default=0)
     # Lease: the worker running the job and when it last proved alive.
     lease: Mapped[str | None] = mapped_column(String(64), nullable=True)
-    heartbeat_at: Mapped[datetime | None] = mapped_column(DateTime(timezone=True), nullable=True)
+    heartbeat_at: Mapped[datetime | None] = _when()
     attempts: Mapped[int] = mapped_column(Integer, default=0)
     metrics: Mapped[dict[str, Any] | None] = mapped_column(JSON, nullable=True)  # latest row
     result: Mapped[dict[str, Any] | None] = mapped_column(JSON, nullable=True)
     program_path: Mapped[str | None] = mapped_column(String(500), nullable=True)
     program_sha256: Mapped[str | None] = mapped_column(String(64), nullable=True)
     error: Mapped[str | None] = mapped_column(Text, nullable=True)
-    created_at: Mapped[datetime] = _ts()
-    started_at: Mapped[datetime | None] = mapped_column(DateTime(timezone=True), nullable=True)
-    finished_at: Mapped[datetime | None] = mapped_column(DateTime(timezone=True), nullable=True)
-    deleted_at: Mapped[datetime | None] = mapped_column(DateTime(timezone=True), nullable=True)
+    started_at: Mapped[datetime | None] = _when()
+    finished_at: Mapped[datetime | None] = _when()
 
 
 class Checkpoint(Base):

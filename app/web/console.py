@@ -8,6 +8,7 @@ database.
 from __future__ import annotations
 
 import hashlib
+from collections.abc import Callable
 from functools import cache
 from pathlib import Path
 
@@ -55,29 +56,29 @@ def _page(request: Request, template: str, title: str, **context: object) -> Res
     return response
 
 
-@router.get("/", response_class=HTMLResponse)
-def jobs_page(request: Request) -> Response:
-    return _page(request, "jobs.html", "Jobs")
+#: The pages without a parameter: path → (template, title).
+PAGES = {
+    "/": ("jobs.html", "Jobs"),
+    "/signin": ("signin.html", "Sign in"),
+    "/new": ("new.html", "New job"),
+    "/account": ("account.html", "Credentials and spend"),
+}
 
 
-@router.get("/signin", response_class=HTMLResponse)
-def signin_page(request: Request) -> Response:
-    return _page(request, "signin.html", "Sign in")
+def _shell(template: str, title: str) -> Callable[[Request], Response]:
+    def show(request: Request) -> Response:
+        return _page(request, template, title)
+
+    return show
+
+
+for _path, (_template, _title) in PAGES.items():
+    router.add_api_route(_path, _shell(_template, _title), response_class=HTMLResponse)
 
 
 @router.get("/jobs/{job_id}", response_class=HTMLResponse)
 def job_page(request: Request, job_id: str) -> Response:
     return _page(request, "job.html", f"Job {job_id[:64]}", job_id=job_id[:64])
-
-
-@router.get("/new", response_class=HTMLResponse)
-def new_job_page(request: Request) -> Response:
-    return _page(request, "new.html", "New job")
-
-
-@router.get("/account", response_class=HTMLResponse)
-def account_page(request: Request) -> Response:
-    return _page(request, "account.html", "Credentials and spend")
 
 
 def install(app: FastAPI) -> None:

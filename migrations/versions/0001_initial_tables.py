@@ -5,15 +5,38 @@ Revises:
 Create Date: 2026-11-26 02:20:49.181670
 """
 
-from collections.abc import Sequence
-
 import sqlalchemy as sa
 from alembic import op
 
 revision: str = "0001"
 down_revision: str | None = None
-branch_labels: str | Sequence[str] | None = None
-depends_on: str | Sequence[str] | None = None
+
+
+def _serial_id() -> sa.Column:
+    """An autoincrementing BIGINT id (INTEGER on SQLite, where only that autoincrements)."""
+    return sa.Column(
+        "id", sa.BigInteger().with_variant(sa.Integer(), "sqlite"), autoincrement=True,
+        nullable=False,
+    )  # fmt: skip
+
+
+def _owned_table(name: str, *items: sa.schema.SchemaItem, index: bool = True) -> None:
+    """A table of things a tenant owns: ``id``, ``tenant_id``, ``items`` (the rest of its
+    columns and constraints), then its tenant foreign key and primary key, named by the
+    models' convention; ``index``: on ``tenant_id``."""
+    op.create_table(
+        name,
+        sa.Column("id", sa.String(length=32), nullable=False),
+        sa.Column("tenant_id", sa.String(length=32), nullable=False),
+        *items,
+        sa.ForeignKeyConstraint(
+            ["tenant_id"], ["tenants.id"], name=op.f(f"fk_{name}_tenant_id_tenants")
+        ),
+        sa.PrimaryKeyConstraint("id", name=op.f(f"pk_{name}")),
+    )
+    if index:
+        with op.batch_alter_table(name, schema=None) as batch_op:
+            batch_op.create_index(batch_op.f(f"ix_{name}_tenant_id"), ["tenant_id"], unique=False)
 
 
 def upgrade() -> None:
@@ -26,26 +49,16 @@ def upgrade() -> None:
         sa.PrimaryKeyConstraint("id", name=op.f("pk_tenants")),
         sa.UniqueConstraint("name", name=op.f("uq_tenants_name")),
     )
-    op.create_table(
+    _owned_table(
         "credentials",
-        sa.Column("id", sa.String(length=32), nullable=False),
-        sa.Column("tenant_id", sa.String(length=32), nullable=False),
         sa.Column("provider", sa.String(length=32), nullable=False),
         sa.Column("name", sa.String(length=200), nullable=True),
         sa.Column("ciphertext", sa.LargeBinary(), nullable=False),
         sa.Column("created_at", sa.DateTime(timezone=True), nullable=False),
-        sa.ForeignKeyConstraint(
-            ["tenant_id"], ["tenants.id"], name=op.f("fk_credentials_tenant_id_tenants")
-        ),
-        sa.PrimaryKeyConstraint("id", name=op.f("pk_credentials")),
     )
-    with op.batch_alter_table("credentials", schema=None) as batch_op:
-        batch_op.create_index(batch_op.f("ix_credentials_tenant_id"), ["tenant_id"], unique=False)
 
-    op.create_table(
+    _owned_table(
         "datasets",
-        sa.Column("id", sa.String(length=32), nullable=False),
-        sa.Column("tenant_id", sa.String(length=32), nullable=False),
         sa.Column("filename", sa.String(length=255), nullable=False),
         sa.Column("path", sa.String(length=500), nullable=False),
         sa.Column("sha256", sa.String(length=64), nullable=False),
@@ -55,13 +68,7 @@ def upgrade() -> None:
         sa.Column("image_shape", sa.JSON(), nullable=True),
         sa.Column("has_split", sa.Boolean(), nullable=False),
         sa.Column("created_at", sa.DateTime(timezone=True), nullable=False),
-        sa.ForeignKeyConstraint(
-            ["tenant_id"], ["tenants.id"], name=op.f("fk_datasets_tenant_id_tenants")
-        ),
-        sa.PrimaryKeyConstraint("id", name=op.f("pk_datasets")),
     )
-    with op.batch_alter_table("datasets", schema=None) as batch_op:
-        batch_op.create_index(batch_op.f("ix_datasets_tenant_id"), ["tenant_id"], unique=False)
 
     op.create_table(
         "tokens",
@@ -75,10 +82,8 @@ def upgrade() -> None:
         sa.PrimaryKeyConstraint("id", name=op.f("pk_tokens")),
         sa.UniqueConstraint("token_hash", name=op.f("uq_tokens_token_hash")),
     )
-    op.create_table(
+    _owned_table(
         "jobs",
-        sa.Column("id", sa.String(length=32), nullable=False),
-        sa.Column("tenant_id", sa.String(length=32), nullable=False),
         sa.Column("dataset_id", sa.String(length=32), nullable=False),
         sa.Column("credential_id", sa.String(length=32), nullable=True),
         sa.Column("provider", sa.String(length=32), nullable=False),
@@ -113,14 +118,9 @@ def upgrade() -> None:
         sa.ForeignKeyConstraint(
             ["dataset_id"], ["datasets.id"], name=op.f("fk_jobs_dataset_id_datasets")
         ),
-        sa.ForeignKeyConstraint(
-            ["tenant_id"], ["tenants.id"], name=op.f("fk_jobs_tenant_id_tenants")
-        ),
-        sa.PrimaryKeyConstraint("id", name=op.f("pk_jobs")),
     )
     with op.batch_alter_table("jobs", schema=None) as batch_op:
         batch_op.create_index(batch_op.f("ix_jobs_status"), ["status"], unique=False)
-        batch_op.create_index(batch_op.f("ix_jobs_tenant_id"), ["tenant_id"], unique=False)
 
     op.create_table(
         "checkpoints",
@@ -133,12 +133,7 @@ def upgrade() -> None:
     )
     op.create_table(
         "ledger",
-        sa.Column(
-            "id",
-            sa.BigInteger().with_variant(sa.Integer(), "sqlite"),
-            autoincrement=True,
-            nullable=False,
-        ),
+        _serial_id(),
         sa.Column("job_id", sa.String(length=32), nullable=False),
         sa.Column("tenant_id", sa.String(length=32), nullable=False),
         sa.Column("provider", sa.String(length=32), nullable=False),
@@ -163,12 +158,7 @@ def upgrade() -> None:
 
     op.create_table(
         "metrics",
-        sa.Column(
-            "id",
-            sa.BigInteger().with_variant(sa.Integer(), "sqlite"),
-            autoincrement=True,
-            nullable=False,
-        ),
+        _serial_id(),
         sa.Column("job_id", sa.String(length=32), nullable=False),
         sa.Column("seq", sa.Integer(), nullable=False),
         sa.Column("row", sa.JSON(), nullable=False),

@@ -8,14 +8,10 @@ Revision ID: 0003
 Revises: 0002
 """
 
-from collections.abc import Sequence
-
 from alembic import op
 
 revision: str = "0003"
 down_revision: str | None = "0002"
-branch_labels: str | Sequence[str] | None = None
-depends_on: str | Sequence[str] | None = None
 
 
 def upgrade() -> None:

@@ -10,15 +10,11 @@ Revision ID: 0004
 Revises: 0003
 """
 
-from collections.abc import Sequence
-
 import sqlalchemy as sa
 from alembic import op
 
 revision: str = "0004"
 down_revision: str | None = "0003"
-branch_labels: str | Sequence[str] | None = None
-depends_on: str | Sequence[str] | None = None
 
 TABLES = ("datasets", "credentials", "jobs")
 
