@@ -11,6 +11,7 @@ from sqlalchemy.orm import Session
 
 from adapters.egress import DEFAULT_ENDPOINTS
 from adapters.errors import EndpointRefused
+from adapters.torch_local import BUNDLED_MODELS
 from app.config.settings import Settings
 from app.config.spec import CloudCredential, JobSpec
 from app.jobs.accounting import query_cap
@@ -76,9 +77,10 @@ def create_job(session: Session, settings: Settings, *, tenant_id: str, spec: Jo
             settings.egress.check_submitted(provider, endpoint)
         except EndpointRefused as err:
             raise InvalidRequest(f"oracle.endpoint: {err}") from err
-    elif spec.oracle.kind == "torch" and spec.oracle.model != "efficientnet-lite0":
+    elif spec.oracle.kind == "torch" and spec.oracle.model not in BUNDLED_MODELS:
+        # A file path would let a tenant load any TorchScript on the server's disk.
         raise InvalidRequest(
-            "oracle.model: the service runs the bundled efficientnet-lite0; "
+            f"oracle.model: the service runs a bundled model ({', '.join(BUNDLED_MODELS)}); "
             "TorchScript files are for `reprogram train`"
         )
     b = spec.budget
