@@ -1,5 +1,6 @@
 """The small JSON admin API of the fakes, so tests in other processes (and the benchmark)
-can read a fake's counts and change its faults over HTTP.
+can read a fake's counts and change its faults over HTTP; and ``FakeServer``, the
+start/stop lifecycle both fakes share.
 
 A fake describes its paths as an ``AdminApi``; the Custom Vision fake answers them on its own
 HTTP port (under ``/_fake/``), the gRPC Clarifai fake on a separate port through
@@ -13,8 +14,26 @@ import threading
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
-from typing import Any
+from typing import Any, Self
 from urllib.parse import parse_qs, urlsplit
+
+
+class FakeServer:
+    """A fake that serves between ``start()`` and ``stop()``, or as a context manager:
+    ``with Fake(...) as fake: ... fake.endpoint``."""
+
+    def start(self) -> Self:
+        raise NotImplementedError
+
+    def stop(self) -> None:
+        raise NotImplementedError
+
+    def __enter__(self) -> Self:
+        return self.start()
+
+    def __exit__(self, *exc: object) -> None:
+        self.stop()
+
 
 #: GET handlers take the query string's parameters, POST handlers the JSON object sent;
 #: both return what is sent back as JSON.

@@ -38,8 +38,8 @@ from clarifai_grpc.grpc.api.status import status_code_pb2 as S
 from clarifai_grpc.grpc.api.status import status_pb2
 from PIL import Image
 
-from tests.fakes.admin import AdminApi, serve_admin
-from tests.fakes.model import MODEL_KINDS, CheapModel, FakeModel, ModelKind, make_model
+from tests.fakes.admin import AdminApi, FakeServer, serve_admin
+from tests.fakes.model import CheapModel, FakeModel, ModelKind, add_model_option, make_model
 
 USER_ID, APP_ID, VERSION_ID = "clarifai", "main", "fake-version-1"
 #: model id -> concept view of adapters.label_groups (None: all 1,000 ImageNet classes)
@@ -149,7 +149,7 @@ class _State:
     buckets: dict[str, TokenBucket] = field(default_factory=dict)
 
 
-class FakeClarifai:
+class FakeClarifai(FakeServer):
     """The fake server; ``with FakeClarifai(keys={"k"}) as fake: ... fake.port``."""
 
     def __init__(
@@ -215,12 +215,6 @@ class FakeClarifai:
             self._admin.shutdown()
             self._admin.server_close()
             self._admin = None
-
-    def __enter__(self) -> FakeClarifai:
-        return self.start()
-
-    def __exit__(self, *exc: object) -> None:
-        self.stop()
 
     @property
     def endpoint(self) -> str:
@@ -468,12 +462,7 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--rate-limit", type=float, default=15.0, help="requests/s per key")
     parser.add_argument("--burst", type=float, default=None)
     parser.add_argument("--seed", type=int, default=0)
-    parser.add_argument(
-        "--model",
-        choices=MODEL_KINDS,
-        default="network",
-        help="the fake's opinion: the bundled network, or cheap for benchmarks",
-    )
+    add_model_option(parser)
     args = parser.parse_args(argv)
     fake = FakeClarifai(port=args.port, host=args.host, keys=args.key or ["demo-key"],
                         rate_limit=args.rate_limit or None, burst=args.burst,

@@ -40,8 +40,8 @@ from urllib.parse import urlsplit
 import numpy as np
 from PIL import Image, UnidentifiedImageError
 
-from tests.fakes.admin import AdminApi, read_body, send_json
-from tests.fakes.model import MODEL_KINDS, CheapModel, FakeModel, ModelKind, make_model
+from tests.fakes.admin import AdminApi, FakeServer, read_body, send_json
+from tests.fakes.model import CheapModel, FakeModel, ModelKind, add_model_option, make_model
 
 MAX_IMAGE_BYTES = 4 * 1024 * 1024
 FORMATS = {"PNG", "JPEG", "BMP", "GIF"}
@@ -151,7 +151,7 @@ def _image_bytes(body: bytes, content_type: str) -> bytes:
     return body
 
 
-class FakeCustomVision:
+class FakeCustomVision(FakeServer):
     """The fake server; ``start()``/``stop()`` or use it as a context manager."""
 
     def __init__(
@@ -213,12 +213,6 @@ class FakeCustomVision:
                     conn.shutdown(socket.SHUT_RDWR)
         if self._thread is not None:
             self._thread.join()
-
-    def __enter__(self) -> FakeCustomVision:
-        return self.start()
-
-    def __exit__(self, *exc: object) -> None:
-        self.stop()
 
     @property
     def port(self) -> int:
@@ -453,12 +447,7 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--key", action="append", help="accepted Prediction-Key (repeatable)")
     parser.add_argument("--rate-limit", type=float, default=10.0, help="images/s per key")
     parser.add_argument("--burst", type=float, default=None)
-    parser.add_argument(
-        "--model",
-        choices=MODEL_KINDS,
-        default="network",
-        help="the fake's opinion: the bundled network, or cheap for benchmarks",
-    )
+    add_model_option(parser)
     args = parser.parse_args(argv)
     fake = FakeCustomVision(
         args.port,

@@ -10,6 +10,7 @@ client; ``make_model(view, kind)`` picks one by name.
 
 from __future__ import annotations
 
+import argparse
 import threading
 import zlib
 from typing import TYPE_CHECKING, Literal
@@ -23,6 +24,16 @@ if TYPE_CHECKING:
 
 ModelKind = Literal["network", "cheap"]
 MODEL_KINDS: tuple[ModelKind, ...] = ("network", "cheap")
+
+
+def add_model_option(parser: argparse.ArgumentParser) -> None:
+    """``--model``, a fake's command-line choice of ``ModelKind``."""
+    parser.add_argument(
+        "--model",
+        choices=MODEL_KINDS,
+        default="network",
+        help="the fake's opinion: the bundled network, or cheap for benchmarks",
+    )
 
 
 def _labels(view: str | None) -> tuple[str, ...]:
