@@ -5,10 +5,14 @@ from __future__ import annotations
 
 from collections.abc import Iterator
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import pytest
 
-from tests.helpers import create_database, digits_npz, drop_database
+from tests.helpers import create_database, digits_npz, drop_database, service_settings
+
+if TYPE_CHECKING:
+    from app.config.settings import Settings
 
 
 @pytest.fixture(scope="session")
@@ -31,3 +35,11 @@ def pg_url() -> Iterator[str]:
         yield url
     finally:
         drop_database(url)
+
+
+@pytest.fixture(params=["sqlite", pytest.param("postgres", marks=pytest.mark.postgres)])
+def settings(request: pytest.FixtureRequest, tmp_path: Path) -> Settings:
+    """Settings of an in-process service under ``tmp_path``: once on SQLite, once (marked
+    ``postgres``) on a fresh PostgreSQL database."""
+    url = request.getfixturevalue("pg_url") if request.param == "postgres" else None
+    return service_settings(tmp_path, url)

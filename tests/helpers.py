@@ -19,6 +19,7 @@ import threading
 import time
 from collections.abc import Iterator
 from contextlib import contextmanager
+from dataclasses import dataclass, field
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -245,6 +246,18 @@ def api(
             db.dispose()
 
 
+@dataclass
+class World:
+    """A service in-process that a whole test module shares: its client, database and
+    settings, a tenant's auth headers, and the ids of what the module stored up front."""
+
+    client: TestClient
+    db: Database
+    settings: Settings
+    headers: dict[str, str]
+    ids: dict[str, str] = field(default_factory=dict)
+
+
 @contextmanager
 def service(
     settings: Settings, *, run_jobs: bool = True, tenant: str = "acme"
@@ -268,6 +281,17 @@ def upload(
     r = client.post("/v1/datasets", headers=headers, files={"file": (name, content)})
     assert r.status_code == 201, r.text
     return r.json()
+
+
+def add_credential(
+    client: TestClient, headers: dict[str, str], secret: str, provider: str = "clarifai"
+) -> str:
+    """Store a credential; its id."""
+    r = client.post(
+        "/v1/credentials", headers=headers, json={"provider": provider, "secret": secret}
+    )
+    assert r.status_code == 201, r.text
+    return r.json()["id"]
 
 
 def post_job(client: TestClient, headers: dict[str, str], spec: dict[str, Any]) -> str:
@@ -345,7 +369,8 @@ def wait_final(client: TestClient, headers: dict, job_id: str, timeout: float = 
 
 def seed_job(db: Database, tenant: str, **job: Any) -> tuple[str, str]:
     """A job of ``tenant`` (which must exist) on a placeholder data set, with ``job``'s
-    fields, written straight to the database; (job id, tenant id)."""
+    fields (an empty spec unless given), written straight to the database; (job id, tenant
+    id)."""
     from app.storage.models import Dataset, Job, Tenant
 
     with db.session() as s:
@@ -361,7 +386,7 @@ def seed_job(db: Database, tenant: str, **job: Any) -> tuple[str, str]:
         )
         s.add(ds)
         s.flush()
-        row = Job(tenant_id=tn.id, dataset_id=ds.id, spec={}, **job)
+        row = Job(tenant_id=tn.id, dataset_id=ds.id, **({"spec": {}} | job))
         s.add(row)
         s.flush()
         return row.id, tn.id

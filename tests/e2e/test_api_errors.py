@@ -12,19 +12,18 @@ import io
 import json
 import zipfile
 from collections.abc import Callable, Iterator
-from dataclasses import dataclass, field
 from typing import Any
 
 import numpy as np
 import pytest
-from fastapi.testclient import TestClient
 from PIL import Image
 from sqlalchemy import select
 
-from app.config.settings import Settings
 from app.storage.db import Database
 from app.storage.models import Base, Job
 from tests.helpers import (
+    World,
+    add_credential,
     api,
     bearer,
     create_database,
@@ -38,15 +37,6 @@ from tests.helpers import (
 
 UPLOAD_LIMIT = 64 * 1024  # small, so that "oversize" is cheap to build
 PREDICT_LIMIT = 4 * UPLOAD_LIMIT  # room for 257 small images (one too many)
-
-
-@dataclass
-class World:
-    client: TestClient
-    db: Database
-    settings: Settings
-    headers: dict[str, str]
-    ids: dict[str, str] = field(default_factory=dict)
 
 
 def make_zip(entries: dict[str, bytes], compress: int = zipfile.ZIP_DEFLATED) -> bytes:
@@ -78,10 +68,7 @@ def world(request, tmp_path_factory, small_npz) -> Iterator[World]:
             w = World(client, db, settings, bearer(db, "acme"))
             ds = upload(client, w.headers, small_npz, "d.npz")
             w.ids["ds"] = ds["id"]
-            r = client.post(
-                "/v1/credentials", headers=w.headers, json={"provider": "clarifai", "secret": "k1"}
-            )
-            w.ids["cred"] = r.json()["id"]
+            w.ids["cred"] = add_credential(client, w.headers, "k1")
             torch = {"dataset_id": w.ids["ds"], "oracle": {"kind": "torch"}}
             cloud = {
                 "dataset_id": w.ids["ds"],
@@ -136,6 +123,15 @@ def refused(
         assert says in json.dumps(body["detail"]), body
     assert snapshot(world) == before, "a refused request changed what is stored"
     return body
+
+
+def refused_body(
+    world: World, path: str, content: bytes, field: str, content_type: str = "application/json"
+) -> dict[str, Any]:
+    """POST ``content`` as it is to ``path``: refused with 422 naming ``field``, nothing
+    stored."""
+    headers = {**world.headers, "Content-Type": content_type}
+    return refused(world, "POST", path, 422, field=field, content=content, headers=headers)
 
 
 # --- 401: every endpoint, every way of not being authenticated -------------------------------
@@ -220,40 +216,17 @@ NOT_JSON = {
 @pytest.mark.parametrize("path", ["/v1/credentials", "/v1/jobs"])
 @pytest.mark.parametrize("body", NOT_JSON)
 def test_a_body_that_is_not_a_json_object_is_422_naming_the_body(world, path, body):
-    refused(
-        world,
-        "POST",
-        path,
-        422,
-        field="body",
-        content=NOT_JSON[body],
-        headers={**world.headers, "Content-Type": "application/json"},
-    )
+    refused_body(world, path, NOT_JSON[body], "body")
 
 
 @pytest.mark.parametrize("path", ["/v1/credentials", "/v1/jobs"])
 def test_a_body_that_is_not_json_at_all_is_422(world, path):
-    refused(
-        world,
-        "POST",
-        path,
-        422,
-        field="body",
-        content=b"provider=clarifai&secret=k",
-        headers={**world.headers, "Content-Type": "application/x-www-form-urlencoded"},
-    )
+    form = "application/x-www-form-urlencoded"
+    refused_body(world, path, b"provider=clarifai&secret=k", "body", form)
 
 
 def test_invalid_json_says_where(world):
-    body = refused(
-        world,
-        "POST",
-        "/v1/jobs",
-        422,
-        field="body",
-        content=b'{\n  "seed": 1,\n  "oracle": }',
-        headers={**world.headers, "Content-Type": "application/json"},
-    )
+    body = refused_body(world, "/v1/jobs", b'{\n  "seed": 1,\n  "oracle": }', "body")
     assert "invalid JSON" in body["detail"][0]["message"]
     assert "line 3" in body["detail"][0]["message"]
 
@@ -398,15 +371,7 @@ def test_bad_job_specs_are_422_naming_the_field(world, case):
 )
 def test_non_finite_numbers_are_422(world, raw, name):
     content = f'{{"dataset_id": "{world.ids["ds"]}", "oracle": {{"kind": "torch"}}, {raw}}}'
-    refused(
-        world,
-        "POST",
-        "/v1/jobs",
-        422,
-        field=name,
-        content=content.encode(),
-        headers={**world.headers, "Content-Type": "application/json"},
-    )
+    refused_body(world, "/v1/jobs", content.encode(), name)
 
 
 def test_a_valid_spec_is_accepted_so_the_refusals_are_about_the_fields(world):

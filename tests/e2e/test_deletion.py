@@ -8,20 +8,12 @@ from __future__ import annotations
 
 from typing import Any
 
-import pytest
 from sqlalchemy import func, select, update
 
-from app.config.settings import Settings
 from app.storage.models import Checkpoint, Credential, Dataset, Job, LedgerEntry, MetricRow
-from tests.helpers import api, bearer, give_program, png, post_job, service_settings, upload
+from tests.helpers import add_credential, api, bearer, give_program, png, post_job, upload
 
 SECRET = "sk-live-deletion-test-0a9b8c7d"
-
-
-@pytest.fixture(params=["sqlite", pytest.param("postgres", marks=pytest.mark.postgres)])
-def settings(request, tmp_path) -> Settings:
-    url = request.getfixturevalue("pg_url") if request.param == "postgres" else None
-    return service_settings(tmp_path, url)
 
 
 def finish_with_history(db, data_dir, job_id: str, tenant_id: str, classes: list[str]) -> None:
@@ -51,9 +43,7 @@ def test_owners_delete_credentials_jobs_and_data_sets(settings, small_npz):
     with api(settings, run_jobs=False, raise_server_exceptions=False) as (client, db):
         a, b = bearer(db, "acme"), bearer(db, "globex")
         ds = upload(client, a, small_npz)
-        cred = client.post(
-            "/v1/credentials", headers=a, json={"provider": "clarifai", "secret": SECRET}
-        ).json()["id"]
+        cred = add_credential(client, a, SECRET)
         cloud = {"dataset_id": ds["id"], "oracle": {"kind": "clarifai", "credential_id": cred}}
         queued = post_job(client, a, cloud)
         done = post_job(client, a, cloud)

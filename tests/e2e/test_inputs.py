@@ -15,30 +15,27 @@ import io
 import json
 import zipfile
 from collections.abc import Iterator
-from dataclasses import dataclass, field
 from typing import Any
 
 import numpy as np
 import pytest
 import torch
-from fastapi.testclient import TestClient
 from PIL import Image
 
-from app.config.settings import Settings
-from app.storage.db import Database
-from tests.helpers import api, bearer, give_program, png, post_job, service_settings, upload
+from tests.helpers import (
+    World,
+    add_credential,
+    api,
+    bearer,
+    give_program,
+    png,
+    post_job,
+    service_settings,
+    upload,
+)
 
 UPLOAD_PIXELS = 20_000  # the small data set below holds 36 × 16 × 16 = 9,216
 PREDICT_PIXELS = 20_000
-
-
-@dataclass
-class World:
-    client: TestClient
-    db: Database
-    settings: Settings
-    headers: dict[str, str]
-    ids: dict[str, str] = field(default_factory=dict)
 
 
 @pytest.fixture(scope="module")
@@ -54,10 +51,7 @@ def world(tmp_path_factory, small_npz) -> Iterator[World]:
         w.ids["ds"] = ds["id"]
         w.ids["done"] = post_job(client, w.headers, spec(w))
         give_program(db, settings.data_dir, w.ids["done"], ds["classes"])
-        r = client.post(
-            "/v1/credentials", headers=w.headers, json={"provider": "clarifai", "secret": "k"}
-        )
-        w.ids["cred"] = r.json()["id"]
+        w.ids["cred"] = add_credential(client, w.headers, "k")
         yield w
 
 

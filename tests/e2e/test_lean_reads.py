@@ -13,8 +13,8 @@ from sqlalchemy import update
 from app.api.app import create_app
 from app.services.auth import revoke
 from app.storage.db import Database
-from app.storage.models import Dataset, Job, Tenant
-from tests.helpers import bearer, service_settings
+from app.storage.models import Job
+from tests.helpers import bearer, seed_job, service_settings
 
 BACKENDS = ["sqlite", pytest.param("postgres", marks=pytest.mark.postgres)]
 CHOICES = ["mapping.method = 'learned': a read-out … ünïcode ×", "optimizer.q = 10: directions"]
@@ -22,23 +22,7 @@ CHOICES = ["mapping.method = 'learned': a read-out … ünïcode ×", "optimizer
 
 def seed(db: Database, tenant: str, **job: object) -> str:
     """A job of ``tenant`` (who must exist) as a worker leaves it mid-run or finished."""
-    with db.session() as s:
-        tn = s.query(Tenant).filter_by(name=tenant).one()
-        ds = Dataset(
-            tenant_id=tn.id,
-            filename="d.npz",
-            path="x",
-            sha256="0" * 64,
-            size_bytes=1,
-            n_samples=9,
-            classes=["a", "b"],
-        )
-        s.add(ds)
-        s.flush()
-        row = Job(tenant_id=tn.id, dataset_id=ds.id, provider="torch", spec={}, **job)
-        s.add(row)
-        s.flush()
-        return row.id
+    return seed_job(db, tenant, provider="torch", **job)[0]
 
 
 RUNNING = {

@@ -22,16 +22,10 @@ from tests.helpers import (
     upload,
     wait_final,
 )
+from tests.live import SMALL_RUN
 
 CLARIFAI_KEY = "clarifai-secret-e2e-91c2"
 CV_KEY = "customvision-secret-e2e-55aa"
-
-SMALL_RUN = {
-    "program": {"input_size": 64, "target_size": 24},
-    "optimizer": {"iterations": 6, "q": 2, "batch_size": 4, "eval_every": 3},
-    "budget": {"max_queries": 3000},
-    "seed": 0,
-}
 
 
 def oracle_specs(clarifai: FakeClarifai, cv: FakeCustomVision, creds: dict[str, str]) -> dict:

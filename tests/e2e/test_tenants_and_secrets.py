@@ -23,16 +23,10 @@ from app.config.settings import Settings
 from app.storage.crypto import SecretBox
 from app.storage.db import Database
 from app.storage.models import Base, Credential, LedgerEntry, Tenant, Token
-from tests.helpers import api, bearer, give_program, png, post_job, service_settings, upload
+from tests.helpers import add_credential, api, bearer, give_program, png, post_job, upload
 
 SECRET = "sk-live-7f3b9d0e1c2a4b5d-tenant-test"
 REPO = Path(__file__).resolve().parents[2]
-
-
-@pytest.fixture(params=["sqlite", pytest.param("postgres", marks=pytest.mark.postgres)])
-def settings(request, tmp_path) -> Settings:
-    url = request.getfixturevalue("pg_url") if request.param == "postgres" else None
-    return service_settings(tmp_path, url)
 
 
 def tenant_id(db: Database, name: str) -> str:
@@ -47,9 +41,7 @@ def test_another_tenants_objects_do_not_exist(settings, small_npz):
     with api(settings, run_jobs=False, raise_server_exceptions=False) as (client, db):
         a, b = bearer(db, "acme"), bearer(db, "globex")
         ds = upload(client, a, small_npz)
-        cred = client.post(
-            "/v1/credentials", headers=a, json={"provider": "clarifai", "secret": SECRET}
-        ).json()["id"]
+        cred = add_credential(client, a, SECRET)
         torch = {"dataset_id": ds["id"], "oracle": {"kind": "torch"}}
         queued = post_job(client, a, torch)
         done = post_job(client, a, torch)

@@ -21,6 +21,12 @@ from app.jobs.artifacts import ProgramFile
 from tests.helpers import cli_train, split_digits_npz, write_spec
 
 GEOMETRY = {"input_size": 64, "target_size": 24}
+#: a short run on the tiny set: 4 iterations, validated after iterations 0, 2 and 4
+SHORT = {
+    "program": GEOMETRY,
+    "optimizer": {"iterations": 4, "q": 2, "batch_size": 6, "eval_every": 2},
+    "budget": {"max_queries": 3000},
+}
 
 
 @pytest.fixture
@@ -38,15 +44,7 @@ def train(tmp_path, data, spec: dict) -> tuple[int, dict, str]:
 
 
 def test_a_tiny_data_set_without_val_validates_on_images_held_out(tmp_path, tiny):
-    code, result, output = train(
-        tmp_path,
-        tiny,
-        {
-            "program": GEOMETRY,
-            "optimizer": {"iterations": 4, "q": 2, "batch_size": 6, "eval_every": 2},
-            "budget": {"max_queries": 3000},
-        },
-    )
+    code, result, output = train(tmp_path, tiny, SHORT)
     assert code == 0, output
     v = result["validation"]
     assert v == {"method": "holdout", "source": "held out", "images": 6, "per_class": [2, 2, 2]}
@@ -59,16 +57,8 @@ def test_a_tiny_data_set_without_val_validates_on_images_held_out(tmp_path, tiny
 
 
 def test_cross_validation_holds_nothing_out_and_sends_no_validation_query(tmp_path, tiny):
-    code, result, output = train(
-        tmp_path,
-        tiny,
-        {
-            "program": GEOMETRY,
-            "optimizer": {"iterations": 4, "q": 2, "batch_size": 6, "eval_every": 2},
-            "budget": {"max_queries": 3000},
-            "data": {"validation": "cross_validation"},
-        },
-    )
+    spec = SHORT | {"data": {"validation": "cross_validation"}}
+    code, result, output = train(tmp_path, tiny, spec)
     assert code == 0, output
     assert result["validation"] == {
         "method": "cross_validation",

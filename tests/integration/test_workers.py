@@ -12,26 +12,24 @@ import pytest
 
 from adapters.dispatch import RequestRecord
 from adapters.errors import BudgetExceeded
-from app.config.settings import Settings
 from app.jobs.artifacts import ProgramFile
 from app.jobs.ledger import DbLedger
 from app.storage.db import Database
 from app.storage.migrate import upgrade
-from app.storage.models import Dataset, Job, Tenant
+from app.storage.models import Job, Tenant
 from tests.fakes.clarifai import FakeClarifai
-from tests.helpers import service, start_workers, upload, wait_final
+from tests.helpers import (
+    add_credential,
+    post_job,
+    seed_job,
+    service,
+    service_settings,
+    start_workers,
+    upload,
+    wait_final,
+)
 
 KEY = "shared-credential-e2e"
-
-
-def settings_for(url: str, tmp_path, **fields) -> Settings:
-    return Settings(
-        data_dir=tmp_path / "data",
-        database_url=url,
-        secret_key="worker-tests",
-        rate_limit_backend="memory",
-        **fields,
-    )
 
 
 def spec(dataset_id: str, **over) -> dict:
@@ -53,6 +51,16 @@ def wait_iteration(client, headers: dict, job_id: str, n: int, timeout: float = 
         time.sleep(0.1)
 
 
+def start_endless_job(client, headers: dict, npz: bytes) -> tuple[str, str]:
+    """Upload ``npz`` and submit a job that runs until it is stopped; once it has finished
+    2 iterations, (data set id, job id)."""
+    ds = upload(client, headers, npz)["id"]
+    body = spec(ds, optimizer={"iterations": 100_000, "q": 2, "batch_size": 4})
+    job_id = post_job(client, headers, body)
+    wait_iteration(client, headers, job_id, 2)
+    return ds, job_id
+
+
 def _hammer(url: str, job_id: str, tenant_id: str, n: int, out: mp.Queue) -> None:
     ledger = DbLedger(Database(url), job_id, tenant_id, "clarifai", None, 0.001)
     granted = 0
@@ -72,30 +80,7 @@ def test_reservations_from_two_processes_never_exceed_a_budget(pg_url):
     db = Database(pg_url)
     with db.session() as s:
         s.add(Tenant(id="tn_x", name="x"))
-        s.flush()
-        s.add(
-            Dataset(
-                id="ds_x",
-                tenant_id="tn_x",
-                filename="x.npz",
-                path="x",
-                sha256="0",
-                size_bytes=0,
-                n_samples=0,
-                classes=[],
-            )
-        )
-        s.flush()
-        s.add(
-            Job(
-                id="job_x",
-                tenant_id="tn_x",
-                dataset_id="ds_x",
-                provider="clarifai",
-                spec={},
-                query_cap=500,
-            )
-        )
+    seed_job(db, "x", id="job_x", provider="clarifai", query_cap=500)
     ctx = mp.get_context("spawn")
     out: mp.Queue = ctx.Queue()
     procs = [ctx.Process(target=_hammer, args=(pg_url, "job_x", "tn_x", 60, out)) for _ in range(2)]
@@ -116,12 +101,10 @@ def test_reservations_from_two_processes_never_exceed_a_budget(pg_url):
 def test_two_workers_one_credential_never_exceed_budgets(pg_url, tmp_path, small_npz):
     with FakeClarifai(keys=[KEY], rate_limit=100) as fake:
         # The fake listens on loopback: the operator's allowlist lets tenants' jobs reach it.
-        settings = settings_for(pg_url, tmp_path, oracle_allowed_endpoints=[fake.endpoint])
+        settings = service_settings(tmp_path, pg_url, oracle_allowed_endpoints=[fake.endpoint])
         with service(settings) as (client, h):
             ds = upload(client, h, small_npz)
-            cred = client.post(
-                "/v1/credentials", headers=h, json={"provider": "clarifai", "secret": KEY}
-            ).json()["id"]
+            cred = add_credential(client, h, KEY)
             oracle = {
                 "kind": "clarifai",
                 "model_id": "moderation-recognition",
@@ -160,7 +143,7 @@ def test_two_workers_one_credential_never_exceed_budgets(pg_url, tmp_path, small
 @pytest.mark.postgres
 @pytest.mark.slow
 def test_killed_worker_job_resumes_elsewhere_to_the_same_program(pg_url, tmp_path, small_npz):
-    settings = settings_for(pg_url, tmp_path)
+    settings = service_settings(tmp_path, pg_url)
     with service(settings) as (client, h):
         ds = upload(client, h, small_npz)
         first = start_workers(settings, 1, tmp_path, prefix="doomed")[0]
@@ -191,12 +174,8 @@ def test_killed_worker_job_resumes_elsewhere_to_the_same_program(pg_url, tmp_pat
     "backend", ["sqlite", pytest.param("postgres", marks=pytest.mark.postgres)]
 )
 def test_cancel_stops_a_running_job_within_an_iteration(backend, request, tmp_path, small_npz):
-    url = (
-        request.getfixturevalue("pg_url")
-        if backend == "postgres"
-        else f"sqlite:///{tmp_path / 's.db'}"
-    )
-    settings = settings_for(url, tmp_path)
+    url = request.getfixturevalue("pg_url") if backend == "postgres" else None
+    settings = service_settings(tmp_path, url)
     with service(settings) as (client, h):
         ds = upload(client, h, small_npz)
         workers = start_workers(settings, 1, tmp_path) if backend == "postgres" else []
@@ -225,29 +204,22 @@ def test_cancel_stops_a_running_job_within_an_iteration(backend, request, tmp_pa
 def test_embedded_job_whose_process_dies_fails_and_the_runner_goes_on(tmp_path, small_npz):
     """SQLite mode runs each job in a child process: killing it mid-job marks that job failed
     (not stuck as running) and the next queued job still runs."""
-    settings = settings_for(f"sqlite:///{tmp_path / 's.db'}", tmp_path)
-    with service(settings) as (client, h):
-        ds = upload(client, h, small_npz)
-        long = spec(ds["id"], optimizer={"iterations": 100_000, "q": 2, "batch_size": 4})
-        doomed = client.post("/v1/jobs", headers=h, json=long).json()["id"]
-        wait_iteration(client, h, doomed, 2)
+    with service(service_settings(tmp_path)) as (client, h):
+        ds, doomed = start_endless_job(client, h, small_npz)
         children = [p for p in mp.active_children() if p.name == f"job-{doomed}"]
         assert len(children) == 1, mp.active_children()
         children[0].kill()
         job = wait_final(client, h, doomed, timeout=60)
         assert job["status"] == "failed"
         assert "exited with code -9" in job["error"]
-        after = client.post("/v1/jobs", headers=h, json=spec(ds["id"], seed=4)).json()["id"]
+        after = post_job(client, h, spec(ds, seed=4))
         assert wait_final(client, h, after)["status"] == "succeeded"
 
 
 def test_embedded_shutdown_requeues_running_jobs_and_the_next_start_resumes(tmp_path, small_npz):
-    settings = settings_for(f"sqlite:///{tmp_path / 's.db'}", tmp_path)
+    settings = service_settings(tmp_path)
     with service(settings) as (client, h):
-        ds = upload(client, h, small_npz)
-        body = spec(ds["id"], optimizer={"iterations": 100_000, "q": 2, "batch_size": 4})
-        job_id = client.post("/v1/jobs", headers=h, json=body).json()["id"]
-        wait_iteration(client, h, job_id, 2)
+        _, job_id = start_endless_job(client, h, small_npz)
     db = Database(settings.db_url)
     with db.session() as s:
         stopped = s.get(Job, job_id)

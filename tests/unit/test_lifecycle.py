@@ -12,7 +12,8 @@ from app.jobs.ledger import DbLedger
 from app.jobs.lifecycle import LeaseLost, Status
 from app.storage.db import Database
 from app.storage.migrate import upgrade
-from app.storage.models import Dataset, Job, Tenant, utcnow
+from app.storage.models import Job, Tenant, utcnow
+from tests.helpers import seed_job
 
 
 @pytest.fixture
@@ -22,18 +23,7 @@ def db(tmp_path):
     db = Database(url)
     with db.session() as s:
         s.add(Tenant(id="tn_a", name="a"))
-        s.flush()
-        s.add(
-            Dataset(
-                id="ds_a", tenant_id="tn_a", filename="a.npz", path="a", sha256="0",
-                size_bytes=1, n_samples=1, classes=["x", "y"],
-            )
-        )  # fmt: skip
-        s.flush()
-        s.add(
-            Job(id="job_a", tenant_id="tn_a", dataset_id="ds_a", provider="torch", spec={},
-                query_cap=1000)
-        )  # fmt: skip
+    seed_job(db, "a", id="job_a", provider="torch", query_cap=1000)
     yield db
     db.dispose()
 
