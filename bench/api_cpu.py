@@ -29,9 +29,8 @@ from collections import Counter
 from datetime import UTC, datetime
 from pathlib import Path
 
-import httpx
-
-from bench.api_latency import free_port
+from bench.server import create_token, database_url, server_env, stop, wait_healthy
+from tests.live import free_port
 
 CHOICES = [
     "mapping.method = 'learned': the oracle exposes 1000 labels for 10 classes; a linear "
@@ -118,46 +117,28 @@ def backends(db_url: str) -> list[int]:
 
 def seed(db_url: str, tenant: str, jobs: int) -> list[str]:
     """Jobs that look like a real running one (their view is ~1.6 kB of JSON)."""
-    from sqlalchemy import select
-
     from app.storage.db import Database
-    from app.storage.models import Dataset, Job, Tenant
+    from tests.helpers import seed_job
 
     db = Database(db_url)
-    ids = []
-    with db.session() as s:
-        tn = s.scalar(select(Tenant).where(Tenant.name == tenant))
-        ds = Dataset(
-            tenant_id=tn.id,
-            filename="mnist.npz",
-            path="x",
-            sha256="0" * 64,
-            size_bytes=1,
-            n_samples=500,
-            classes=[str(i) for i in range(10)],
-            has_split=True,
-        )
-        s.add(ds)
-        s.flush()
-        for i in range(jobs):
-            job = Job(
-                tenant_id=tn.id,
-                dataset_id=ds.id,
-                provider="torch",
-                spec={"oracle": {"kind": "torch"}, "seed": i},
-                status="running",
-                iteration=2,
-                iterations=100_000,
-                queries=700,
-                requests=4,
-                metrics=METRICS,
-                choices=CHOICES,
-                lease="bench",
-                heartbeat_at=datetime(2100, 1, 1, tzinfo=UTC),  # never stale
-            )
-            s.add(job)
-            s.flush()
-            ids.append(job.id)
+    ids = [
+        seed_job(
+            db,
+            tenant,
+            provider="torch",
+            spec={"oracle": {"kind": "torch"}, "seed": i},
+            status="running",
+            iteration=2,
+            iterations=100_000,
+            queries=700,
+            requests=4,
+            metrics=METRICS,
+            choices=CHOICES,
+            lease="bench",
+            heartbeat_at=datetime(2100, 1, 1, tzinfo=UTC),  # never stale
+        )[0]
+        for i in range(jobs)
+    ]
     db.dispose()
     return ids
 
@@ -237,28 +218,9 @@ def main() -> None:
     p.add_argument("--env", action="append", default=[], help="extra NAME=VALUE for the server")
     a = p.parse_args()
     tmp = Path(tempfile.mkdtemp())
-    env = {
-        **os.environ,
-        "REPROGRAM_DATA_DIR": str(tmp),
-        "REPROGRAM_SECRET_KEY": "bench",
-        "REPROGRAM_EMBEDDED_WORKERS": "0",
-        **dict(e.split("=", 1) for e in a.env),
-    }
-    pg = None
-    if a.backend == "postgres":
-        from tests.helpers import create_database
-
-        pg = create_database()
-        env["REPROGRAM_DATABASE_URL"] = pg
-    exe = [sys.executable, "-m", "app.cli.main"]
-    token = subprocess.run(
-        [*exe, "token", "create", "--tenant", "bench"],
-        env=env,
-        check=True,
-        capture_output=True,
-        text=True,
-    ).stdout.split()[-1]
-    ids = seed(pg or f"sqlite:///{tmp / 'reprogram.db'}", "bench", a.jobs)
+    env, pg = server_env(tmp, a.backend, **dict(e.split("=", 1) for e in a.env))
+    token = create_token(env)
+    ids = seed(database_url(tmp, pg), "bench", a.jobs)
     port = free_port()
     count = tmp / "requests"
     if a.yappi:
@@ -267,19 +229,12 @@ def main() -> None:
             f"--requests-file {count} {a.yappi_args}"
         )
     cmd = shlex.split(a.cmd.format(python=sys.executable, port=port))
-    log = open(tmp / "server.log", "w")  # noqa: SIM115
-    server = subprocess.Popen(cmd, env=env, stdout=log, stderr=subprocess.STDOUT)
+    with open(tmp / "server.log", "w") as log:  # the child keeps its own copy
+        server = subprocess.Popen(cmd, env=env, stdout=log, stderr=subprocess.STDOUT)
     url = f"http://127.0.0.1:{port}"
     spy = None
     try:
-        for _ in range(240):
-            try:
-                if httpx.get(f"{url}/healthz").status_code == 200:
-                    break
-            except httpx.HTTPError:
-                if server.poll() is not None:
-                    sys.exit("the server exited:\n" + (tmp / "server.log").read_text()[-3000:])
-                time.sleep(0.25)
+        wait_healthy(url, server, tmp / "server.log")
         asyncio.run(closed_loop(url, token, ids, 500, a.conns))  # warm up every connection
         pids = tree(server.pid)
         pg_pids = backends(pg) if pg else []
@@ -325,15 +280,7 @@ def main() -> None:
         if spy is not None:
             spy.send_signal(2)  # SIGINT: py-spy writes its file and exits
             spy.wait(30)
-        server.terminate()
-        try:
-            server.wait(30)
-        except subprocess.TimeoutExpired:
-            server.kill()
-        if pg:
-            from tests.helpers import drop_database
-
-            drop_database(pg)
+        stop([server], pg)
     n = a.requests
     load = os.getloadavg()[0]
     print(

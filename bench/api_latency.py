@@ -18,9 +18,6 @@ from __future__ import annotations
 import argparse
 import asyncio
 import os
-import socket
-import subprocess
-import sys
 import tempfile
 import time
 from pathlib import Path
@@ -28,13 +25,9 @@ from pathlib import Path
 import httpx
 import numpy as np
 
+from bench.server import create_token, server_env, start, stop, wait_healthy
 from bench.worker_overhead import dataset_npz
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
+from tests.live import free_port, post_dataset
 
 
 async def load(
@@ -121,71 +114,18 @@ def main() -> None:
     rates = a.rates or [a.rate]
     results: list[tuple[float, np.ndarray, int, float, float]] = []
     tmp = Path(tempfile.mkdtemp())
-    env = {
-        **os.environ,
-        "REPROGRAM_DATA_DIR": str(tmp),
-        "REPROGRAM_SECRET_KEY": "bench",
-        "REPROGRAM_EMBEDDED_WORKERS": str(max(a.jobs, 1)),
-    }
-    pg = None
-    if a.backend == "postgres":
-        from tests.helpers import create_database
-
-        pg = create_database()
-        env["REPROGRAM_DATABASE_URL"] = pg
-    exe = [sys.executable, "-m", "app.cli.main"]
-    token = (
-        subprocess.run(
-            [*exe, "token", "create", "--tenant", "bench"],
-            env=env,
-            check=True,
-            capture_output=True,
-            text=True,
-        )
-        .stdout.strip()
-        .splitlines()[-1]
-    )
+    env, pg = server_env(tmp, a.backend, embedded_workers=max(a.jobs, 1))
+    token = create_token(env)
     port = free_port()
-    procs = [
-        subprocess.Popen(
-            [
-                *exe,
-                "serve",
-                "--port",
-                str(port),
-                *(["--workers", str(a.api_workers)] if a.api_workers > 1 else []),
-                *a.serve_args.split(),
-            ],
-            env=env,
-            stdout=subprocess.DEVNULL,
-            stderr=subprocess.DEVNULL,
-        )
-    ]
+    workers = ["--workers", str(a.api_workers)] if a.api_workers > 1 else []
+    procs = [start(["serve", "--port", str(port), *workers, *a.serve_args.split()], env)]
     if pg:
-        procs += [
-            subprocess.Popen(
-                [*exe, "worker", "--concurrency", "2"],
-                env=env,
-                stdout=subprocess.DEVNULL,
-                stderr=subprocess.DEVNULL,
-            )
-            for _ in range(2)
-        ]
+        procs += [start(["worker", "--concurrency", "2"], env) for _ in range(2)]
     url = f"http://127.0.0.1:{port}"
     headers = {"Authorization": f"Bearer {token}"}
     try:
-        for _ in range(120):
-            try:
-                if httpx.get(f"{url}/healthz").status_code == 200:
-                    break
-            except httpx.HTTPError:
-                time.sleep(0.5)
-        ds = httpx.post(
-            f"{url}/v1/datasets",
-            headers=headers,
-            files={"file": ("mnist.npz", dataset_npz())},
-            timeout=60,
-        ).json()["id"]
+        wait_healthy(url, procs[0])
+        ds = post_dataset(url, headers, dataset_npz(), "mnist.npz")["id"]
         ids = [
             httpx.post(
                 f"{url}/v1/jobs",
@@ -228,18 +168,7 @@ def main() -> None:
         for i in ids:
             httpx.post(f"{url}/v1/jobs/{i}/cancel", headers=headers)
     finally:
-        for proc in procs:
-            proc.terminate()
-        for proc in procs:
-            try:
-                proc.wait(30)
-            except subprocess.TimeoutExpired:  # a worker finishing its job's last iteration
-                proc.kill()
-                proc.wait()
-        if pg:
-            from tests.helpers import drop_database
-
-            drop_database(pg)
+        stop(procs, pg)
     print(
         f"\n{a.backend}: {a.seconds:.0f} s per rate while {a.jobs} jobs trained (iterations "
         f"reached: {its}); {a.api_workers} API process(es)\n"

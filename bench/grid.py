@@ -20,6 +20,8 @@ import time
 from concurrent.futures import FIRST_COMPLETED, ProcessPoolExecutor, wait
 from pathlib import Path
 
+from bench.rows import done
+
 PAIRS = ("mnist10:imagenet", "optdigits10:imagenet", "mnist5:moderation", "cancer:nsfw")
 BUDGETS = {  # 15k for the 4x target (default at 15k against bar at 60k)
     "default": (5_000, 15_000, 20_000, 60_000),
@@ -41,13 +43,6 @@ def jobs(
                 else:  # one job per budget, as a user would run it
                     out += [(task, oracle, method, seed, (b,)) for b in budgets[method]]
     return sorted(out, key=lambda j: (j[3], -max(j[4])))  # whole seeds first, longest first
-
-
-def done(path: Path) -> set[tuple]:
-    if not path.exists():
-        return set()
-    rows = [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
-    return {(r["task"], r["oracle"], r["method"], r["seed"], r["budget"]) for r in rows}
 
 
 def _init(threads: int) -> None:
@@ -75,7 +70,7 @@ def main() -> None:
     p.add_argument("--budgets", help="comma-separated budgets for every method (a quick look)")
     p.add_argument("--out", type=Path, default=Path("bench/out/quality.jsonl"))
     a = p.parse_args()
-    have = done(a.out)
+    have = done(a.out, ("task", "oracle", "method", "seed", "budget"))
     budgets = BUDGETS
     if a.budgets:
         budgets = {m: tuple(int(b) for b in a.budgets.split(",")) for m in BUDGETS}

@@ -9,20 +9,17 @@ Prints markdown: one table per (task, oracle) with mean ± standard deviation ov
 from __future__ import annotations
 
 import argparse
-import json
 from collections import defaultdict
 from pathlib import Path
 from statistics import mean, pstdev
+
+from bench.rows import load_rows
 
 METHOD_NAMES = {
     "default": "default (this service)",
     "bar": "BAR, paper settings",
     "white_box": "white-box AR (true gradients)",
 }
-
-
-def load(path: Path) -> list[dict]:
-    return [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
 
 
 def fmt(values: list[float]) -> str:
@@ -184,7 +181,7 @@ def main() -> None:
     p.add_argument("--input", type=Path, default=Path("bench/results/quality.jsonl"))
     p.add_argument("--plots", type=Path, default=Path("bench/results"))
     a = p.parse_args()
-    rows = load(a.input)
+    rows = load_rows(a.input)
     text, summary = tables(rows)
     print(text)
     print(targets(summary))

@@ -44,6 +44,8 @@ from typing import Any
 
 import numpy as np
 
+from bench.rows import done, load_rows
+
 TASKS = ("digits3", "mnist5", "photos4", "wine3", "cancer2")
 VIEWS = {"imagenet": None, "moderation": "moderation", "nsfw": "nsfw"}
 #: (task, oracle) pairs measured: every task on the 1,000-label oracle, and the concept views
@@ -211,19 +213,12 @@ def _init(cores: list[int]) -> None:
     torch.set_num_threads(1)
 
 
-def done(path: Path) -> set[tuple]:
-    if not path.exists():
-        return set()
-    rows = [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
-    return {(r["task"], r["oracle"], r["budget"], r["seed"], r["label"]) for r in rows}
-
-
 def report(path: Path) -> str:
     """Markdown: per (task, oracle, budget) and code version (label), the mean over seeds of
     the linear probe the job measured (on every labelled image of the same split), of the
     job's own test accuracy, the worst seed's difference between the two, and the queries
     spent."""
-    rows = [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
+    rows = load_rows(path)
     labels = sorted({r["label"] for r in rows})
     cells: dict[tuple, dict[str, list]] = defaultdict(lambda: defaultdict(list))
     for r in rows:
@@ -294,7 +289,7 @@ def main() -> None:
         for b in a.budgets.split(",")
         for task, oracle in pairs
     ]
-    skip = done(a.out)
+    skip = done(a.out, ("task", "oracle", "budget", "seed", "label"))
     todo = [j for j in todo if j not in skip]
     a.out.parent.mkdir(parents=True, exist_ok=True)
     cores = sorted(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else [0]

@@ -21,17 +21,13 @@ from __future__ import annotations
 import argparse
 import asyncio
 import os
-import subprocess
-import sys
 import tempfile
 import threading
-import time
 from pathlib import Path
 
-import httpx
-
 from bench.api_cpu import backends, proc_cpu, seed, tree
-from bench.api_latency import free_port
+from bench.server import create_token, database_url, server_env, start, stop, wait_healthy
+from tests.live import free_port
 
 
 def rss_mb(pids: list[int]) -> float:
@@ -91,38 +87,15 @@ def main() -> None:
     p.add_argument("--seconds", type=float, default=20)
     a = p.parse_args()
     tmp = Path(tempfile.mkdtemp())
-    env = {
-        **os.environ,
-        "REPROGRAM_DATA_DIR": str(tmp),
-        "REPROGRAM_SECRET_KEY": "bench",
-        "REPROGRAM_EMBEDDED_WORKERS": "0",
-    }
-    pg = None
-    if a.backend == "postgres":
-        from tests.helpers import create_database
-
-        pg = create_database()
-        env["REPROGRAM_DATABASE_URL"] = pg
-    db_url = pg or f"sqlite:///{tmp / 'reprogram.db'}"
-    exe = [sys.executable, "-m", "app.cli.main"]
-    token = subprocess.run(
-        [*exe, "token", "create", "--tenant", "bench"],
-        env=env,
-        check=True,
-        capture_output=True,
-        text=True,
-    ).stdout.split()[-1]
+    env, pg = server_env(tmp, a.backend)
+    db_url = database_url(tmp, pg)
+    token = create_token(env)
     ids = seed(db_url, "bench", 8)
     moving, still = ids[:4], ids[4:]
     port = free_port()
-    server = subprocess.Popen(
-        [*exe, "serve", "--port", str(port)],
-        env=env,
-        stdout=subprocess.DEVNULL,
-        stderr=subprocess.DEVNULL,
-    )
+    server = start(["serve", "--port", str(port)], env)
     url = f"http://127.0.0.1:{port}"
-    stop = threading.Event()
+    stopping = threading.Event()
 
     def progress() -> None:
         """The moving jobs advance one iteration a second (as training jobs do)."""
@@ -132,19 +105,14 @@ def main() -> None:
         from app.storage.models import Job
 
         db = Database(db_url)
-        while not stop.wait(1.0):
+        while not stopping.wait(1.0):
             with db.session() as s:
                 s.execute(update(Job).where(Job.id.in_(moving)).values(iteration=Job.iteration + 1))
         db.dispose()
 
     rows = []
     try:
-        for _ in range(240):
-            try:
-                if httpx.get(f"{url}/healthz").status_code == 200:
-                    break
-            except httpx.HTTPError:
-                time.sleep(0.25)
+        wait_healthy(url, server)
         threading.Thread(target=progress, daemon=True).start()
 
         async def phase(name: str, n: int, jobs: list[str]) -> None:
@@ -178,16 +146,8 @@ def main() -> None:
 
         asyncio.run(run())
     finally:
-        stop.set()
-        server.terminate()
-        try:
-            server.wait(30)
-        except subprocess.TimeoutExpired:
-            server.kill()
-        if pg:
-            from tests.helpers import drop_database
-
-            drop_database(pg)
+        stopping.set()
+        stop([server], pg)
     base = rows[0][3]
     print(f"\n{a.backend}: {a.seconds:.0f} s per phase, load average {os.getloadavg()[0]:.1f}\n")
     print("| phase | watchers | events/s | server CPU ms/s | above idle | DB CPU ms/s | RSS MB |")

@@ -22,9 +22,6 @@ import argparse
 import io
 import os
 import platform
-import socket
-import subprocess
-import sys
 import tempfile
 import time
 import zipfile
@@ -34,6 +31,9 @@ from pathlib import Path
 import httpx
 import numpy as np
 from PIL import Image
+
+from bench.server import create_token, server_env, start, stop, wait_healthy
+from tests.live import free_port
 
 SIDE = 6300  # 39.7 Mpx: under the 40 Mpx per image
 
@@ -86,42 +86,16 @@ def proc_kb(pid: int, field: str) -> int:
     raise KeyError(field)
 
 
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
 def run_case(name: str, filename: str, build: Callable[[], bytes]) -> dict:
     content = build()
     with tempfile.TemporaryDirectory() as tmp:
-        env = {**os.environ, "REPROGRAM_DATA_DIR": tmp}
-        token = (
-            subprocess.run(
-                [sys.executable, "-m", "app.cli.main", "token", "create", "--tenant", "bench"],
-                env=env,
-                capture_output=True,
-                text=True,
-                check=True,
-            )
-            .stdout.strip()
-            .splitlines()[-1]
-        )
+        env, _ = server_env(Path(tmp), embedded_workers=None)
+        token = create_token(env)
         port = free_port()
-        server = subprocess.Popen(
-            [sys.executable, "-m", "app.cli.main", "serve", "--port", str(port)],
-            env=env,
-            stdout=subprocess.DEVNULL,
-            stderr=subprocess.DEVNULL,
-        )
+        server = start(["serve", "--port", str(port)], env)
         url = f"http://127.0.0.1:{port}"
         try:
-            for _ in range(300):
-                try:
-                    if httpx.get(f"{url}/healthz", timeout=1).status_code == 200:
-                        break
-                except httpx.TransportError:
-                    time.sleep(0.2)
+            wait_healthy(url, server)
             time.sleep(1.0)
             before = proc_kb(server.pid, "VmRSS")
             t0 = time.monotonic()
@@ -134,8 +108,7 @@ def run_case(name: str, filename: str, build: Callable[[], bytes]) -> dict:
             seconds = time.monotonic() - t0
             peak = proc_kb(server.pid, "VmHWM")
         finally:
-            server.terminate()
-            server.wait(30)
+            stop([server])
     return {
         "case": name,
         "upload_mb": len(content) / 1e6,

@@ -182,6 +182,16 @@ def verdict(ok: bool | None) -> str:
     return {True: "**met**", False: "**not met**", None: "**not yet measured**"}[ok]
 
 
+def not_yet(items: list[str], verb: str, noun: str) -> str:
+    """``; not yet VERB: a, b`` for up to 6 items, ``; N NOUN not yet VERB`` for more,
+    nothing for none."""
+    if not items:
+        return ""
+    if len(items) <= 6:
+        return f"; not yet {verb}: {', '.join(items)}"
+    return f"; {len(items)} {noun} not yet {verb}"
+
+
 def targets(r: Rows) -> list[str]:
     out = []
     names = [p.name for p in PAIRS]
@@ -204,11 +214,7 @@ def targets(r: Rows) -> list[str]:
         f"1. *Worst case over all pairs, seeds and budgets ≥ 5k: default ≥ probe − 0.5 "
         f"points (held-out pairs included).* {verdict(ok1)}{so_far}: worst margin "
         + (f"{pts(worst[0], True)} points ({worst[1]})" if worst else "–")
-        + (
-            f"; not yet run: {', '.join(missing)}"
-            if 0 < len(missing) <= 6
-            else f"; {len(missing)} (pair, budget) cells not yet run" * bool(missing)
-        )
+        + not_yet(missing, "run", "(pair, budget) cells")
         + "."
     )
     # 2. mean margin at 20k
@@ -259,11 +265,7 @@ def targets(r: Rows) -> list[str]:
         f"at least as accurate as BAR at B, B = 20k and 60k). {verdict(ok3)}: {passes} "
         f"comparisons hold"
         + (f"; fails: {', '.join(fails)}" if fails else "")
-        + (
-            f"; not yet measured: {', '.join(unknown)}"
-            if 0 < len(unknown) <= 6
-            else f"; {len(unknown)} comparisons not yet measured" * bool(unknown)
-        )
+        + not_yet(unknown, "measured", "comparisons")
         + "."
     )
     # 4. at 60k, ≥ half the gap from the probe to the best white box closed, on average

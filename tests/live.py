@@ -11,6 +11,7 @@ from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import httpx
 
@@ -64,6 +65,17 @@ def server_env(tmp: Path, *, workers: int = 2, env: dict[str, str] | None = None
         "REPROGRAM_EMBEDDED_WORKERS": str(workers),
         **(env or {}),
     }
+
+
+def post_dataset(
+    url: str, headers: dict[str, str], content: bytes, name: str = "d.npz"
+) -> dict[str, Any]:
+    """Upload ``content`` to the server at ``url``; the data set's JSON."""
+    r = httpx.post(
+        f"{url}/v1/datasets", headers=headers, files={"file": (name, content)}, timeout=60
+    )
+    assert r.status_code == 201, r.text
+    return r.json()
 
 
 def cli(args: list[str], env: dict[str, str]) -> str:
