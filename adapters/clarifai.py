@@ -32,19 +32,9 @@ from clarifai_grpc.grpc.api.status import status_code_pb2, status_pb2
 from google.protobuf.message import Message
 from PIL import Image
 
+from adapters import errors
 from adapters.base import Answer, Oracle, to_uint8, validate_images
 from adapters.egress import DEFAULT_ENDPOINTS, EgressPolicy, Guard
-from adapters.errors import (
-    AuthFailed,
-    BadInput,
-    ConfigurationError,
-    MalformedAnswer,
-    NotFound,
-    OracleError,
-    PartialFailure,
-    Throttled,
-    TransientUpstreamError,
-)
 
 PROVIDER = "clarifai"
 MAX_INPUTS = 128  # per PostModelOutputs request (docs/providers.md)
@@ -112,7 +102,7 @@ def status_error(
     index: int | None = None,
     request_id: str | None = None,
     secret: str = "",
-) -> OracleError:
+) -> errors.OracleError:
     """The error a non-success Clarifai status means, top-level or per output.
 
     ``index`` is the input's position when ``status`` belongs to one output, ``request_id``
@@ -124,19 +114,19 @@ def status_error(
     request_id = _request_id(status.req_id) or request_id
     kw: dict = {"provider": PROVIDER, "request_id": request_id, "status": code}
     if code in _THROTTLED:
-        return Throttled(message, **kw)  # Clarifai gives no Retry-After
+        return errors.Throttled(message, **kw)  # Clarifai gives no Retry-After
     if code in _AUTH:
-        return AuthFailed(message, **kw)
+        return errors.AuthFailed(message, **kw)
     if code in _NOT_FOUND:
-        return NotFound(message, **kw)
+        return errors.NotFound(message, **kw)
     if code in _BAD_INPUT:
-        return BadInput(message, index=index, **kw)
+        return errors.BadInput(message, index=index, **kw)
     if code in _TRANSIENT or 98000 <= code < 99000:  # 98xxx: INTERNAL_* server faults
-        return TransientUpstreamError(message, **kw)
-    return OracleError(message, **kw)
+        return errors.TransientUpstreamError(message, **kw)
+    return errors.OracleError(message, **kw)
 
 
-def transport_error(err: grpc.RpcError, *, secret: str = "") -> OracleError:
+def transport_error(err: grpc.RpcError, *, secret: str = "") -> errors.OracleError:
     """The error a failed gRPC call (no Clarifai response at all) means. The message names
     the gRPC code only; the details (the endpoint's or the transport's words) only decide
     the class."""
@@ -150,17 +140,17 @@ def transport_error(err: grpc.RpcError, *, secret: str = "") -> OracleError:
     if code == grpc.StatusCode.RESOURCE_EXHAUSTED:
         # gRPC also says RESOURCE_EXHAUSTED for an oversized message: no wait will fix that.
         if "larger than max" in details:
-            return BadInput(f"{message} (a message larger than the limit)", **kw)
-        return Throttled(message, **kw)
+            return errors.BadInput(f"{message} (a message larger than the limit)", **kw)
+        return errors.Throttled(message, **kw)
     if code in _TRANSIENT_RPC:
-        return TransientUpstreamError(message, **kw)
+        return errors.TransientUpstreamError(message, **kw)
     if code in _AUTH_RPC:
-        return AuthFailed(message, **kw)
+        return errors.AuthFailed(message, **kw)
     if code == grpc.StatusCode.NOT_FOUND:
-        return NotFound(message, **kw)
+        return errors.NotFound(message, **kw)
     if code in (grpc.StatusCode.INVALID_ARGUMENT, grpc.StatusCode.OUT_OF_RANGE):
-        return BadInput(message, **kw)
-    return OracleError(message, **kw)
+        return errors.BadInput(message, **kw)
+    return errors.OracleError(message, **kw)
 
 
 def v2_stub(channel: grpc.Channel) -> service_pb2_grpc.V2Stub:
@@ -183,7 +173,7 @@ def open_channel(endpoint: str, *, addresses: Sequence[str] | None = None) -> gr
         parts = urlsplit(endpoint)
         port = parts.port
     except (ValueError, TypeError, AttributeError) as err:
-        raise ConfigurationError(usage) from err
+        raise errors.ConfigurationError(usage) from err
     if (
         parts.scheme not in ("https", "http")
         or not parts.hostname
@@ -193,7 +183,7 @@ def open_channel(endpoint: str, *, addresses: Sequence[str] | None = None) -> gr
         or parts.fragment
         or (parts.scheme == "http" and port is None)
     ):
-        raise ConfigurationError(usage)
+        raise errors.ConfigurationError(usage)
     host = f"[{parts.hostname}]" if ":" in parts.hostname else parts.hostname
     target = f"{host}:{port or 443}"
     options: list[tuple[str, Any]] = [
@@ -259,7 +249,7 @@ class _Channel:
                 try:
                     addresses = self._guard.addresses(self._ep.scheme, self._ep.host, self._ep.port)
                 except OSError as err:
-                    raise TransientUpstreamError(
+                    raise errors.TransientUpstreamError(
                         f"Clarifai endpoint does not resolve ({type(err).__name__})",
                         provider=PROVIDER,
                     ) from err
@@ -317,13 +307,13 @@ class ClarifaiOracle(Oracle):
         """``egress``: the policy the endpoint and every connection are checked against
         (None: connect wherever ``endpoint`` says, as ``reprogram train`` does)."""
         if not isinstance(api_key, str) or not api_key or any(c.isspace() for c in api_key):
-            raise ConfigurationError("a Clarifai api_key (non-empty, no spaces) is required")
+            raise errors.ConfigurationError("a Clarifai api_key (non-empty, no spaces) is required")
         if not 1 <= max_images_per_request <= MAX_INPUTS:
-            raise ConfigurationError(f"max_images_per_request must be in 1..{MAX_INPUTS}")
+            raise errors.ConfigurationError(f"max_images_per_request must be in 1..{MAX_INPUTS}")
         if max_concurrency < 1 or not timeout > 0:
-            raise ConfigurationError("max_concurrency must be ≥ 1 and timeout > 0")
+            raise errors.ConfigurationError("max_concurrency must be ≥ 1 and timeout > 0")
         if labels is not None and (not labels or len(set(labels)) != len(labels)):
-            raise ConfigurationError("labels must be a non-empty list of distinct names")
+            raise errors.ConfigurationError("labels must be a non-empty list of distinct names")
         self.model_id, self.version_id = model_id, version_id
         self.user_id, self.app_id, self.endpoint = user_id, app_id, endpoint
         self.max_images_per_request, self.max_concurrency = max_images_per_request, max_concurrency
@@ -382,7 +372,7 @@ class ClarifaiOracle(Oracle):
         concepts = model.model_version.output_info.data.concepts or model.output_info.data.concepts
         concepts = sorted(concepts, key=lambda c: c.id)
         if not concepts or len({c.id for c in concepts}) != len(concepts):
-            raise MalformedAnswer(
+            raise errors.MalformedAnswer(
                 f"model {self.model_id!r} lists no concepts or repeats one",
                 provider=PROVIDER, request_id=_request_id(response.status.req_id),
             )  # fmt: skip
@@ -434,16 +424,18 @@ class ClarifaiOracle(Oracle):
             # The request as a whole was refused (e.g. too many inputs), not one image.
             message = f"{status_error(status, secret=self._key).message}: the request of {n} "
             message += "images was refused as a whole"
-            raise BadInput(message, provider=PROVIDER, request_id=request_id, status=status.code)
+            raise errors.BadInput(
+                message, provider=PROVIDER, request_id=request_id, status=status.code
+            )
         if len(response.outputs) != n:
-            raise MalformedAnswer(
+            raise errors.MalformedAnswer(
                 f"{len(response.outputs)} outputs for {n} inputs",
                 provider=PROVIDER,
                 request_id=request_id,
                 status=status.code,
             )
         answered: dict[int, np.ndarray] = {}
-        failed: dict[int, OracleError] = {}
+        failed: dict[int, errors.OracleError] = {}
         for i, output in enumerate(response.outputs):
             if output.status.code in (S.SUCCESS, 0):  # 0: a server that leaves it unset
                 answered[i] = self._row(output, request_id)
@@ -455,8 +447,8 @@ class ClarifaiOracle(Oracle):
             return Answer(probs=np.stack([answered[i] for i in range(n)]), request_id=request_id)
         kinds = {type(e) for e in failed.values()}
         if not answered and len(kinds) == 1:
-            raise failed[min(failed)]  # e.g. BadInput naming the first refused image
-        raise PartialFailure(
+            raise failed[min(failed)]  # e.g. errors.BadInput naming the first refused image
+        raise errors.PartialFailure(
             f"Clarifai answered {len(answered)} of {n} inputs",
             answered=answered, failed=failed,
             provider=PROVIDER, request_id=request_id, status=status.code,
@@ -487,7 +479,7 @@ class ClarifaiOracle(Oracle):
             problems.append("a concept value outside [0, 1]")
         row = np.clip(row, 0.0, 1.0)
         if problems:
-            raise MalformedAnswer(
+            raise errors.MalformedAnswer(
                 f"Clarifai answer for model {self.model_id!r}: " + "; ".join(problems),
                 provider=PROVIDER, request_id=request_id,
             )  # fmt: skip

@@ -294,6 +294,16 @@ def add_credential(
     return r.json()["id"]
 
 
+def small_torch_job(dataset_id: str, max_queries: int, **oracle: Any) -> dict[str, Any]:
+    """A job spec on the bundled model seeing a 64×64 frame (24×24 target): seconds on a CPU."""
+    return {
+        "dataset_id": dataset_id,
+        "oracle": {"kind": "torch", **oracle},
+        "program": {"input_size": 64, "target_size": 24},
+        "budget": {"max_queries": max_queries},
+    }
+
+
 def post_job(client: TestClient, headers: dict[str, str], spec: dict[str, Any]) -> str:
     """Submit a job; its id."""
     r = client.post("/v1/jobs", headers=headers, json=spec)

@@ -7,22 +7,23 @@ import pytest
 
 from app.storage.db import Database
 from app.storage.models import Job
-from tests.helpers import service, service_settings, split_digits_npz, upload, wait_final
+from tests.helpers import (
+    post_job,
+    service,
+    service_settings,
+    small_torch_job,
+    split_digits_npz,
+    upload,
+    wait_final,
+)
 
 
 def test_a_service_job_runs_the_larger_bundled_model(tmp_path):
     settings = service_settings(tmp_path)
     with service(settings) as (client, h):
         ds = upload(client, h, split_digits_npz([6, 6, 6]))
-        spec = {
-            "dataset_id": ds["id"],
-            "oracle": {"kind": "torch", "model": "efficientnet-lite2"},
-            "program": {"input_size": 64, "target_size": 24},
-            "budget": {"max_queries": 400},
-        }
-        r = client.post("/v1/jobs", headers=h, json=spec)
-        assert r.status_code == 202, r.text
-        job = wait_final(client, h, r.json()["id"])
+        spec = small_torch_job(ds["id"], 400, model="efficientnet-lite2")
+        job = wait_final(client, h, post_job(client, h, spec))
         assert job["status"] == "succeeded", job["error"]
     with Database(settings.db_url).session() as s:
         stored = s.get(Job, job["id"])

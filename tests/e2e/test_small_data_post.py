@@ -41,19 +41,11 @@ def test_a_service_job_that_cannot_beat_the_probe_returns_it_and_says_so(tmp_pat
 
     import numpy as np
 
-    from tests.helpers import wait_final
+    from tests.helpers import post_job, small_torch_job, wait_final
 
     with service(service_settings(tmp_path)) as (client, h):
         ds = upload(client, h, split_digits_npz([10, 10, 10]))
-        spec = {
-            "dataset_id": ds["id"],
-            "oracle": {"kind": "torch"},
-            "program": {"input_size": 64, "target_size": 24},
-            "budget": {"max_queries": 20_000},
-        }
-        r = client.post("/v1/jobs", headers=h, json=spec)
-        assert r.status_code == 202, r.text
-        job = wait_final(client, h, r.json()["id"])
+        job = wait_final(client, h, post_job(client, h, small_torch_job(ds["id"], 20_000)))
         assert job["status"] == "succeeded", job["error"]
         result = job["result"]
         assert result["returned"] == "linear_probe" and result["stopped_early"]

@@ -14,23 +14,10 @@ import pytest
 from clarifai_grpc.grpc.api import service_pb2
 from clarifai_grpc.grpc.api.status import status_pb2
 
-from adapters import egress
+from adapters import egress, errors
 from adapters.base import to_uint8
 from adapters.clarifai import ClarifaiOracle, open_channel, status_error, transport_error, v2_stub
 from adapters.egress import EgressPolicy
-from adapters.errors import (
-    AuthFailed,
-    BadInput,
-    ConfigurationError,
-    EgressRefused,
-    EndpointRefused,
-    MalformedAnswer,
-    NotFound,
-    OracleError,
-    PartialFailure,
-    Throttled,
-    TransientUpstreamError,
-)
 from adapters.label_groups import imagenet_labels
 from tests.fakes.clarifai import FakeClarifai
 from tests.fakes.model import FakeModel
@@ -146,7 +133,7 @@ def test_concurrent_predicts_match_sequential_ones(connect):
 def test_bad_key_fails_fast_and_once(connect, fake):
     oracle = connect(api_key="sk-wrong-key")
     start = time.monotonic()
-    with pytest.raises(AuthFailed) as caught:
+    with pytest.raises(errors.AuthFailed) as caught:
         oracle.predict(IMAGES[:1])
     assert time.monotonic() - start < 1.0
     assert caught.value.status == 11009 and caught.value.request_id
@@ -161,21 +148,21 @@ def test_missing_authorization_header_is_auth_failed(fake):
     response = stub.PostModelOutputs(request, timeout=5)
     channel.close()
     assert response.status.code == 11102
-    assert isinstance(status_error(response.status), AuthFailed)
+    assert isinstance(status_error(response.status), errors.AuthFailed)
 
 
 def test_unknown_model_or_version_is_not_found(connect, fake):
-    with pytest.raises(NotFound) as caught:
+    with pytest.raises(errors.NotFound) as caught:
         connect(model_id="no-such-model")
     assert caught.value.status == 21200 and fake.counts(KEY).requests == 1
-    with pytest.raises(NotFound):
+    with pytest.raises(errors.NotFound):
         connect(version_id="no-such-version").predict(IMAGES[:1])
 
 
 def test_too_many_inputs_is_refused_as_a_whole(connect, fake):
     oracle = connect()
     oracle.max_images_per_request = 129  # past the adapter's own guard, to reach the fake's
-    with pytest.raises(BadInput, match="request of 129 images was refused") as caught:
+    with pytest.raises(errors.BadInput, match="request of 129 images was refused") as caught:
         oracle.predict(np.zeros((129, 8, 8, 3), dtype=np.float32))
     assert caught.value.index is None
     assert fake.counts(KEY).billable == 0
@@ -184,7 +171,7 @@ def test_too_many_inputs_is_refused_as_a_whole(connect, fake):
 def test_undecodable_images_are_bad_input_naming_the_first(connect, fake):
     oracle = connect(cls=CorruptingOracle)
     oracle.corrupt = frozenset({0, 1})
-    with pytest.raises(BadInput) as caught:
+    with pytest.raises(errors.BadInput) as caught:
         oracle.predict(IMAGES[:2])
     assert (caught.value.index, caught.value.status) == (0, 30101)
     assert caught.value.request_id and not caught.value.retryable
@@ -194,11 +181,11 @@ def test_undecodable_images_are_bad_input_naming_the_first(connect, fake):
 def test_some_undecodable_images_are_a_partial_failure(connect, fake):
     oracle = connect(cls=CorruptingOracle)
     oracle.corrupt = frozenset({1, 3})
-    with pytest.raises(PartialFailure) as caught:
+    with pytest.raises(errors.PartialFailure) as caught:
         oracle.predict(IMAGES)
     err = caught.value
     assert sorted(err.answered) == [0, 2] and sorted(err.failed) == [1, 3]
-    assert all(isinstance(e, BadInput) and e.index == i for i, e in err.failed.items())
+    assert all(isinstance(e, errors.BadInput) and e.index == i for i, e in err.failed.items())
     assert not err.retryable and err.request_id
     alone = connect().predict(IMAGES[[0, 2]]).probs
     np.testing.assert_array_equal(np.stack([err.answered[0], err.answered[2]]), alone)
@@ -208,12 +195,12 @@ def test_some_undecodable_images_are_a_partial_failure(connect, fake):
 def test_transient_input_failures_are_retryable_partial_failures(connect, fake):
     fake.set_faults(input_failure_rate=0.5)
     batch = np.concatenate([IMAGES, IMAGES])
-    with pytest.raises(PartialFailure) as caught:
+    with pytest.raises(errors.PartialFailure) as caught:
         connect().predict(batch)
     err = caught.value
     assert err.answered and err.failed and err.retryable
     assert sorted([*err.answered, *err.failed]) == list(range(len(batch)))
-    assert all(isinstance(e, TransientUpstreamError) for e in err.failed.values())
+    assert all(isinstance(e, errors.TransientUpstreamError) for e in err.failed.values())
     assert fake.counts(KEY).billable == len(err.answered)
 
 
@@ -221,11 +208,11 @@ def test_bad_and_transient_inputs_without_answers_stay_apart(connect, fake):
     fake.set_faults(input_failure_rate=1.0)
     oracle = connect(cls=CorruptingOracle)
     oracle.corrupt = frozenset({0})
-    with pytest.raises(PartialFailure) as caught:
+    with pytest.raises(errors.PartialFailure) as caught:
         oracle.predict(IMAGES[:2])
     assert caught.value.answered == {}
-    assert isinstance(caught.value.failed[0], BadInput)
-    assert isinstance(caught.value.failed[1], TransientUpstreamError)
+    assert isinstance(caught.value.failed[0], errors.BadInput)
+    assert isinstance(caught.value.failed[1], errors.TransientUpstreamError)
 
 
 def test_throttled_beyond_the_rate_never_at_it():
@@ -239,7 +226,7 @@ def test_throttled_beyond_the_rate_never_at_it():
             oracle.predict(IMAGES[:1])
         for _ in range(4):  # the unused burst, at one instant
             oracle.predict(IMAGES[:1])
-        with pytest.raises(Throttled) as caught:
+        with pytest.raises(errors.Throttled) as caught:
             oracle.predict(IMAGES[:1])
         clock.now += 0.2  # one request's worth of time
         oracle.predict(IMAGES[:1])
@@ -250,10 +237,12 @@ def test_throttled_beyond_the_rate_never_at_it():
 
 def test_missing_or_unknown_concepts_are_malformed(connect, fake):
     fake.set_faults(drop_concepts=("gore",))
-    with pytest.raises(MalformedAnswer, match=r"missing concept.*gore"):
+    with pytest.raises(errors.MalformedAnswer, match=r"missing concept.*gore"):
         connect(model_id="moderation-recognition").predict(IMAGES[:1])
     fake.set_faults(drop_concepts=())
-    with pytest.raises(MalformedAnswer, match=r"missing concept.*gore.*unknown concept.*nsfw"):
+    with pytest.raises(
+        errors.MalformedAnswer, match=r"missing concept.*gore.*unknown concept.*nsfw"
+    ):
         connect(labels=["sfw", "gore"]).predict(IMAGES[:1])
 
 
@@ -261,7 +250,7 @@ def test_missing_or_unknown_concepts_are_malformed(connect, fake):
 @pytest.mark.parametrize(("kind", "status"), [("unavailable", "UNAVAILABLE"), ("internal", 98004)])
 def test_transient_faults_are_transient_and_not_retried(connect, fake, kind, status):
     fake.set_faults(transient_rate=1.0, transient_kind=kind)
-    with pytest.raises(TransientUpstreamError) as caught:
+    with pytest.raises(errors.TransientUpstreamError) as caught:
         connect().predict(IMAGES[:1])
     assert caught.value.status == status and caught.value.request_id
     assert fake.counts(KEY).requests == 1  # no hidden gRPC retries
@@ -270,7 +259,7 @@ def test_transient_faults_are_transient_and_not_retried(connect, fake, kind, sta
 def test_timeout_is_transient(connect, fake):
     fake.set_faults(hang=True)
     start = time.monotonic()
-    with pytest.raises(TransientUpstreamError) as caught:
+    with pytest.raises(errors.TransientUpstreamError) as caught:
         connect(timeout=0.3).predict(IMAGES[:1])
     assert caught.value.status == "DEADLINE_EXCEEDED"
     assert time.monotonic() - start < 2.0
@@ -291,7 +280,7 @@ def test_admin_endpoint_reads_counts_and_sets_faults():
             assert json.load(r)["drop_concepts"] == ["nsfw"]
         with (
             ClarifaiOracle(api_key=KEY, endpoint=fake.endpoint) as oracle,
-            pytest.raises(MalformedAnswer),
+            pytest.raises(errors.MalformedAnswer),
         ):
             oracle.predict(IMAGES[:2])
         with urllib.request.urlopen(f"{admin}/counts?key={KEY}") as r:
@@ -307,7 +296,7 @@ def test_admin_endpoint_reads_counts_and_sets_faults():
      "https://api.clarifai.com/v2", f"https://user:{KEY}@api.clarifai.com", "http://h:port"],
 )  # fmt: skip
 def test_bad_endpoints_are_configuration_errors(endpoint):
-    with pytest.raises(ConfigurationError) as caught:
+    with pytest.raises(errors.ConfigurationError) as caught:
         ClarifaiOracle(api_key=KEY, endpoint=endpoint)
     assert_no_key(caught.value)
 
@@ -322,16 +311,17 @@ def test_good_endpoints_need_no_connection_for_known_models(endpoint):
 
 
 def test_missing_key_is_a_configuration_error():
-    with pytest.raises(ConfigurationError):
+    with pytest.raises(errors.ConfigurationError):
         ClarifaiOracle(api_key="")
 
 
 @pytest.mark.parametrize(
     ("code", "kind"),
-    [(11005, Throttled), (11003, Throttled), (11008, AuthFailed), (11009, AuthFailed),
-     (11102, AuthFailed), (21200, NotFound), (21202, NotFound), (30101, BadInput),
-     (10030, TransientUpstreamError), (21354, TransientUpstreamError),
-     (98004, TransientUpstreamError), (10040, OracleError)],
+    [(11005, errors.Throttled), (11003, errors.Throttled), (11008, errors.AuthFailed),
+     (11009, errors.AuthFailed), (11102, errors.AuthFailed), (21200, errors.NotFound),
+     (21202, errors.NotFound), (30101, errors.BadInput), (10030, errors.TransientUpstreamError),
+     (21354, errors.TransientUpstreamError), (98004, errors.TransientUpstreamError),
+     (10040, errors.OracleError)],
 )  # fmt: skip
 def test_status_codes_map_to_errors_by_meaning(code, kind):
     status = status_pb2.Status(code=code, description="d", details=f"key {KEY}", req_id="r1")
@@ -357,13 +347,13 @@ class FakeRpcError(grpc.RpcError):
 
 @pytest.mark.parametrize(
     ("code", "details", "kind"),
-    [(grpc.StatusCode.UNAVAILABLE, "", TransientUpstreamError),
-     (grpc.StatusCode.DEADLINE_EXCEEDED, "", TransientUpstreamError),
-     (grpc.StatusCode.RESOURCE_EXHAUSTED, "", Throttled),
-     (grpc.StatusCode.RESOURCE_EXHAUSTED, "Received message larger than max", BadInput),
-     (grpc.StatusCode.UNAUTHENTICATED, "", AuthFailed),
-     (grpc.StatusCode.PERMISSION_DENIED, "", AuthFailed),
-     (grpc.StatusCode.UNIMPLEMENTED, "", OracleError)],
+    [(grpc.StatusCode.UNAVAILABLE, "", errors.TransientUpstreamError),
+     (grpc.StatusCode.DEADLINE_EXCEEDED, "", errors.TransientUpstreamError),
+     (grpc.StatusCode.RESOURCE_EXHAUSTED, "", errors.Throttled),
+     (grpc.StatusCode.RESOURCE_EXHAUSTED, "Received message larger than max", errors.BadInput),
+     (grpc.StatusCode.UNAUTHENTICATED, "", errors.AuthFailed),
+     (grpc.StatusCode.PERMISSION_DENIED, "", errors.AuthFailed),
+     (grpc.StatusCode.UNIMPLEMENTED, "", errors.OracleError)],
 )  # fmt: skip
 def test_transport_errors_map_to_errors_by_meaning(code, details, kind):
     err = transport_error(FakeRpcError(code, details), secret=KEY)
@@ -386,7 +376,7 @@ def test_status_text_from_the_endpoint_never_reaches_the_message():
 
 def test_an_endpoint_outside_the_policy_is_refused_before_any_call(fake):
     fake.reset()
-    with pytest.raises(EndpointRefused, match="ORACLE_ALLOWED_ENDPOINTS"):
+    with pytest.raises(errors.EndpointRefused, match="ORACLE_ALLOWED_ENDPOINTS"):
         ClarifaiOracle(api_key=KEY, endpoint=fake.endpoint, egress=EgressPolicy())
     allowed = EgressPolicy.from_entries([fake.endpoint])  # the operator's say-so
     with ClarifaiOracle(api_key=KEY, endpoint=fake.endpoint, egress=allowed) as oracle:
@@ -400,7 +390,7 @@ def test_the_default_host_resolving_inside_is_refused_at_connect_time(monkeypatc
     not, so no connection is made (DNS rebinding), and no retry would help."""
     monkeypatch.setattr(egress, "resolve", lambda host, port: [address])
     oracle = ClarifaiOracle(api_key=KEY, egress=EgressPolicy())  # a known model: no call yet
-    with oracle, pytest.raises(EgressRefused) as caught:
+    with oracle, pytest.raises(errors.EgressRefused) as caught:
         oracle.predict(IMAGES[:1])
     assert caught.value.provider == "clarifai" and not caught.value.retryable
 
