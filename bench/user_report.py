@@ -367,6 +367,16 @@ def provenance(r: Rows) -> list[str]:
     return out
 
 
+def newest_code(rows: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    """The rows of each (pair, config, budget) from the newest training code that ran it:
+    after the defaults change, a rerun's rows replace the older ones instead of averaging
+    with them (seeds not yet rerun drop out, and the runs column says so)."""
+    newest: dict[tuple, str] = {}
+    for x in sorted(rows, key=lambda x: x["date"]):
+        newest[(x["pair"], x["config"], x["budget"])] = x.get("code", "?")
+    return [x for x in rows if newest[(x["pair"], x["config"], x["budget"])] == x.get("code", "?")]
+
+
 def report(rows: list[dict[str, Any]]) -> str:
     r = Rows(rows)
     tuning = [p.name for p in PAIRS if not p.held_out]
@@ -422,8 +432,15 @@ def main() -> None:
         type=Path,
         help=f"also replace the text between {BEGIN} and {END} in this file (BENCHMARKS.md)",
     )
+    p.add_argument(
+        "--all-versions",
+        action="store_true",
+        help="average every row of a cell (default: a rerun, --redo-stale, replaces the rows "
+        "of older code in its cell)",
+    )
     a = p.parse_args()
-    text = report(load_rows(a.input))
+    rows = load_rows(a.input)
+    text = report(rows if a.all_versions else newest_code(rows))
     if a.out:
         a.out.write_text(text + "\n")
     if a.benchmarks:
