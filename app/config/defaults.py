@@ -144,8 +144,8 @@ def resolve(spec: JobSpec, facts: Facts) -> tuple[JobSpec, list[str]]:
             d,
             "val_fraction",
             HOLDOUT_VAL_FRACTION,
-            "half of each class's training images are held out to validate on: with a "
-            "fifth, 1-4 images, no program could show it beats the probe (BENCHMARKS.md §10)",
+            "a fifth of each class's training images are held out to validate on (half "
+            "gained more on average but once fell below the probe: BENCHMARKS.md §8)",
         )
     if d.validation == "cross_validation" and not learned:
         raise ValueError(

@@ -22,8 +22,8 @@ def test_a_class_too_small_to_validate_is_refused_at_post(tmp_path):
 
 
 def test_the_minimum_budget_includes_the_held_out_validation(tmp_path):
-    """10 training images per class, no val/: half (15) are held out; the minimum is every
-    image once (15 training, 15 validation, 24 test)."""
+    """10 training images per class, no val/: 6 are held out; the minimum is every image
+    once (24 training, 6 validation, 24 test)."""
     with service(service_settings(tmp_path), run_jobs=False) as (client, h):
         ds = upload(client, h, split_digits_npz([10, 10, 10]))
         job = {"dataset_id": ds["id"], "oracle": {"kind": "torch"}}

@@ -47,13 +47,12 @@ def test_a_tiny_data_set_without_val_validates_on_images_held_out(tmp_path, tiny
     code, result, output = train(tmp_path, tiny, SHORT)
     assert code == 0, output
     v = result["validation"]
-    # half of each class (data.val_fraction's default without val/)
-    assert v == {"method": "holdout", "source": "held out", "images": 15, "per_class": [5, 5, 5]}
-    assert result["sizes"] == {"train": 15, "val": 15, "test": 24}
-    assert result["breakdown"]["validation"]["queries"] == 3 * 15  # iterations 0, 2 and 4
+    assert v == {"method": "holdout", "source": "held out", "images": 6, "per_class": [2, 2, 2]}
+    assert result["sizes"] == {"train": 24, "val": 6, "test": 24}
+    assert result["breakdown"]["validation"]["queries"] == 3 * 6  # iterations 0, 2 and 4
     assert result["best_val_accuracy"] is not None
     said = " ".join(result["choices"])
-    assert "15 of its training images (5, 5, 5 per class, data.val_fraction = 0.5" in said
+    assert "6 of its training images (2, 2, 2 per class" in said
     assert "validation: " in output  # the log says it too
 
 
@@ -174,8 +173,8 @@ def test_the_answer_cache_never_sends_a_frame_twice_within_a_job():
     assert len(oracle.seen) == len(set(oracle.seen))  # no frame sent twice
     assert ledger.totals.queries == len(oracle.seen)  # the ledger counts what was sent
     hits = dispatcher.cache_hits
-    assert hits["training"] >= 6 and hits["validation"] == 2 * 15  # 15 held out, 2 repeats
+    assert hits["training"] >= 6 and hits["validation"] == 2 * 6
     job.cache_hits = dict(hits)
     result = runner.summarize(job, ledger.totals.as_dict(), "succeeded", 1.0)
     assert result["cache_hits"] == sum(hits.values())
-    assert result["breakdown"]["validation"]["cache_hits"] == 2 * 15
+    assert result["breakdown"]["validation"]["cache_hits"] == 12
