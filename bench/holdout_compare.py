@@ -35,6 +35,7 @@ def main() -> None:
     by = margins()
     names = list(by)
     cells = sorted(set.intersection(*(set(m) for m in by.values())))
+    print("Cells every version ran: margin over the probe, mean over seeds (worst seed).\n")
     print("| pair | held out | budget | seeds | " + " | ".join(names) + " |")
     print("|---|---|---:|---:|" + "---:|" * len(names))
     groups: dict[tuple, list[tuple]] = defaultdict(list)
@@ -47,11 +48,18 @@ def main() -> None:
             xs = [by[n][c] * 100 for c in cs]
             vals.append(f"{mean(xs):+.1f} (worst {min(xs):+.1f})")
         print(f"| {pair} | {held} | {budget // 1000}k | {len(cs)} | " + " | ".join(vals) + " |")
+    print("\nEach version over every cell it shares with the default:\n")
+    base = names[0]
     for n in names:
-        xs = [by[n][c] for c in cells]
+        common = sorted(set(by[n]) & set(by[base]))
+        xs = [by[n][c] * 100 for c in common]
+        ds = [by[base][c] * 100 for c in common]
+        below = [f"{c[0]} seed {c[1]} @{c[2] // 1000}k {by[n][c] * 100:+.1f}" for c in common
+                 if by[n][c] < -0.005]  # fmt: skip
         print(
-            f"\n{n}: {len(xs)} jobs, mean margin {mean(xs) * 100:+.2f} points, "
-            f"worst {min(xs) * 100:+.1f}, below −0.5: {sum(x < -0.005 for x in xs)}"
+            f"- {n}: {len(xs)} jobs, mean margin {mean(xs):+.2f} points (the default on the "
+            f"same jobs {mean(ds):+.2f}), worst {min(xs):+.1f}, below −0.5: {len(below)}"
+            + (f" ({'; '.join(below)})" if below else "")
         )
 
 

@@ -368,13 +368,12 @@ def provenance(r: Rows) -> list[str]:
 
 
 def newest_code(rows: list[dict[str, Any]]) -> list[dict[str, Any]]:
-    """The rows of each (pair, config, budget) from the newest training code that ran it:
-    after the defaults change, a rerun's rows replace the older ones instead of averaging
-    with them (seeds not yet rerun drop out, and the runs column says so)."""
-    newest: dict[tuple, str] = {}
+    """Each cell's (pair, config, seed, budget) newest row: after the defaults change, a
+    rerun's row (``--redo-stale``) replaces the older one instead of averaging with it."""
+    newest: dict[tuple, dict[str, Any]] = {}
     for x in sorted(rows, key=lambda x: x["date"]):
-        newest[(x["pair"], x["config"], x["budget"])] = x.get("code", "?")
-    return [x for x in rows if newest[(x["pair"], x["config"], x["budget"])] == x.get("code", "?")]
+        newest[(x["pair"], x["config"], x["seed"], x["budget"])] = x
+    return list(newest.values())
 
 
 def report(rows: list[dict[str, Any]]) -> str:
@@ -435,7 +434,7 @@ def main() -> None:
     p.add_argument(
         "--all-versions",
         action="store_true",
-        help="average every row of a cell (default: a rerun, --redo-stale, replaces the rows "
+        help="average every row of a cell (default: a rerun, --redo-stale, replaces the row "
         "of older code in its cell)",
     )
     a = p.parse_args()
