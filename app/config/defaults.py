@@ -13,7 +13,7 @@ from __future__ import annotations
 import math
 from dataclasses import dataclass, field
 
-from app.config.spec import HOLDOUT_VAL_FRACTION, SPLIT_VAL_FRACTION, JobSpec
+from app.config.spec import JobSpec
 from engine.mapping import labels_per_class
 
 BUDGET_DECIDES = 1_000_000  # "as many iterations as the budget allows"
@@ -137,16 +137,6 @@ def resolve(spec: JobSpec, facts: Facts) -> tuple[JobSpec, list[str]]:
         o.iterations = BUDGET_DECIDES  # the runner fits the length to the budget and says so
 
     d, learned = s.data, s.mapping.method == "learned"
-    if facts.n_val:
-        choose(d, "val_fraction", SPLIT_VAL_FRACTION, "the share a split draws to validate on")
-    else:
-        choose(
-            d,
-            "val_fraction",
-            HOLDOUT_VAL_FRACTION,
-            "a fifth of each class's training images are held out to validate on (half "
-            "gained more on average but once fell below the probe: BENCHMARKS.md §8)",
-        )
     if d.validation == "cross_validation" and not learned:
         raise ValueError(
             "data.validation: cross-validation scores programs through the learned read-out; "

@@ -157,27 +157,10 @@ class BudgetSpec(Strict):
     max_cost_usd: float | None = Field(default=None, ge=0, le=10**9)
 
 
-#: data.val_fraction when left out: of a data set without any split, and of the training
-#: images of one with train/ and test/ only. Held out of 5-20 training images per class, a
-#: fifth is 1-4 images: too few for most programs to beat the probe by the sign test. Half
-#: gained on average (+4.7 points on the held-out concept pairs) but once fell 1.2 points
-#: below the probe (BENCHMARKS.md §8, §10); ranked by the worst case, a fifth stays.
-SPLIT_VAL_FRACTION = 0.2
-HOLDOUT_VAL_FRACTION = 0.2
-
-
 class DataSpec(Strict):
     """How the service splits a data set that carries no split of its own."""
 
-    val_fraction: float | None = Field(
-        default=None,
-        ge=0,
-        lt=1,
-        description="share of the images to validate on: of all of them when the data set has "
-        f"no split of its own (default {SPLIT_VAL_FRACTION}); of each class's training images "
-        "when it has train/ and test/ but no val/ (default "
-        f"{HOLDOUT_VAL_FRACTION}: BENCHMARKS.md §10)",
-    )
+    val_fraction: float = Field(default=0.2, ge=0, lt=1)
     test_fraction: float = Field(default=0.2, ge=0, lt=1)
     max_train: int | None = Field(
         default=None, ge=1, le=10_000_000, description="cap on training images"
@@ -195,7 +178,7 @@ class DataSpec(Strict):
 
     @model_validator(mode="after")
     def _fractions(self) -> DataSpec:
-        if (self.val_fraction or SPLIT_VAL_FRACTION) + self.test_fraction >= 1:
+        if self.val_fraction + self.test_fraction >= 1:
             raise ValueError("data.val_fraction + data.test_fraction must be below 1")
         return self
 

@@ -18,7 +18,7 @@ from adapters.base import Oracle
 from adapters.dispatch import Dispatcher
 from adapters.errors import BudgetExceeded, ConfigurationError, OracleError
 from app.config.defaults import SELECTION_P, Facts, resolve
-from app.config.spec import SPLIT_VAL_FRACTION, JobSpec
+from app.config.spec import JobSpec
 from app.data.loading import DataError, Dataset, split_indices, to_target
 from app.jobs.artifacts import program_arrays
 from app.jobs.validation import Validation, apply_validation
@@ -103,7 +103,7 @@ def plan(
     parts = split_indices(
         dataset,
         spec.seed,
-        SPLIT_VAL_FRACTION if spec.data.val_fraction is None else spec.data.val_fraction,
+        spec.data.val_fraction,
         spec.data.test_fraction,
         spec.data.max_train,
         spec.data.max_test,
@@ -122,18 +122,17 @@ def plan(
         resolved, notes = resolve(spec, facts)
     except ValueError as err:
         raise PlanError(str(err)) from err
-    val_fraction = resolved.data.val_fraction
-    assert resolved.data.validation is not None and val_fraction is not None
+    assert resolved.data.validation is not None
     parts, validation = apply_validation(
         parts,
         dataset.y,
         list(dataset.classes),
         resolved.data.validation,
-        fraction=val_fraction,
+        fraction=resolved.data.val_fraction,
         seed=resolved.seed,
         own_val=dataset.split is not None,
     )
-    notes.append(validation.sentence(len(parts["train"]), val_fraction))
+    notes.append(validation.sentence(len(parts["train"]), resolved.data.val_fraction))
     p = resolved.program
     assert p.input_size and p.target_size and p.basis
     program = Program(

@@ -67,18 +67,3 @@ def test_evaluation_is_spaced_by_its_cost() -> None:
     assert any("validate every 15 iterations" in n and "costs 300 queries" in n for n in notes)
     short, _ = resolve(spec(optimizer={"iterations": 20}), big)
     assert short.optimizer.eval_every == 4  # at least 5 evaluation points
-
-
-def test_the_held_out_share_is_chosen_and_said_when_the_data_set_has_no_val() -> None:
-    """train/ + test/ only: a fifth of each class's training images is held out (half gained
-    more on average but once fell below the probe), and the job says so; a value given is
-    kept and not explained."""
-    s, notes = resolve(spec(), Facts(1000, 3, 30, "torch", train_per_class=(10, 10, 10)))
-    assert s.data.val_fraction == 0.2
-    assert any(n.startswith("data.val_fraction = 0.2: a fifth") for n in notes)
-    s, notes = resolve(spec(), Facts(1000, 3, 30, "torch", n_val=6))
-    assert s.data.val_fraction == 0.2
-    assert any(n.startswith("data.val_fraction = 0.2: the share a split") for n in notes)
-    s, notes = resolve(spec(data={"val_fraction": 0.5}), TINY)
-    assert s.data.val_fraction == 0.5
-    assert not any(n.startswith("data.val_fraction") for n in notes)
