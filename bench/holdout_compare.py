@@ -4,8 +4,9 @@
     python -m bench.holdout_compare        # bench/results/user_grid.jsonl (the default's rows)
                                            # + bench/results/user_grid_holdout.jsonl (variants)
 
-A variant's rows carry ``variant``; the default's rows are user_grid.jsonl's ``default``
-config. Only (pair, seed, budget) cells every version ran are compared.
+A variant's rows carry ``variant`` (or are the grid's ``cross_fit`` configuration,
+cross-fitted programs); the default's rows are user_grid.jsonl's ``default`` config. Only
+(pair, seed, budget) cells every version ran are compared.
 """
 
 from __future__ import annotations
@@ -26,7 +27,11 @@ def margins() -> dict[str, dict[tuple, float]]:
     out: dict[str, dict[tuple, float]] = defaultdict(dict)
     rows = [r | {"variant": "default (holdout 0.2)"} for r in load_rows(DEFAULT)]
     for r in rows + load_rows(VARIANTS):
-        if r["config"] == "default" and r["status"] == "succeeded":
+        if r["config"] == "cross_fit":
+            r = r | {"variant": "cross-fitted programs"}
+        elif r["config"] != "default":
+            continue
+        if r["status"] == "succeeded":
             out[r["variant"]][(r["pair"], r["seed"], r["budget"])] = r["test_accuracy"] - r["probe"]
     return out
 

@@ -67,6 +67,8 @@ CONFIGS: dict[str, dict[str, Any]] = {
     "default_ce": {"loss": {"kind": "ce"}},
     "default_q5": {"optimizer": {"q": 5}},
     "default_q25": {"optimizer": {"q": 25}},
+    # the validation method the defaults may change to (issue 9): cross-fitted programs
+    "cross_fit": {"data": {"validation": "cross_fit"}},
 }
 WHITE_BOX = ("wb_r8", "wb_r16", "wb_r32", "wb_full")
 ABLATIONS = tuple(c for c in CONFIGS if c.startswith(("bar_", "default_")))
@@ -85,6 +87,8 @@ PHASES: list[tuple[str, tuple[str, ...], tuple[str, ...], tuple[int, ...], tuple
     ("bar_seeds", ALL_PAIRS, ("bar",), (1, 2), (20_000, 60_000)),  # flat rows: fewer seeds
     ("white_box_seeds", ALL_PAIRS, WHITE_BOX, (1, 2), (60_000,)),
     ("ablation_seeds", ABLATION_PAIRS, ABLATIONS, (1, 2), (20_000,)),
+    # a candidate default against the default's main rows (bench/holdout_compare.py)
+    ("cross_fit", ALL_PAIRS, ("cross_fit",), SEEDS, (20_000, 5_000)),
 ]
 QUICK_PAIRS = ("mnist5:moderation", "faces2:nsfw")
 QUICK = [("quick", QUICK_PAIRS, ("default", "bar", "wb_r8"), (0,), (3000,))]

@@ -47,7 +47,7 @@ from engine.program import Program
 
 Purpose = Literal["mapping", "baseline", "training", "validation", "test"]
 MappingMethod = Literal["frequency", "random", "learned"]
-ValidationMethod = Literal["holdout", "cross_validation"]
+ValidationMethod = Literal["holdout", "cross_validation", "cross_fit"]
 WHITE_BOX = "white_box"
 
 #: What a checkpoint written before these fields existed ran with: the old behaviour.
@@ -69,6 +69,7 @@ class Phase(StrEnum):
     REFIT = "refit"
     TEST = "test"
     BLANK_TEST = "blank_test"
+    FOLDS = "folds"  # engine.cross_fit: the two half-programs are training and validating
     DONE = "done"
 
 
@@ -101,7 +102,9 @@ class TrainerConfig:
     baselines: bool
     # "holdout": programs are scored on the validation split; "cross_validation" (learned
     # read-out only, no validation split): on the training images, each classified by the
-    # read-out of the fold that did not contain it.
+    # read-out of the fold that did not contain it; "cross_fit" (learned read-out only, no
+    # validation split): two programs, each trained on one half of the training images and
+    # scored on the other (engine.cross_fit.CrossFitTrainer).
     validation: ValidationMethod
     # Stop when no program has become the best for this many evaluation points, or when
     # nothing left to spend could change the choice (``Trainer._stop_reason``); 0: never.
@@ -119,10 +122,10 @@ class TrainerConfig:
             raise ValueError(f"unknown optimizer {self.optimizer!r}")
         if self.eval_every < 1 or self.batch_size < 1 or self.iterations < 0:
             raise ValueError("eval_every and batch_size must be ≥ 1, iterations ≥ 0")
-        if self.validation not in ("holdout", "cross_validation"):
+        if self.validation not in ("holdout", "cross_validation", "cross_fit"):
             raise ValueError(f"unknown validation {self.validation!r}")
-        if self.validation == "cross_validation" and self.mapping != "learned":
-            raise ValueError("cross-validation scores programs through the learned read-out")
+        if self.validation != "holdout" and self.mapping != "learned":
+            raise ValueError(f"{self.validation} scores programs through the learned read-out")
         if self.patience < 0 or not 0.0 < self.selection_p <= 1.0:
             raise ValueError("patience must be ≥ 0 and selection_p in (0, 1]")
 
@@ -276,8 +279,8 @@ class Trainer:
             raise ValueError("the training split is empty")
         if config.validation == "holdout" and len(val) == 0:
             raise ValueError("holdout validation needs validation images")
-        if config.validation == "cross_validation" and len(val):
-            raise ValueError("cross-validation uses the training images: no validation split")
+        if config.validation != "holdout" and len(val):
+            raise ValueError(f"{config.validation} uses the training images: no validation split")
         self.config, self.program = config, program
         self.n_classes, self.n_source = n_classes, n_source
         self.train, self.val, self.test = train, val, test
@@ -540,23 +543,45 @@ class Trainer:
             correct = self.crossfit.oof_correct.astype(bool)
         else:
             correct = self._mapping().predict(answers) == self.val.y
+        event = self._select(
+            correct,
+            lambda acc: Best(acc, self.iteration, self.theta.copy(), self._blank_choice(answers)),
+            lambda acc: Best(acc, self.iteration, self.theta.copy(), self._final_mapping(answers)),
+        )
+        self.train_answers = None
+        return event
+
+    def _select(
+        self,
+        correct: np.ndarray,
+        blank: Callable[[float], Best],
+        chosen: Callable[[float], Best],
+    ) -> Event:
+        """Given the current program's verdict on each validation image: the first time,
+        the blank program's verdicts become the reference and ``blank(acc)`` the best;
+        later, ``chosen(acc)`` becomes the best when the program beats it (``_beats_best``).
+        Then decide whether to go on (``_stop_reason``)."""
         acc = float(correct.mean())
         self.last_val_acc = acc
         if self.best.val_acc < 0:  # the blank program: the probe is the first candidate
             self.reference = correct
-            self.best = Best(acc, self.iteration, self.theta.copy(), self._blank_choice(answers))
+            self.best = blank(acc)
             self.since_best = 0
         elif self._beats_best(correct, acc):
-            self.best = Best(acc, self.iteration, self.theta.copy(), self._final_mapping(answers))
+            self.best = chosen(acc)
             self.since_best = 0
         else:
             self.since_best += 1
-        self.train_answers = None
         self.stop_reason = self._stop_reason()
         more = self.iteration < self.config.iterations and self.stop_reason is None
-        self.phase = Phase.TRAIN if more else Phase.TEST
+        self.phase = self._training_phase if more else Phase.TEST
         values = {"val_acc": acc, "best_val_acc": self.best.val_acc}
         return Event("validation", self.iteration, values)
+
+    @property
+    def _training_phase(self) -> Phase:
+        """Where a validation that goes on leads."""
+        return Phase.TRAIN
 
     def _labelled(self, val_answers: np.ndarray | None) -> tuple[np.ndarray, np.ndarray] | None:
         """Answers and labels of every labelled image (training + validation) under the
@@ -611,7 +636,9 @@ class Trainer:
         if not c.patience or self.iteration >= c.iterations or self.reference is None:
             return None
         n = len(self.reference)
-        what = "validation" if c.validation == "holdout" else "cross-validated training"
+        what = {"holdout": "validation", "cross_fit": "cross-fitted"}.get(
+            c.validation, "cross-validated training"
+        )
         blank_best = not self.best.theta.any()
         if self.best.val_acc >= 1.0:
             return f"the best program is right on all {n} {what} images: nothing can beat it"
@@ -620,8 +647,13 @@ class Trainer:
             return (
                 f"the linear probe is wrong on only {room} of the {n} {what} images; "
                 f"a program would have to get at least {need} of those right, and none "
-                "that the probe gets right wrong, to be chosen over it (more validation "
-                "images, a val/ folder or a larger data.val_fraction, would let one show it)"
+                "that the probe gets right wrong, to be chosen over it"
+                + (
+                    " (more validation images, a val/ folder or a larger data.val_fraction, "
+                    "would let one show it)"
+                    if c.validation == "holdout"
+                    else ""
+                )
             )
         if self.since_best >= c.patience:
             if blank_best:

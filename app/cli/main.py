@@ -127,7 +127,10 @@ def show_result(result: dict[str, Any], out: Path) -> None:
         )
     v = result.get("validation")
     if v:
-        how = "cross-validation over" if v["method"] == "cross_validation" else "validated on"
+        how = {
+            "cross_validation": "cross-validation over",
+            "cross_fit": "cross-fitted programs validated on",
+        }.get(v["method"], "validated on")
         console.print(f"{how.capitalize()} {v['images']} images ({v['source']}).")
     if result.get("returned") == "linear_probe" and result.get("best_iteration") == 0:
         console.print("No program beat the linear probe on validation: the probe is returned.")

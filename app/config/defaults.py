@@ -137,9 +137,9 @@ def resolve(spec: JobSpec, facts: Facts) -> tuple[JobSpec, list[str]]:
         o.iterations = BUDGET_DECIDES  # the runner fits the length to the budget and says so
 
     d, learned = s.data, s.mapping.method == "learned"
-    if d.validation == "cross_validation" and not learned:
+    if d.validation in ("cross_validation", "cross_fit") and not learned:
         raise ValueError(
-            "data.validation: cross-validation scores programs through the learned read-out; "
+            f"data.validation: {d.validation} scores programs through the learned read-out; "
             "use 'holdout' or mapping.method 'learned'"
         )
     cv_only = facts.n_val == 0 and d.val_fraction == 0 and learned
@@ -154,7 +154,9 @@ def resolve(spec: JobSpec, facts: Facts) -> tuple[JobSpec, list[str]]:
         "validation images, or a stratified share held out of its training images)",
     )
     n_val, n_train = facts.n_val, facts.n_train
-    if d.validation == "cross_validation":
+    if d.validation in ("cross_validation", "cross_fit"):
+        # cross_fit: each of its two programs refits on its half and validates on the
+        # other, so an evaluation costs every labelled image per program, like this.
         n_val, n_train = 0, facts.n_train + facts.n_val
     elif not n_val and d.val_fraction > 0:
         n_val = sum(holdout_count(n, d.val_fraction) for n in facts.train_per_class if n >= 2)

@@ -169,11 +169,12 @@ class DataSpec(Strict):
         default=None, ge=1, le=10_000_000, description="cap on test images"
     )
     baselines: bool = Field(default=True, description="measure chance, blank program and probe")
-    validation: Literal["holdout", "cross_validation"] | None = Field(
+    validation: Literal["holdout", "cross_validation", "cross_fit"] | None = Field(
         default=None,
         description="'holdout': validation images (the data set's own, or held out of its "
         "training images); 'cross_validation': k-fold over the training images, none held "
-        "out (learned read-out only)",
+        "out (learned read-out only); 'cross_fit': two programs, each trained on one half of "
+        "the labelled images and validated on the other (learned read-out only)",
     )
 
     @model_validator(mode="after")

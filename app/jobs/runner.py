@@ -22,6 +22,7 @@ from app.config.spec import JobSpec
 from app.data.loading import DataError, Dataset, split_indices, to_target
 from app.jobs.artifacts import program_arrays
 from app.jobs.validation import Validation, apply_validation
+from engine.cross_fit import CrossFitTrainer
 from engine.program import Program
 from engine.trainer import Event, Split, Trainer, TrainerConfig
 
@@ -142,7 +143,8 @@ def plan(
 
 
 def _trainer(the_plan: Plan, dataset: Dataset, n_labels: int, split: Any) -> Trainer:
-    return Trainer(
+    cross_fit = the_plan.spec.data.validation == "cross_fit"
+    return (CrossFitTrainer if cross_fit else Trainer)(
         trainer_config(the_plan.spec),
         the_plan.program,
         len(dataset.classes),

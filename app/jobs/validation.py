@@ -4,6 +4,8 @@
   folder, or the split drawn for a data set without one), or, when it has none (``train/``
   and ``test/`` folders only), a stratified share of its training images held out here
   (``data.val_fraction`` of each class, at least one, every class keeping one to train on).
+* ``cross_fit`` — no image is held out either: two programs, each trained on one stratified
+  half of the labelled images and validated on the other (engine.cross_fit).
 * ``cross_validation`` — no image is held out: validation images, if any, join the training
   set, and a program is scored by k-fold cross-validation over the training images (each
   classified by the read-out fitted without its fold; engine.mapping.CrossFitReadout).
@@ -28,11 +30,11 @@ HOLDOUT_STREAM = 9  # the generator stream of the hold-out draw: [seed, 9]
 class Validation:
     """The validation a job uses, as the plan, the log and result.json report it."""
 
-    method: str  # "holdout" | "cross_validation"
+    method: str  # "holdout" | "cross_validation" | "cross_fit"
     source: str  # "data set" (its own val/), "split" (drawn from unsplit data), "held out"
     images: int  # images scored at each evaluation point
     per_class: list[int]
-    folds: int | None = None  # cross-validation only
+    folds: int | None = None  # cross-validation and cross-fit only
 
     def as_dict(self) -> dict[str, object]:
         out: dict[str, object] = {
@@ -47,6 +49,14 @@ class Validation:
 
     def sentence(self, n_train: int, val_fraction: float) -> str:
         """One plain line for the job's choices."""
+        if self.method == "cross_fit":
+            return (
+                f"validation: cross-fitted programs: the {self.images} labelled images are "
+                "split into two stratified halves, a program is trained on each half and "
+                "validated on the other, so every image is scored by a program that never "
+                "trained on it; the program returned is one of the two, its read-out refitted "
+                "on all of them"
+            )
         if self.method == "cross_validation":
             return (
                 f"validation: {self.folds}-fold cross-validation over the {self.images} "
@@ -103,13 +113,14 @@ def apply_validation(
     c = len(classes)
     check_can_validate(labelled_per_class(y, parts, c), classes)
     parts = dict(parts)
-    if method == "cross_validation":
+    if method in ("cross_validation", "cross_fit"):
         parts["train"] = np.sort(np.concatenate([parts["train"], parts["val"]]))
         parts["val"] = np.zeros(0, dtype=np.int64)
         per_class = np.bincount(y[parts["train"]], minlength=c)
-        folds = max(2, min(4, int(per_class.min())))  # engine.mapping.cross_fit_readout's k
+        # engine.mapping.cross_fit_readout's k; engine.cross_fit's two halves
+        folds = max(2, min(4, int(per_class.min()))) if method == "cross_validation" else 2
         return parts, Validation(
-            "cross_validation", "training images", len(parts["train"]), per_class.tolist(), folds
+            method, "training images", len(parts["train"]), per_class.tolist(), folds
         )
     if method != "holdout":
         raise ValueError(f"unknown validation method {method!r}")

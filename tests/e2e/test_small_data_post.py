@@ -34,6 +34,26 @@ def test_the_minimum_budget_includes_the_held_out_validation(tmp_path):
         assert r.status_code == 202, r.text
 
 
+def test_cross_fitted_programs_are_accepted_and_cost_the_probe_at_least(tmp_path):
+    """data.validation 'cross_fit': nothing held out; its minimum is the probe's (every
+    image once), and it needs the learned read-out."""
+    with service(service_settings(tmp_path), run_jobs=False) as (client, h):
+        ds = upload(client, h, split_digits_npz([10, 10, 10]))
+        job = {
+            "dataset_id": ds["id"],
+            "oracle": {"kind": "torch"},
+            "data": {"validation": "cross_fit"},
+        }
+        r = client.post("/v1/jobs", headers=h, json=job | {"budget": {"max_queries": 53}})
+        assert r.status_code == 422, r.text
+        assert "the minimum is 54 queries" in r.json()["detail"][0]["message"]
+        r = client.post("/v1/jobs", headers=h, json=job | {"budget": {"max_queries": 54}})
+        assert r.status_code == 202, r.text
+        r = client.post("/v1/jobs", headers=h, json=job | {"mapping": {"method": "frequency"}})
+        assert r.status_code == 422, r.text
+        assert "cross_fit scores programs through the learned read-out" in r.text
+
+
 def test_a_service_job_that_cannot_beat_the_probe_returns_it_and_says_so(tmp_path):
     """Through the service: the job stops early, succeeds, reports what it did not spend in
     its result and in the job's choices, and serves the probe as its program (P = 0)."""

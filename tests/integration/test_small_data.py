@@ -72,6 +72,30 @@ def test_cross_validation_holds_nothing_out_and_sends_no_validation_query(tmp_pa
     assert "4-fold cross-validation over the 30 training images" in " ".join(result["choices"])
 
 
+def test_cross_fitted_programs_validate_on_every_labelled_image(tmp_path, tiny):
+    spec = SHORT | {"data": {"validation": "cross_fit"}}
+    code, result, output = train(tmp_path, tiny, spec)
+    assert code == 0, output
+    assert result["validation"] == {
+        "method": "cross_fit",
+        "source": "training images",
+        "images": 30,
+        "per_class": [10, 10, 10],
+        "folds": 2,
+    }
+    assert result["sizes"] == {"train": 30, "val": 0, "test": 24}
+    sent = {k: v["queries"] for k, v in result["breakdown"].items()}
+    # the blank program: every labelled image once; then at iterations 2 and 4 each
+    # program refits on its 15 images and validates on the other 15
+    assert sent["mapping"] == 15 and sent["validation"] == 15 + 2 * 30
+    assert sent["training"] == 2 * 4 * 6 * 4 + 2 * 2 * 15  # 2 programs × 4 it × 6 × 2q
+    assert result["planned_queries"] == {k: v for k, v in sent.items()} | {"baseline": 24}
+    assert result["best_val_accuracy"] is not None
+    said = " ".join(result["choices"])
+    assert "a program is trained on each half and validated on the other" in said
+    assert "Cross-fitted programs validated on 30 images" in output
+
+
 def test_a_job_that_cannot_beat_the_probe_returns_it_and_stops(tmp_path, tiny):
     """Digits 0-2: the probe is right on (nearly) every validation image, so no program
     could be shown to beat it. The job returns the probe, spends only what the probe costs,

@@ -40,10 +40,11 @@ def test_validation_is_holdout_unless_nothing_can_be_held_out() -> None:
     s, notes = resolve(spec(data={"val_fraction": 0.0}), TINY)
     assert s.data.validation == "cross_validation"
     assert any("k-fold cross-validation" in n for n in notes)
-    with pytest.raises(ValueError, match=r"data\.validation: cross-validation"):
-        resolve(
-            spec(data={"validation": "cross_validation"}, mapping={"method": "frequency"}), TINY
-        )
+    for method in ("cross_validation", "cross_fit"):
+        with pytest.raises(ValueError, match=rf"data\.validation: {method} scores"):
+            resolve(spec(data={"validation": method}, mapping={"method": "frequency"}), TINY)
+    s, notes = resolve(spec(data={"validation": "cross_fit"}), TINY)
+    assert s.data.validation == "cross_fit"
 
 
 def test_patience_stops_a_budgeted_job_but_not_an_explicit_length() -> None:

@@ -1,0 +1,199 @@
+"""Cross-fitted programs (engine.cross_fit): every labelled image validates, by a program
+that never trained on it; the plan, resume and selection hold as for one program."""
+
+import numpy as np
+import pytest
+
+from engine.cross_fit import CrossFitTrainer, halves
+from engine.program import Program
+from engine.trainer import Event, Phase, Split, Trainer, TrainerConfig
+from tests.unit.test_trainer import CONFIG, K, accuracy_on, data, drive, oracle
+
+NO_VAL = Split(np.zeros((0, 8, 8, 3), np.float32), np.zeros(0, np.int64))
+CF = CONFIG | {"mapping": "learned", "validation": "cross_fit"}
+
+
+def make(seed: int = 7, n: int = 30, **overrides) -> CrossFitTrainer:
+    cfg = TrainerConfig(**(CF | overrides))
+    prog = Program(16, 8, "bilinear", 4)
+    return CrossFitTrainer(cfg, prog, 3, K, data(n, 0), NO_VAL, data(15, 2), seed=seed)
+
+
+def test_the_halves_are_stratified_disjoint_and_drawn_from_the_seed() -> None:
+    y = np.array([0] * 5 + [1] * 4 + [2] * 2)
+    h = halves(y, 3)
+    for j, n in ((0, 5), (1, 4), (2, 2)):
+        assert sorted(np.bincount(h[y == j], minlength=2)) == sorted([(n + 1) // 2, n // 2])
+    np.testing.assert_array_equal(h, halves(y, 3))
+    assert any(not np.array_equal(h, halves(y, s)) for s in range(4, 10))
+
+
+def test_each_half_program_trains_on_its_half_and_validates_on_the_other() -> None:
+    t = make()
+    a, b = t.folds
+    assert len(a.train) + len(b.train) == len(t.train) == 30
+    np.testing.assert_array_equal(a.train.x, b.val.x)
+    np.testing.assert_array_equal(b.train.x, a.val.x)
+    assert not np.array_equal(a.rng.random(3), b.rng.random(3))  # their own draws
+
+
+@pytest.mark.parametrize("estimator", ["antithetic", "white_box"])
+def test_plan_matches_what_is_sent(estimator: str) -> None:
+    t = make(estimator=estimator)
+    plan = t.planned_queries()
+    sent = drive(t)
+    assert t.done and t.iteration == 12
+    if not t.best.theta.any():
+        plan["baseline"] -= len(t.test)
+    assert {k: v for k, v in plan.items() if v} == sent
+    assert t.told == sum(sent.values())
+    # the blank program once per image (half 1's blank passes are half 0's answers again),
+    # then both programs refit on their own half and validate on the other at 5, 10 and 12
+    assert sent["mapping"] == 15 and sent["validation"] == 15 + 3 * 30
+
+
+def test_the_blank_program_costs_what_the_probe_costs() -> None:
+    t = make(iterations=0)
+    sent = drive(t)
+    assert sent == {"mapping": 15, "validation": 15, "test": 15}  # every image once
+    assert sum(t.planned_queries(0).values()) == 45
+
+
+def test_every_labelled_image_is_scored_at_every_evaluation() -> None:
+    t = make(iterations=10)
+    events: list[Event] = []
+    drive(t, events=events)
+    validations = [e for e in events if e.kind == "validation"]
+    assert [e.iteration for e in validations] == [0, 5, 10]  # one joint event each
+    assert t.reference is not None and len(t.reference) == 30
+    for e in validations:  # an accuracy over 30 images
+        assert round(e.values["val_acc"] * 30, 9) == round(e.values["val_acc"] * 30)
+
+
+def test_the_probe_is_fitted_on_every_labelled_image() -> None:
+    t = make(iterations=0)
+    drive(t)
+    probe = t.baselines["probe"]
+    blank = np.zeros(t.program.dim)
+    # refitted on all 30 images' blank answers, the probe classifies them nearly all right
+    assert accuracy_on(t, t.train, blank, probe) >= 0.9
+    assert t.results["test_accuracy"] == accuracy_on(t, t.test, blank, probe)
+    assert t.best_half is None
+
+
+def test_a_chosen_program_is_one_half_with_a_readout_on_every_image() -> None:
+    # a hard task and a long, loose run, so that a program is chosen over the probe
+    def hard(n: int, s: int) -> Split:
+        return data(n, s, signal=0.15, noise=0.6)
+
+    cfg = TrainerConfig(**(CF | {"iterations": 40, "lr": 0.2, "selection_p": 1.0}))
+    for seed in range(6):
+        t = CrossFitTrainer(
+            cfg, Program(16, 8, "bilinear", 4), 3, K, hard(30, 0), NO_VAL, hard(15, 2), seed=seed
+        )
+        drive(t)
+        if t.best_half is not None:
+            break
+    assert t.best_half is not None, "no seed chose a program"
+    theta, mapping = t.best_program()
+    assert theta.any()
+    # the θ of one of the two half-programs as it was at the chosen evaluation point
+    assert t.best.iteration > 0
+    assert mapping.l2 == t.folds[t.best_half].crossfit.full.l2
+    # its read-out is fitted on the answers of all 30 images under that θ
+    frames = t.program.apply(t.program.embed(t.train.x), theta)
+    probs = oracle(frames)
+    from engine.mapping import fit_readout
+
+    order = np.concatenate(
+        [np.flatnonzero(t.half == t.best_half), np.flatnonzero(t.half != t.best_half)]
+    )
+    again = fit_readout(probs[order], t.train.y[order], 3, mapping.l2)
+    assert (again.predict(probs) == mapping.predict(probs)).mean() >= 0.9
+    assert t.results["test_accuracy"] == accuracy_on(t, t.test, theta, mapping)
+
+
+def test_resume_is_bit_identical() -> None:
+    def build() -> CrossFitTrainer:
+        return make(iterations=12, patience=2, selection_p=0.2)
+
+    straight = build()
+    drive(straight)
+    for cut in (1, 2, 3, 8, 15, 21):
+        first = build()
+        drive(first, stop_after=cut)
+        resumed = build()
+        resumed.load_state(first.state_bytes())
+        drive(resumed)
+        assert resumed.state_bytes() == straight.state_bytes()
+        assert resumed.results == straight.results
+
+
+def test_state_round_trips_in_every_phase() -> None:
+    t = make()
+    seen = set()
+    while True:
+        data_ = t.state_bytes()
+        again = make()
+        again.load_state(data_)
+        assert again.state_bytes() == data_
+        seen.add(t.phase)
+        if t.done:
+            break
+        drive(t, stop_after=1)
+    assert {Phase.FOLDS, Phase.DONE} <= seen
+
+
+def test_state_cannot_be_taken_between_ask_and_tell() -> None:
+    t = make()
+    while t.phase != Phase.FOLDS or t.folds[t.active].phase != Phase.TRAIN:
+        drive(t, stop_after=1)
+    t.ask()
+    with pytest.raises(RuntimeError):
+        t.state_bytes()
+
+
+def test_a_probe_that_cannot_be_beaten_stops_the_job() -> None:
+    t = make(iterations=200, patience=3, selection_p=0.05)
+    sent = drive(t)
+    assert t.stop_reason is not None and "cross-fitted" in t.stop_reason
+    assert sum(sent.values()) < sum(t.planned_queries().values())
+    assert not t.best.theta.any()
+
+
+def test_budget_fitting_counts_both_programs() -> None:
+    t = make(iterations=1000)
+    one = Trainer(
+        TrainerConfig(**(CONFIG | {"mapping": "learned"})),
+        Program(16, 8, "bilinear", 4),
+        3,
+        K,
+        data(30, 0),
+        data(9, 1),
+        data(15, 2),
+    )
+    assert t.per_iteration == 2 * one.per_iteration
+    it = t.fit_iterations(5000)
+    assert sum(t.planned_queries(it).values()) <= 5000 < sum(t.planned_queries(it + 1).values())
+    t.set_iterations(it)
+    assert all(f.config.iterations == it for f in t.folds)
+
+
+@pytest.mark.parametrize(
+    "overrides, y, message",
+    [
+        ({"mapping": "frequency"}, None, "learned read-out"),
+        ({"validation": "holdout"}, None, "cross_fit"),
+        ({}, np.array([0, 0, 1, 1, 2]), "at least 2 training images per class"),
+    ],
+)
+def test_what_it_refuses(overrides: dict, y, message: str) -> None:
+    train = data(30, 0) if y is None else Split(np.zeros((len(y), 8, 8, 3), np.float32), y)
+    with pytest.raises(ValueError, match=message):
+        cfg = TrainerConfig(**(CF | overrides))
+        CrossFitTrainer(cfg, Program(16, 8, "bilinear", 4), 3, K, train, NO_VAL, data(15, 2))
+    with pytest.raises(ValueError, match="no validation split"):
+        make_cfg = TrainerConfig(**CF)
+        CrossFitTrainer(
+            make_cfg, Program(16, 8, "bilinear", 4), 3, K, data(30, 0), data(9, 1), data(15, 2)
+        )
