@@ -142,12 +142,16 @@ def test_two_workers_one_credential_never_exceed_budgets(pg_url, tmp_path, small
 
 @pytest.mark.postgres
 @pytest.mark.slow
-def test_killed_worker_job_resumes_elsewhere_to_the_same_program(pg_url, tmp_path, small_npz):
+@pytest.mark.parametrize("validation", ["holdout", "cross_fit"])
+def test_killed_worker_job_resumes_elsewhere_to_the_same_program(
+    validation, pg_url, tmp_path, small_npz
+):
     settings = service_settings(tmp_path, pg_url)
     with service(settings) as (client, h):
         ds = upload(client, h, small_npz)
         first = start_workers(settings, 1, tmp_path, prefix="doomed")[0]
-        killed = client.post("/v1/jobs", headers=h, json=spec(ds["id"])).json()["id"]
+        body = spec(ds["id"], data={"validation": validation})
+        killed = client.post("/v1/jobs", headers=h, json=body).json()["id"]
         wait_iteration(client, h, killed, 8)
         first.send_signal(signal.SIGKILL)
         first.wait(10)
@@ -156,12 +160,13 @@ def test_killed_worker_job_resumes_elsewhere_to_the_same_program(pg_url, tmp_pat
         survivor = start_workers(settings, 1, tmp_path, prefix="survivor")[0]
         try:
             resumed = wait_final(client, h, killed, timeout=300)
-            reference = client.post("/v1/jobs", headers=h, json=spec(ds["id"])).json()["id"]
+            reference = client.post("/v1/jobs", headers=h, json=body).json()["id"]
             straight = wait_final(client, h, reference, timeout=300)
         finally:
             survivor.terminate()
             survivor.wait(20)
         assert resumed["status"] == straight["status"] == "succeeded"
+        assert resumed["result"]["validation"]["method"] == validation
         a = ProgramFile.load(client.get(f"/v1/jobs/{killed}/program", headers=h).content)
         b = ProgramFile.load(client.get(f"/v1/jobs/{reference}/program", headers=h).content)
         np.testing.assert_array_equal(a.arrays["P"], b.arrays["P"])
