@@ -32,8 +32,7 @@ import numpy as np
 
 from engine import state as state_io
 from engine.mapping import fit_readout
-from engine.program import Program
-from engine.trainer import Ask, Best, Event, Phase, Split, Trainer, TrainerConfig, TrainerState
+from engine.trainer import Ask, Best, Event, Phase, Split, Trainer, TrainerState
 
 HALVES_STREAM = 10  # the generator stream of the split into halves: [seed, 10]
 FOLD_STREAM = 11  # each half-program's generator: [seed, 11, k]
@@ -62,20 +61,12 @@ class CrossFitTrainer(Trainer):
     ``Trainer``'s plus ``cross_fit``: both half-programs' states, which one is being driven,
     and the answers of their latest evaluation passes."""
 
-    def __init__(
-        self,
-        config: TrainerConfig,
-        program: Program,
-        n_classes: int,
-        n_source: int,
-        train: Split,
-        val: Split,
-        test: Split,
-        seed: int = 0,
-    ) -> None:
+    def _prepare(self, seed: int) -> None:
+        """The two half-programs (``Trainer.__init__`` has checked the splits)."""
+        config, program, train, test = self.config, self.program, self.train, self.test
+        n_classes, n_source = self.n_classes, self.n_source
         if config.validation != "cross_fit":
             raise ValueError("CrossFitTrainer runs data.validation 'cross_fit' only")
-        super().__init__(config, program, n_classes, n_source, train, val, test, seed)
         counts = np.bincount(train.y, minlength=n_classes)
         if counts.min() < 2:
             raise ValueError("cross-fitted programs need at least 2 training images per class")

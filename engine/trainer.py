@@ -320,6 +320,10 @@ class Trainer:
         self.results: dict[str, float] = {}
         self._pending: dict[str, Any] | None = None
         self._recent: list[tuple[np.ndarray, np.ndarray]] = []  # (probs, y) for remapping
+        self._prepare(seed)
+
+    def _prepare(self, seed: int) -> None:
+        """What a subclass builds on top of this state (engine.cross_fit); nothing here."""
 
     # ----------------------------------------------------------------- plan
     def planned_queries(self, iterations: int | None = None) -> dict[str, int]:

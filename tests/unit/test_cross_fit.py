@@ -7,7 +7,7 @@ import pytest
 from engine.cross_fit import CrossFitTrainer, halves
 from engine.program import Program
 from engine.trainer import Event, Phase, Split, Trainer, TrainerConfig
-from tests.unit.test_trainer import CONFIG, K, accuracy_on, data, drive, oracle
+from tests.unit.test_trainer import CONFIG, K, accuracy_on, check_resume, data, drive, oracle
 
 NO_VAL = Split(np.zeros((0, 8, 8, 3), np.float32), np.zeros(0, np.int64))
 CF = CONFIG | {"mapping": "learned", "validation": "cross_fit"}
@@ -117,16 +117,7 @@ def test_resume_is_bit_identical() -> None:
     def build() -> CrossFitTrainer:
         return make(iterations=12, patience=2, selection_p=0.2)
 
-    straight = build()
-    drive(straight)
-    for cut in (1, 2, 3, 8, 15, 21):
-        first = build()
-        drive(first, stop_after=cut)
-        resumed = build()
-        resumed.load_state(first.state_bytes())
-        drive(resumed)
-        assert resumed.state_bytes() == straight.state_bytes()
-        assert resumed.results == straight.results
+    check_resume(build, (1, 2, 3, 8, 15, 21))
 
 
 def test_state_round_trips_in_every_phase() -> None:
@@ -183,7 +174,7 @@ def test_budget_fitting_counts_both_programs() -> None:
     "overrides, y, message",
     [
         ({"mapping": "frequency"}, None, "learned read-out"),
-        ({"validation": "holdout"}, None, "cross_fit"),
+        ({"validation": "cross_validation"}, None, "cross_fit. only"),
         ({}, np.array([0, 0, 1, 1, 2]), "at least 2 training images per class"),
     ],
 )
