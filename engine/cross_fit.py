@@ -144,6 +144,8 @@ class CrossFitTrainer(Trainer):
         if before in (Phase.BLANK_TRAIN, Phase.REFIT, Phase.VALIDATE):
             key = "val" if before == Phase.VALIDATE else "train"
             self.answers[self.active][key].append(np.asarray(probs, dtype=np.float32))
+        if event is not None and event.kind == "iteration":
+            event.half = self.active  # both half-programs count their own iterations
         if event is None or event.kind != "validation":
             return event
         if self.active == 0:

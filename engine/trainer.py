@@ -167,6 +167,7 @@ class Event:
     kind: Literal["iteration", "validation", "mapping", "test", "done"]
     iteration: int
     values: dict[str, float] = field(default_factory=dict)
+    half: int | None = None  # which half-program's iteration (engine.cross_fit), if any
 
 
 def sign_test_p(wins: int, losses: int) -> float:

@@ -41,6 +41,7 @@ class Facts:
     n_train: int  # training images, before any are held out for validation
     provider: str
     n_val: int = 0  # validation images the data set (or its split) already has
+    own_val: bool = True  # those are the data set's own (its val/), not drawn by our split
     train_per_class: tuple[int, ...] = field(default=())
     capped: bool = False  # whether the budget caps the queries (not: price 0, cost cap only)
 
@@ -142,16 +143,25 @@ def resolve(spec: JobSpec, facts: Facts) -> tuple[JobSpec, list[str]]:
             f"data.validation: {d.validation} scores programs through the learned read-out; "
             "use 'holdout' or mapping.method 'learned'"
         )
-    cv_only = facts.n_val == 0 and d.val_fraction == 0 and learned
+    # Measured on the user benchmark (BENCHMARKS.md §8, 54 jobs on 9 task/oracle pairs, 5–20
+    # images per class without val/): cross-fitted programs never fell below the probe and
+    # gained +4.0 points on average where holding out a fifth gained +0.4 (also never below).
+    # A data set's own val/ is the user's choice of what to validate on, and is kept.
+    cross_fit = learned and (facts.n_val == 0 or not facts.own_val)
     choose(
         d,
         "validation",
-        "cross_validation" if cv_only else "holdout",
-        "data.val_fraction is 0 and the data set has no validation images: programs are "
-        "scored by k-fold cross-validation over the training images"
-        if cv_only
-        else "programs are scored on images they were not trained on (the data set's own "
-        "validation images, or a stratified share held out of its training images)",
+        "cross_fit" if cross_fit else "holdout",
+        "the data set has no validation images of its own: two programs are trained, each on "
+        "one stratified half of the labelled images and validated on the other, so every "
+        "labelled image scores a program that never trained on it (on the user benchmark, "
+        "BENCHMARKS.md §8, never below the probe in 54 jobs and +4.0 points on average, where "
+        "holding out a fifth of the images gained +0.4)"
+        if cross_fit
+        else "programs are scored on the data set's own validation images"
+        if facts.n_val and facts.own_val
+        else "programs are scored on a stratified share of the labelled images held out to "
+        "validate on (the frequency mapping cannot be cross-fitted)",
     )
     n_val, n_train = facts.n_val, facts.n_train
     if d.validation in ("cross_validation", "cross_fit"):

@@ -116,6 +116,7 @@ def plan(
         n_train=len(parts["train"]),
         provider=provider,
         n_val=len(parts["val"]),
+        own_val=dataset.split is not None,
         train_per_class=tuple(np.bincount(dataset.y[parts["train"]], minlength=n_classes)),
         capped=capped,
     )
@@ -251,6 +252,8 @@ class MetricRows:
         }
         if event.kind == "iteration":
             row["val_acc"] = self.last_val
+        if event.half is not None:
+            row["half"] = event.half
         return row
 
 

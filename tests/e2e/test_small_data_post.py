@@ -22,11 +22,15 @@ def test_a_class_too_small_to_validate_is_refused_at_post(tmp_path):
 
 
 def test_the_minimum_budget_includes_the_held_out_validation(tmp_path):
-    """10 training images per class, no val/: 6 are held out; the minimum is every image
-    once (24 training, 6 validation, 24 test)."""
+    """10 training images per class, no val/, data.validation 'holdout': 6 are held out;
+    the minimum is every image once (24 training, 6 validation, 24 test)."""
     with service(service_settings(tmp_path), run_jobs=False) as (client, h):
         ds = upload(client, h, split_digits_npz([10, 10, 10]))
-        job = {"dataset_id": ds["id"], "oracle": {"kind": "torch"}}
+        job = {
+            "dataset_id": ds["id"],
+            "oracle": {"kind": "torch"},
+            "data": {"validation": "holdout"},
+        }
         r = client.post("/v1/jobs", headers=h, json=job | {"budget": {"max_queries": 53}})
         assert r.status_code == 422, r.text
         assert "the minimum is 54 queries" in r.json()["detail"][0]["message"]
@@ -35,8 +39,8 @@ def test_the_minimum_budget_includes_the_held_out_validation(tmp_path):
 
 
 def test_cross_fitted_programs_are_accepted_and_cost_the_probe_at_least(tmp_path):
-    """data.validation 'cross_fit': nothing held out; its minimum is the probe's (every
-    image once), and it needs the learned read-out."""
+    """data.validation 'cross_fit' (the default here): nothing held out; its minimum is the
+    probe's (every image once), and it needs the learned read-out."""
     with service(service_settings(tmp_path), run_jobs=False) as (client, h):
         ds = upload(client, h, split_digits_npz([10, 10, 10]))
         job = {
@@ -71,7 +75,7 @@ def test_a_service_job_that_cannot_beat_the_probe_returns_it_and_says_so(tmp_pat
         assert result["returned"] == "linear_probe" and result["stopped_early"]
         assert result["unspent_queries"] == 20_000 - job["spend"]["queries"] > 19_000
         assert any(c.startswith("Stopped early after iteration 0") for c in job["choices"])
-        assert result["validation"]["source"] == "held out"
+        assert result["validation"]["method"] == "cross_fit"  # the default without val/
         program = client.get(f"/v1/jobs/{job['id']}/program", headers=h)
         with np.load(io.BytesIO(program.content)) as npz:
             assert not npz["P"].any() and str(npz["classifier"]) == "readout"

@@ -36,14 +36,15 @@ def test_train_writes_every_output_and_beats_chance(tmp_path, small_npz_path):
     assert set(result["breakdown"]) >= {"mapping", "training", "validation", "test"}
     # The blank program's test pass serves the baselines when the probe is what is returned.
     assert ("baseline" in result["breakdown"]) == (result["returned"] == "trained_program")
-    assert result["validation"]["method"] == "holdout" and result["validation"]["images"] > 0
+    assert result["validation"]["method"] == "cross_fit" and result["validation"]["images"] > 0
     assert result["queries"] == sum(v["queries"] for v in result["breakdown"].values())
     assert result["queries"] <= 4000
     for name in ("linear_probe", "blank_program", "chance"):
         assert "queries" in result["baselines"][name]
     rows = [json.loads(line) for line in (out / "metrics.jsonl").read_text().splitlines()]
     its = [r for r in rows if r["kind"] == "iteration"]
-    assert [r["iteration"] for r in its] == list(range(1, 9))
+    for half in (0, 1):  # cross-fitted: each half-program counts its own iterations
+        assert [r["iteration"] for r in its if r["half"] == half] == list(range(1, 9))
     assert all({"queries", "loss", "train_acc", "val_acc"} <= set(r) for r in its)
     assert np.diff([r["queries"] for r in rows]).min() >= 0
     with np.load(out / "program.npz") as npz:

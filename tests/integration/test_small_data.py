@@ -44,7 +44,7 @@ def train(tmp_path, data, spec: dict) -> tuple[int, dict, str]:
 
 
 def test_a_tiny_data_set_without_val_validates_on_images_held_out(tmp_path, tiny):
-    code, result, output = train(tmp_path, tiny, SHORT)
+    code, result, output = train(tmp_path, tiny, SHORT | {"data": {"validation": "holdout"}})
     assert code == 0, output
     v = result["validation"]
     assert v == {"method": "holdout", "source": "held out", "images": 6, "per_class": [2, 2, 2]}
@@ -56,12 +56,14 @@ def test_a_tiny_data_set_without_val_validates_on_images_held_out(tmp_path, tiny
     assert "validation: " in output  # the log says it too
 
 
-def without_holdout(tmp_path, data, method: str, folds: int) -> tuple[dict, str]:
-    """A job that holds no image out (``method``): its result and log, checked for that."""
-    code, result, output = train(tmp_path, data, SHORT | {"data": {"validation": method}})
+def without_holdout(tmp_path, data, method: str | None, folds: int) -> tuple[dict, str]:
+    """A job that holds no image out (``method``, None: the default): its result and log,
+    checked for that."""
+    spec = SHORT | {"data": {"validation": method}} if method else SHORT
+    code, result, output = train(tmp_path, data, spec)
     assert code == 0, output
     assert result["validation"] == {
-        "method": method,
+        "method": method or "cross_fit",
         "source": "training images",
         "images": 30,
         "per_class": [10, 10, 10],
@@ -79,7 +81,8 @@ def test_cross_validation_holds_nothing_out_and_sends_no_validation_query(tmp_pa
 
 
 def test_cross_fitted_programs_validate_on_every_labelled_image(tmp_path, tiny):
-    result, output = without_holdout(tmp_path, tiny, "cross_fit", 2)
+    """The default for a data set without val/ (train/ and test/ only)."""
+    result, output = without_holdout(tmp_path, tiny, None, 2)
     sent = {k: v["queries"] for k, v in result["breakdown"].items()}
     # the blank program: every labelled image once; then at iterations 2 and 4 each
     # program refits on its 15 images and validates on the other 15
@@ -88,6 +91,7 @@ def test_cross_fitted_programs_validate_on_every_labelled_image(tmp_path, tiny):
     assert result["planned_queries"] == {k: v for k, v in sent.items()} | {"baseline": 24}
     said = " ".join(result["choices"])
     assert "a program is trained on each half and validated on the other" in said
+    assert "data.validation = 'cross_fit': the data set has no validation images of its own" in said
     assert "Cross-fitted programs validated on 30 images" in output
 
 
@@ -102,7 +106,8 @@ def test_a_job_that_cannot_beat_the_probe_returns_it_and_stops(tmp_path, tiny):
     assert result["status"] == "succeeded"
     assert result["returned"] == "linear_probe" and result["iterations"] == 0
     assert result["stopped_early"] is not None
-    assert result["queries"] == 24 + 6 + 24  # training, validation and test sets once
+    assert result["validation"]["method"] == "cross_fit"  # the default without val/
+    assert result["queries"] == 30 + 24  # every labelled image and the test set once
     assert result["unspent_queries"] == 20_000 - result["queries"]
     assert result["test_accuracy"] == result["baselines"]["linear_probe"]["accuracy"]
     said = " ".join(result["choices"])
@@ -158,7 +163,10 @@ class Recording(Oracle):
         return self.inner.predict(images)
 
 
-def test_the_answer_cache_never_sends_a_frame_twice_within_a_job():
+# validation passes after the blank one that the cache answers: hold-out, 2 passes × 6
+# images; cross-fit, 2 half-programs × 2 passes × 15 (half 1's blank pass is replayed)
+@pytest.mark.parametrize(("validation", "val_hits"), [("holdout", 2 * 6), ("cross_fit", 60)])
+def test_the_answer_cache_never_sends_a_frame_twice_within_a_job(validation, val_hits):
     """BAR's first iteration asks f(θ) at θ = 0 on training images the blank pass already
     sent, and an unchanging program is validated again: the oracle sees each frame once."""
     spec = JobSpec.model_validate(
@@ -166,6 +174,7 @@ def test_the_answer_cache_never_sends_a_frame_twice_within_a_job():
             "oracle": {"kind": "torch"},
             "program": {**GEOMETRY, "basis": "bilinear", "resolution": 4},
             "mapping": {"method": "learned"},
+            "data": {"validation": validation},
             "optimizer": {
                 "estimator": "bar",
                 "q": 2,
@@ -192,8 +201,8 @@ def test_the_answer_cache_never_sends_a_frame_twice_within_a_job():
     assert len(oracle.seen) == len(set(oracle.seen))  # no frame sent twice
     assert ledger.totals.queries == len(oracle.seen)  # the ledger counts what was sent
     hits = dispatcher.cache_hits
-    assert hits["training"] >= 6 and hits["validation"] == 2 * 6
+    assert hits["training"] >= 6 and hits["validation"] == val_hits
     job.cache_hits = dict(hits)
     result = runner.summarize(job, ledger.totals.as_dict(), "succeeded", 1.0)
     assert result["cache_hits"] == sum(hits.values())
-    assert result["breakdown"]["validation"]["cache_hits"] == 12
+    assert result["breakdown"]["validation"]["cache_hits"] == val_hits

@@ -34,17 +34,25 @@ def test_fewer_labels_than_classes_chooses_the_learned_readout() -> None:
         resolve(spec(mapping={"method": "frequency"}), Facts(2, 3, 30, "torch"))
 
 
-def test_validation_is_holdout_unless_nothing_can_be_held_out() -> None:
+def test_validation_cross_fits_unless_the_data_set_has_its_own() -> None:
+    """No val/ of its own (train/ and test/ only, or a split we drew): cross-fitted programs;
+    its own val/: hold-out on it; the frequency mapping cannot be cross-fitted."""
     s, notes = resolve(spec(), TINY)
+    assert s.data.validation == "cross_fit"
+    assert any("no validation images of its own" in n for n in notes)
+    drawn = Facts(**{**TINY.__dict__, "n_val": 6, "own_val": False})
+    assert resolve(spec(), drawn)[0].data.validation == "cross_fit"
+    own = Facts(**{**TINY.__dict__, "n_val": 6})
+    s, notes = resolve(spec(), own)
     assert s.data.validation == "holdout"
-    s, notes = resolve(spec(data={"val_fraction": 0.0}), TINY)
-    assert s.data.validation == "cross_validation"
-    assert any("k-fold cross-validation" in n for n in notes)
+    assert any("the data set's own validation images" in n for n in notes)
+    s, notes = resolve(spec(mapping={"method": "frequency"}), TINY)
+    assert s.data.validation == "holdout" and any("cannot be cross-fitted" in n for n in notes)
+    s, _ = resolve(spec(data={"validation": "holdout"}), TINY)
+    assert s.data.validation == "holdout"
     for method in ("cross_validation", "cross_fit"):
         with pytest.raises(ValueError, match=rf"data\.validation: {method} scores"):
             resolve(spec(data={"validation": method}, mapping={"method": "frequency"}), TINY)
-    s, notes = resolve(spec(data={"validation": "cross_fit"}), TINY)
-    assert s.data.validation == "cross_fit"
 
 
 def test_patience_stops_a_budgeted_job_but_not_an_explicit_length() -> None:
@@ -60,7 +68,7 @@ def test_patience_stops_a_budgeted_job_but_not_an_explicit_length() -> None:
 def test_evaluation_is_spaced_by_its_cost() -> None:
     """An evaluation point sends the validation and (learned read-out) training sets: about
     a tenth of training's queries, every 5 to 50 iterations."""
-    small, _ = resolve(spec(), TINY)  # 24 + 6 images per evaluation, 200 per iteration
+    small, _ = resolve(spec(), TINY)  # cross-fit: 30 images per evaluation, 200 per iteration
     assert small.optimizer.eval_every == 5
     big = Facts(n_labels=1000, n_classes=10, n_train=200, provider="torch", n_val=100)
     s, notes = resolve(spec(), big)  # 300 per evaluation: every 15 iterations
