@@ -117,6 +117,19 @@ def program_png(arrays: dict[str, np.ndarray], scale: int = 2) -> bytes:
     return buf.getvalue()
 
 
+def loss_lines(iterations: list[dict[str, Any]]) -> dict[str | None, tuple[list, list]]:
+    """Training loss against queries, a line per program: a cross-fitted job's two
+    half-programs (rows with ``half``) each have their own loss, which one line would
+    zigzag between. Key None: a job of one program."""
+    lines: dict[str | None, tuple[list, list]] = {}
+    for r in iterations:
+        name = None if r.get("half") is None else f"half-program {r['half']}"
+        xs, ys = lines.setdefault(name, ([], []))
+        xs.append(r["queries"])
+        ys.append(r["loss"])
+    return lines
+
+
 def curve_png(
     rows: list[dict[str, Any]], baselines: dict[str, dict[str, Any]], title: str
 ) -> bytes:
@@ -136,8 +149,11 @@ def curve_png(
             "o-",
             label="program (validation)",
         )
-    if it:
-        ax_loss.plot([r["queries"] for r in it], [r["loss"] for r in it], lw=0.8)
+    lines = loss_lines(it)
+    for name, (xs, ys) in lines.items():
+        ax_loss.plot(xs, ys, lw=0.8, label=name)
+    if len(lines) > 1:
+        ax_loss.legend(fontsize=8)
     for (name, b), style in zip(baselines.items(), ["--", ":", "-.", (0, (5, 5))], strict=False):
         ax_acc.axhline(
             b["accuracy"],

@@ -131,8 +131,8 @@ def apply_validation(
     if fraction <= 0:
         raise DataError(
             "data.val_fraction is 0 and the data set has no validation images: nothing to "
-            "validate on; set data.val_fraction above 0 or data.validation to "
-            "'cross_validation'"
+            "hold out; set data.val_fraction above 0, or data.validation to 'cross_fit' "
+            "(mapping.method 'learned')"
         )
     rng = np.random.default_rng([seed, HOLDOUT_STREAM])
     train, val = [], []

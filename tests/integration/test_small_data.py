@@ -126,6 +126,13 @@ def test_data_too_small_to_validate_is_refused_naming_the_minimum(tmp_path):
     assert "class '1' has 1 labelled image" in output and "at least 2 per class" in output
 
 
+def test_nothing_to_hold_out_is_refused_naming_the_way_out(tmp_path, tiny):
+    spec = {"program": GEOMETRY, "data": {"validation": "holdout", "val_fraction": 0.0}}
+    code, _, output = train(tmp_path, tiny, spec)
+    assert code == 2
+    assert "nothing to hold out" in output and "data.validation to 'cross_fit'" in output
+
+
 def test_fewer_oracle_labels_than_classes_with_the_learned_readout(tmp_path, tiny):
     """3 classes through the 2-concept view: the learned read-out (the default there) runs;
     there is no frequency-mapping baseline to report."""

@@ -70,6 +70,25 @@ def test_every_labelled_image_is_scored_at_every_evaluation() -> None:
         assert round(e.values["val_acc"] * 30, 9) == round(e.values["val_acc"] * 30)
 
 
+def test_each_half_program_counts_its_own_iterations_and_says_which() -> None:
+    """Iteration events name their half-program (metrics.jsonl's ``half``), and the curve
+    draws a loss line for each instead of one zigzagging between them."""
+    from app.jobs.artifacts import loss_lines
+
+    t = make()
+    events: list[Event] = []
+    drive(t, events=events)
+    its = [e for e in events if e.kind == "iteration"]
+    assert {e.half for e in its} == {0, 1}
+    for half in (0, 1):
+        assert [e.iteration for e in its if e.half == half] == list(range(1, t.iteration + 1))
+    rows = [{"half": e.half, "queries": i, "loss": e.values["loss"]} for i, e in enumerate(its)]
+    lines = loss_lines(rows)
+    assert set(lines) == {"half-program 0", "half-program 1"}
+    assert lines["half-program 1"][1] == [e.values["loss"] for e in its if e.half == 1]
+    assert set(loss_lines([{"queries": 1, "loss": 0.5}])) == {None}
+
+
 def test_the_probe_is_fitted_on_every_labelled_image() -> None:
     t = make(iterations=0)
     drive(t)
