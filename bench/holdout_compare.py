@@ -34,6 +34,8 @@ def version(row: dict) -> str | None:
     validation = (row.get("spec") or {}).get("data", {}).get("validation")
     if row["config"] == "cross_fit":
         return "cross-fitted (asked for)"
+    if row["config"] == "lr_race":
+        return "cross-fitted, lr 0.01 raced against 0.003"
     if row["config"] != "default":
         return None
     if "variant" in row:

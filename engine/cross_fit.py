@@ -21,12 +21,27 @@ The price: two programs, so at a given budget each runs about half the iteration
 the images, and an evaluation point sends every labelled image twice (each program's refit
 and validation passes). The blank program costs what the linear probe costs: every labelled
 image once (half 1's blank passes are half 0's answers told again, ``_replay_blank``).
+
+**The step-size race** (``lr_race``, issue 9 item 4): on these tasks the Adam step that gains
+differs from task to task (BENCHMARKS.md §10: 0.003 gained where 0.01 did not, and the
+reverse), and nothing but the task's own validation can tell which. With further step sizes
+to race, each step size trains its own pair of half-programs (the same halves, its own
+generator), driven in turn one evaluation point at a time, for the first third of the run
+(the rung, ``rung``); then only the step size whose programs reached the highest
+cross-fitted accuracy goes on (a tie keeps the earlier one: ``lr`` before ``lr_race``), for
+the rest of the run. Every step size's programs are candidates of the one joint selection
+(the sign test against the probe, and higher than the best so far), so a loser's program
+that was chosen stays chosen unless the survivor beats it. Patience counts rounds: an
+evaluation point of every step size still racing. The blank passes are paid for once.
+A successive halving of one rung: the survivor runs about two thirds of the iterations a job
+without the race would.
 """
 
 from __future__ import annotations
 
 import copy
 import dataclasses
+import math
 
 import numpy as np
 
@@ -39,6 +54,7 @@ FOLD_STREAM = 11  # each half-program's generator: [seed, 11, k]
 #: The half-programs never choose among their own checkpoints (the joint selection does), so
 #: their own sign test is set never to pass: no read-out refit is spent on it.
 NEVER = 1e-12
+RUNG = 3  # the step-size race ends after this fraction (1/RUNG) of the run
 
 
 def halves(y: np.ndarray, seed: int) -> np.ndarray:
@@ -62,7 +78,8 @@ class CrossFitTrainer(Trainer):
     and the answers of their latest evaluation passes."""
 
     def _prepare(self, seed: int) -> None:
-        """The two half-programs (``Trainer.__init__`` has checked the splits)."""
+        """The half-programs: a pair per step size (``Trainer.__init__`` has checked the
+        splits)."""
         config, program, train, test = self.config, self.program, self.train, self.test
         n_classes, n_source = self.n_classes, self.n_source
         if config.validation != "cross_fit":
@@ -71,23 +88,62 @@ class CrossFitTrainer(Trainer):
         if counts.min() < 2:
             raise ValueError("cross-fitted programs need at least 2 training images per class")
         self.half = halves(train.y, seed)
+        self.lrs = (config.lr, *config.lr_race)
         inner = dataclasses.replace(
-            config, validation="holdout", patience=0, selection_p=NEVER, baselines=False
+            config,
+            validation="holdout",
+            patience=0,
+            selection_p=NEVER,
+            baselines=False,
+            lr_race=(),
         )
         empty = Split(test.x[:0], test.y[:0])
+        # folds[2c + k]: step size c's half-program trained on half k
         self.folds: list[Trainer] = []
-        for k in (0, 1):
-            mine, other = self._part(k), self._part(1 - k)
-            fold = Trainer(inner, program, n_classes, n_source, mine, other, empty, seed)
-            fold.rng = np.random.default_rng([seed, FOLD_STREAM, k])
-            self.folds.append(fold)
+        for c, lr in enumerate(self.lrs):
+            for k in (0, 1):
+                mine, other = self._part(k), self._part(1 - k)
+                fold_config = dataclasses.replace(inner, lr=lr)
+                fold = Trainer(fold_config, program, n_classes, n_source, mine, other, empty, seed)
+                # the first step size keeps the streams a job without the race draws from
+                fold.rng = np.random.default_rng([seed, FOLD_STREAM, k, *([c] if c else [])])
+                self.folds.append(fold)
         self.phase = Phase.FOLDS
+        self.racer = 0  # the step size being driven
         self.active = 0  # the half-program being driven
-        # Each half-program's answers of its latest evaluation: "train" (its own half, from
-        # the blank or refit pass) and "val" (the other half), as chunks while a pass is in
-        # progress.
+        self.alive = list(range(len(self.lrs)))  # the step sizes still racing
+        # each step size's highest cross-fitted accuracy over its trained programs
+        self.peak = [-1.0] * len(self.lrs)
+        # The driven pair's answers of its latest evaluation: "train" (each half-program's
+        # own half, from the blank or refit pass) and "val" (the other half), as chunks while
+        # a pass is in progress.
         self.answers: list[dict[str, list[np.ndarray]]] = [self._no_answers() for _ in (0, 1)]
         self.best_half: int | None = None  # which half-program ``best`` is
+
+    def _pair(self, c: int) -> list[Trainer]:
+        """Step size c's two half-programs."""
+        return self.folds[2 * c : 2 * c + 2]
+
+    @property
+    def _driven(self) -> Trainer:
+        return self.folds[2 * self.racer + self.active]
+
+    def _alive_folds(self) -> list[Trainer]:
+        return [fold for c in self.alive for fold in self._pair(c)]
+
+    def rung(self, iterations: int | None = None) -> int:
+        """The iteration after which the race keeps one step size: the first evaluation
+        point at or after a third of the run (the whole run without a race)."""
+        it = self.config.iterations if iterations is None else iterations
+        if len(self.lrs) == 1:
+            return it
+        every = self.config.eval_every
+        return min(it, every * math.ceil(it / (RUNG * every)))
+
+    @property
+    def kept_lr(self) -> float | None:
+        """The step size the race kept; None while racing or without a race."""
+        return self.lrs[self.alive[0]] if len(self.lrs) > 1 and len(self.alive) == 1 else None
 
     def _part(self, k: int) -> Split:
         sel = self.half == k
@@ -99,15 +155,20 @@ class CrossFitTrainer(Trainer):
 
     # ----------------------------------------------------------------- plan
     def planned_queries(self, iterations: int | None = None) -> dict[str, int]:
-        """Both half-programs' plans (blank pass, training, refits, validation), then the
-        test pass and the baselines' as ``Trainer.planned_queries`` counts them."""
+        """Every half-program's plan (blank pass, training, refits, validation): the first
+        step size's over the whole run, the others' up to the rung (which step size goes on
+        is not known in advance; they cost the same), every blank pass but the first
+        replayed; then the test pass and the baselines' as ``Trainer.planned_queries``
+        counts them."""
         it = self.config.iterations if iterations is None else iterations
+        rung = self.rung(it)
         plan = {"mapping": 0, "baseline": 0, "training": 0, "validation": 0, "test": 0}
-        for fold in self.folds:
-            for purpose, n in fold.planned_queries(it).items():
+        for f, fold in enumerate(self.folds):
+            for purpose, n in fold.planned_queries(it if f < 2 else rung).items():
                 plan[purpose] += n
-        plan["mapping"] -= len(self.folds[1].train)  # replayed (``_replay_blank``)
-        plan["validation"] -= len(self.folds[1].val)
+            if f:  # replayed (``_replay_blank``)
+                plan["mapping"] -= len(fold.train)
+                plan["validation"] -= len(fold.val)
         plan["test"] += len(self.test)
         if self.config.baselines and it:
             plan["baseline"] += len(self.test)
@@ -115,11 +176,16 @@ class CrossFitTrainer(Trainer):
 
     @property
     def per_iteration(self) -> int:
-        """Images one iteration of both half-programs sends (at most)."""
-        return sum(fold.per_iteration for fold in self.folds)
+        """Images one iteration of every half-program still racing sends (at most)."""
+        return sum(fold.per_iteration for fold in self._alive_folds())
+
+    @property
+    def _patience_points(self) -> int:
+        """Patience counts rounds: an evaluation point of every step size still racing."""
+        return self.config.patience * len(self.alive)
 
     def set_iterations(self, iterations: int) -> None:
-        """Shorten (or lengthen) the run of both half-programs."""
+        """Shorten (or lengthen) the run of every half-program."""
         super().set_iterations(iterations)
         for fold in self.folds:
             fold.set_iterations(iterations)
@@ -128,54 +194,78 @@ class CrossFitTrainer(Trainer):
     def ask(self) -> Ask:
         """The driven half-program's next frames, or ``Trainer``'s test passes."""
         if self.phase == Phase.FOLDS:
-            return self.folds[self.active].ask()
+            return self._driven.ask()
         return super().ask()
 
     def tell(self, probs: np.ndarray, input_grad: np.ndarray | None = None) -> Event | None:
         """Answers to the last ask. A half-program's validation event is not passed on; the
-        joint one, after half 1's, is."""
+        joint one, after its pair's half 1's, is."""
         if self.phase != Phase.FOLDS:
             return super().tell(probs, input_grad)
-        fold = self.folds[self.active]
+        fold = self._driven
         before = fold.phase
         event = fold.tell(probs, input_grad)  # validates the answers before they count
         self.told += len(probs)
-        self.iteration = min(f.iteration for f in self.folds)
+        self.iteration = min(f.iteration for f in self._alive_folds())
         if before in (Phase.BLANK_TRAIN, Phase.REFIT, Phase.VALIDATE):
             key = "val" if before == Phase.VALIDATE else "train"
             self.answers[self.active][key].append(np.asarray(probs, dtype=np.float32))
         if event is not None and event.kind == "iteration":
-            event.half = self.active  # both half-programs count their own iterations
+            event.half = self.active  # every half-program counts its own iterations
+            if len(self.lrs) > 1:
+                event.lr = self.lrs[self.racer]
         if event is None or event.kind != "validation":
             return event
         if self.active == 0:
             self.active = 1
-            if self.folds[1].phase != Phase.BLANK_TRAIN:
+            if self._driven.phase != Phase.BLANK_TRAIN:
                 return None
             self._replay_blank()
         self.active = 0
-        return self._select_joint()
+        event = self._select_joint()
+        self._next_racer()
+        return event
 
     def _replay_blank(self) -> None:
-        """Half 1's blank pass and blank validation without a query: they are half 0's blank
-        validation and blank pass (the same frames), told again in half 1's chunks."""
-        fold, mine = self.folds[1], self.answers[1]
-        replay = {
-            Phase.BLANK_TRAIN: ("train", np.concatenate(self.answers[0]["val"])),
-            Phase.VALIDATE: ("val", np.concatenate(self.answers[0]["train"])),
-        }
-        while fold.phase in replay:
-            key, answers = replay[fold.phase]
-            cursor, n = fold.cursor, len(fold.ask().frames)
-            chunk = answers[cursor : cursor + n]
-            mine[key].append(chunk)
-            fold.tell(chunk)
+        """Every other half-program's blank pass and blank validation without a query: they
+        are the first one's blank pass and blank validation (the same frames), told again in
+        that half-program's chunks (half k trains on half k's images and validates on the
+        other half's)."""
+        by_half = [np.concatenate(self.answers[0][key]) for key in ("train", "val")]
+        for f, fold in enumerate(self.folds[1:], start=1):
+            k = f % 2
+            replay = {
+                Phase.BLANK_TRAIN: ("train", by_half[k]),
+                Phase.VALIDATE: ("val", by_half[1 - k]),
+            }
+            while fold.phase in replay:
+                key, answers = replay[fold.phase]
+                cursor, n = fold.cursor, len(fold.ask().frames)
+                chunk = answers[cursor : cursor + n]
+                if f == 1:  # the first pair's answers make the blank selection
+                    self.answers[1][key].append(chunk)
+                fold.tell(chunk)
+
+    def _next_racer(self) -> None:
+        """The next step size to drive; after a round that reached the rung, only the one
+        whose programs reached the highest cross-fitted accuracy (the earlier on a tie)."""
+        if len(self.alive) == 1 or not self._pair(self.racer)[0].iteration:
+            return  # the blank selection is every step size's: the first one trains first
+        at = self.alive.index(self.racer)
+        if at + 1 < len(self.alive):
+            self.racer = self.alive[at + 1]
+            return
+        if self.iteration >= self.rung():
+            keep = max(self.alive, key=lambda c: (self.peak[c], -c))
+            self.alive = [keep]
+            self.iteration = min(f.iteration for f in self._alive_folds())
+        self.racer = self.alive[0]
 
     def _joined(self, k: int) -> tuple[np.ndarray, np.ndarray]:
         """Half-program k's answers for every labelled image (its own half, then the other)
         and their labels."""
         a = self.answers[k]
-        fold = self.folds[k]
+        fold = self._pair(self.racer)[k]
         return (
             np.concatenate(a["train"] + a["val"]).astype(np.float64),
             np.concatenate([fold.train.y, fold.val.y]),
@@ -185,19 +275,25 @@ class CrossFitTrainer(Trainer):
         """Both half-programs have validated at this iteration: select over every labelled
         image (``Trainer._select``), then start the next evaluation's answers afresh."""
         verdicts = []
-        for k, fold in enumerate(self.folds):
+        pair = self._pair(self.racer)
+        for k, fold in enumerate(pair):
             val = np.concatenate(self.answers[k]["val"]).astype(np.float64)
             verdicts.append(fold._mapping().predict(val) == fold.val.y)
         correct = np.concatenate(verdicts)
+        if pair[0].iteration:  # a trained program, not the blank one every pair shares
+            self.peak[self.racer] = max(self.peak[self.racer], float(correct.mean()))
         event = self._select(correct, self._blank_best, lambda acc: self._chosen(acc, verdicts))
         self.answers = [self._no_answers() for _ in (0, 1)]
+        event.iteration = pair[0].iteration  # while racing, the job's is the laggard's
+        if len(self.lrs) > 1:
+            event.lr = self.lrs[self.racer]
         return event
 
     def _blank_best(self, acc: float) -> Best:
         """The blank program with the probe and the frequency mapping fitted on every
         labelled image's blank answer (the two halves' blank passes)."""
         answers = np.concatenate([a for k in (0, 1) for a in self.answers[k]["train"]])
-        y = np.concatenate([fold.train.y for fold in self.folds])
+        y = np.concatenate([fold.train.y for fold in self._pair(0)])
         self._fit_baselines(answers.astype(np.float64), y)
         self.best_half = None
         probe = copy.deepcopy(self.baselines["probe"])
@@ -213,12 +309,12 @@ class CrossFitTrainer(Trainer):
             int((v & ~r).sum()) - int((~v & r).sum()) for v, r in zip(verdicts, refs, strict=True)
         ]
         k = 0 if net[0] >= net[1] else 1
-        fold = self.folds[k]
+        fold = self._pair(self.racer)[k]
         assert fold.crossfit is not None
         full = fold.crossfit.full
         mapping = fit_readout(*self._joined(k), self.n_classes, full.l2, init=full)
         self.best_half = k
-        return Best(acc, self.iteration, fold.theta.copy(), mapping)
+        return Best(acc, fold.iteration, fold.theta.copy(), mapping)
 
     @property
     def _training_phase(self) -> Phase:
@@ -233,6 +329,9 @@ class CrossFitTrainer(Trainer):
             "active": self.active,
             "answers": self.answers,
             "best_half": -1 if self.best_half is None else self.best_half,
+            "racer": self.racer,
+            "alive": list(self.alive),
+            "peak": list(self.peak),
         }
         return s
 
@@ -256,3 +355,7 @@ class CrossFitTrainer(Trainer):
         ]
         best_half = int(cf["best_half"])
         self.best_half = None if best_half < 0 else best_half
+        # checkpoints from before the race: one step size
+        self.racer = int(cf.get("racer", 0))
+        self.alive = [int(c) for c in cf.get("alive", [0])]
+        self.peak = [float(p) for p in cf.get("peak", [-1.0])]

@@ -112,6 +112,11 @@ class TrainerConfig:
     # A program replaces the blank one only if a one-sided sign test on the validation
     # images the two classify differently gives p ≤ this (1.0: any higher accuracy).
     selection_p: float
+    # cross_fit only: further step sizes raced against ``lr`` (engine.cross_fit: every step
+    # size trains its own pair of half-programs for the first third of the run, then only the
+    # one whose programs validated best goes on). A default, unlike the fields above, so that
+    # a checkpoint written before the race existed loads as what it ran: no race.
+    lr_race: tuple[float, ...] = ()
     chunk: int = 256  # largest number of frames asked at once in evaluation passes
 
     def __post_init__(self) -> None:
@@ -128,6 +133,11 @@ class TrainerConfig:
             raise ValueError(f"{self.validation} scores programs through the learned read-out")
         if self.patience < 0 or not 0.0 < self.selection_p <= 1.0:
             raise ValueError("patience must be ≥ 0 and selection_p in (0, 1]")
+        object.__setattr__(self, "lr_race", tuple(float(lr) for lr in self.lr_race))
+        if self.lr_race and self.validation != "cross_fit":
+            raise ValueError("lr_race races cross-fitted programs: validation must be 'cross_fit'")
+        if any(not lr > 0 for lr in self.lr_race):
+            raise ValueError("every step size in lr_race must be > 0")
 
     @property
     def needs_blank_pass(self) -> bool:
@@ -168,6 +178,7 @@ class Event:
     iteration: int
     values: dict[str, float] = field(default_factory=dict)
     half: int | None = None  # which half-program's iteration (engine.cross_fit), if any
+    lr: float | None = None  # which raced step size's iteration (engine.cross_fit), if racing
 
 
 def sign_test_p(wins: int, losses: int) -> float:
@@ -660,7 +671,7 @@ class Trainer:
                     else ""
                 )
             )
-        if self.since_best >= c.patience:
+        if self.since_best >= self._patience_points:
             if blank_best:
                 return (
                     f"no program has beaten the linear probe on {what} in {c.patience} "
@@ -677,6 +688,11 @@ class Trainer:
                     f"at that rate the {left:,} left would not gain one more"
                 )
         return None
+
+    @property
+    def _patience_points(self) -> int:
+        """Evaluation points without a better program before the job stops."""
+        return self.config.patience
 
     def _finish_test(self, answers: np.ndarray) -> Event:
         acc = float((self.best_program()[1].predict(answers) == self.test.y).mean())

@@ -21,6 +21,9 @@ BUDGET_DECIDES = 1_000_000  # "as many iterations as the budget allows"
 # the two classify differently gives p ≤ this (docs/algorithm.md, "Validation").
 SELECTION_P = 0.05
 PATIENCE = 5  # evaluation points without a better program before a job stops
+# Step sizes raced against the default Adam step on cross-fitted programs (engine.cross_fit):
+# none until the race is measured to keep the worst case and raise the mean (BENCHMARKS.md §8).
+LR_RACE: list[float] = []
 
 # The paper's settings (Tsai et al. 2020, §4): used whenever the estimator is "bar".
 PAPER = {
@@ -56,6 +59,22 @@ def candidates_per_iteration(estimator: str, q: int) -> int:
     """Programs one iteration sends per image (engine.estimators: two-sided 2q, bar q + 1,
     white box 1)."""
     return {"spsa": 2 * q, "antithetic": 2 * q, "bar": q + 1}.get(estimator, 1)
+
+
+def step_size_race(spec: JobSpec, s: JobSpec, paper: bool) -> tuple[list[float], str]:
+    """The step sizes raced against ``optimizer.lr`` (engine.cross_fit), and why: the
+    default's, on cross-fitted programs with the step size left open."""
+    if spec.optimizer.lr is not None:
+        return [], "one step size: optimizer.lr was given"
+    if paper or s.data.validation != "cross_fit":
+        return [], "one step size: the race is run on cross-fitted programs only"
+    if not LR_RACE:
+        return [], "one step size"
+    return list(LR_RACE), (
+        f"the step sizes {[s.optimizer.lr, *LR_RACE]} each train their own cross-fitted "
+        "programs for the first third of the run; then the one whose programs validated "
+        "best goes on"
+    )
 
 
 def resolve(spec: JobSpec, facts: Facts) -> tuple[JobSpec, list[str]]:
@@ -165,6 +184,13 @@ def resolve(spec: JobSpec, facts: Facts) -> tuple[JobSpec, list[str]]:
         else "programs are scored on a stratified share of the labelled images held out to "
         "validate on (the frequency mapping cannot be cross-fitted)",
     )
+    if o.lr_race and d.validation != "cross_fit":
+        raise ValueError(
+            "optimizer.lr_race races cross-fitted programs: it needs data.validation "
+            f"'cross_fit', not {d.validation!r}"
+        )
+    race, why = step_size_race(spec, s, paper)
+    choose(o, "lr_race", race, why)
     n_val, n_train = facts.n_val, facts.n_train
     if d.validation in ("cross_validation", "cross_fit"):
         # cross_fit: each of its two programs refits on its half and validates on the

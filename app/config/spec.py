@@ -150,6 +150,13 @@ class OptimizerSpec(Strict):
         description="stop after this many evaluation points without a better program, or "
         "sooner when the rest of the budget cannot change the choice; 0: never stop early",
     )
+    lr_race: list[Annotated[float, Field(gt=0, le=100)]] | None = Field(
+        default=None,
+        max_length=3,
+        description="further step sizes raced against lr (data.validation 'cross_fit' only): "
+        "each trains its own cross-fitted programs for the first third of the run, then the "
+        "one that validated best goes on; []: no race",
+    )
 
 
 class BudgetSpec(Strict):

@@ -120,10 +120,13 @@ def program_png(arrays: dict[str, np.ndarray], scale: int = 2) -> bytes:
 def loss_lines(iterations: list[dict[str, Any]]) -> dict[str | None, tuple[list, list]]:
     """Training loss against queries, a line per program: a cross-fitted job's two
     half-programs (rows with ``half``) each have their own loss, which one line would
-    zigzag between. Key None: a job of one program."""
+    zigzag between, and so does each step size of a race (rows with ``lr``). Key None: a
+    job of one program."""
     lines: dict[str | None, tuple[list, list]] = {}
     for r in iterations:
         name = None if r.get("half") is None else f"half-program {r['half']}"
+        if r.get("lr") is not None:
+            name = f"{name}, lr {r['lr']:g}"
         xs, ys = lines.setdefault(name, ([], []))
         xs.append(r["queries"])
         ys.append(r["loss"])

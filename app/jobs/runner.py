@@ -79,6 +79,7 @@ def trainer_config(spec: JobSpec) -> TrainerConfig:
         validation=spec.data.validation,
         patience=o.patience,
         selection_p=SELECTION_P,
+        lr_race=tuple(o.lr_race or ()),
     )  # type: ignore[arg-type]
 
 
@@ -254,6 +255,8 @@ class MetricRows:
             row["val_acc"] = self.last_val
         if event.half is not None:
             row["half"] = event.half
+        if event.lr is not None:
+            row["lr"] = event.lr
         return row
 
 
@@ -372,6 +375,7 @@ def summarize(
         "validation": job.validation.as_dict() if job.validation is not None else None,
         "iterations": t.iteration,
         "stopped_early": t.stop_reason,
+        "step_size_race": race_report(t),
         "unspent_queries": unspent,
         "planned_queries": planned,
         "sizes": job.sizes,
@@ -380,6 +384,20 @@ def summarize(
         "choices": job.notes + outcome_notes(job, returned, unspent),
         "spec": job.spec.model_dump(mode="json"),
         "seconds": round(seconds, 1),
+    }
+
+
+def race_report(t: Trainer) -> dict[str, Any] | None:
+    """The step sizes a cross-fitted job raced (engine.cross_fit), the highest cross-fitted
+    accuracy each one's programs reached (None before any was scored), and the one kept
+    (None while still racing); None when the job raced none."""
+    lrs = getattr(t, "lrs", ())
+    if len(lrs) < 2:
+        return None
+    return {
+        "step_sizes": list(lrs),
+        "peak_val_accuracy": [None if p < 0 else p for p in t.peak],  # type: ignore[attr-defined]
+        "kept": t.kept_lr,  # type: ignore[attr-defined]
     }
 
 
@@ -396,6 +414,16 @@ def outcome_notes(job: PreparedJob, returned: str, unspent: int) -> list[str]:
         notes.append(
             f"Stopped early after iteration {t.iteration} of {t.config.iterations}: "
             f"{t.stop_reason}. {unspent:,} {budget} were not spent."
+        )
+    race = race_report(t)
+    if race is not None and race["kept"] is not None:
+        peaks = ", ".join(
+            f"{lr:g}: {'–' if p is None else f'{100 * p:.1f} %'}"
+            for lr, p in zip(race["step_sizes"], race["peak_val_accuracy"], strict=True)
+        )
+        notes.append(
+            f"The step-size race kept lr {race['kept']:g}: the highest cross-fitted accuracy "
+            f"each step size's programs reached by the end of the race or the job ({peaks})."
         )
     if returned == "linear_probe" and t.done and t.config.iterations:
         n = job.sizes["train"] + job.sizes["val"]

@@ -37,9 +37,11 @@ def test_each_half_program_trains_on_its_half_and_validates_on_the_other() -> No
     assert not np.array_equal(a.rng.random(3), b.rng.random(3))  # their own draws
 
 
-@pytest.mark.parametrize("estimator", ["antithetic", "white_box"])
-def test_plan_matches_what_is_sent(estimator: str) -> None:
-    t = make(estimator=estimator)
+@pytest.mark.parametrize(
+    "estimator, race", [("antithetic", ()), ("white_box", ()), ("antithetic", (0.01, 0.2))]
+)
+def test_plan_matches_what_is_sent(estimator: str, race: tuple[float, ...]) -> None:
+    t = make(estimator=estimator, lr_race=race)
     plan = t.planned_queries()
     sent = drive(t)
     assert t.done and t.iteration == 12
@@ -47,9 +49,11 @@ def test_plan_matches_what_is_sent(estimator: str) -> None:
         plan["baseline"] -= len(t.test)
     assert {k: v for k, v in plan.items() if v} == sent
     assert t.told == sum(sent.values())
-    # the blank program once per image (half 1's blank passes are half 0's answers again),
-    # then both programs refit on their own half and validate on the other at 5, 10 and 12
-    assert sent["mapping"] == 15 and sent["validation"] == 15 + 3 * 30
+    # the blank program once per image (every other half-program's blank passes are the
+    # first's answers again), then both programs of every step size still racing refit on
+    # their own half and validate on the other: at 5 (the rung), then the survivor at 10, 12
+    assert sent["mapping"] == 15
+    assert sent["validation"] == 15 + (len(race) + 3) * 30
 
 
 def test_the_blank_program_costs_what_the_probe_costs() -> None:
@@ -132,11 +136,85 @@ def test_a_chosen_program_is_one_half_with_a_readout_on_every_image() -> None:
     assert t.results["test_accuracy"] == accuracy_on(t, t.test, theta, mapping)
 
 
-def test_resume_is_bit_identical() -> None:
+@pytest.mark.parametrize("race", [(), (0.2,)])
+def test_resume_is_bit_identical(race: tuple[float, ...]) -> None:
     def build() -> CrossFitTrainer:
-        return make(iterations=12, patience=2, selection_p=0.2)
+        return make(iterations=12, patience=2, selection_p=0.2, lr_race=race)
 
-    check_resume(build, (1, 2, 3, 8, 15, 21))
+    check_resume(build, (1, 2, 3, 8, 15, 21, 30))
+
+
+def test_a_race_trains_every_step_size_up_to_the_rung_then_only_the_best() -> None:
+    """Each step size trains its own pair of half-programs, in turn, one evaluation point at
+    a time; after the rung (the first evaluation point at or after a third of the run) only
+    the one whose programs reached the highest cross-fitted accuracy goes on."""
+    from app.jobs.artifacts import loss_lines
+
+    t = make(iterations=30, lr_race=(0.005, 0.5))
+    assert t.lrs == (0.05, 0.005, 0.5) and len(t.folds) == 6 and t.rung() == 10
+    for c in range(3):  # the same halves for every step size, and its own step and draws
+        a, b = t._pair(c)
+        np.testing.assert_array_equal(a.train.x, t.folds[0].train.x)
+        np.testing.assert_array_equal(b.train.x, t.folds[1].train.x)
+        assert a.config.lr == b.config.lr == t.lrs[c]
+    assert not np.array_equal(t.folds[0].rng.random(2), t.folds[2].rng.random(2))
+    events: list[Event] = []
+    drive(t, events=events)
+    kept = max(range(3), key=lambda c: (t.peak[c], -c))
+    assert t.kept_lr == t.lrs[kept] and t.alive == [kept]
+    assert all(p > 0 for p in t.peak)
+    its = [e for e in events if e.kind == "iteration"]
+    for c, lr in enumerate(t.lrs):
+        for half in (0, 1):
+            seen = [e.iteration for e in its if e.lr == lr and e.half == half]
+            assert seen == list(range(1, (30 if c == kept else 10) + 1))
+    # driven in turn: step size 0's first five iterations (both halves) come before 1's
+    order = [e.lr for e in its if e.iteration == 1]
+    assert order == [0.05, 0.05, 0.005, 0.005, 0.5, 0.5]
+    # one joint validation per step size at 5 and 10, then the survivor's at 15 … 30
+    validations = [e.iteration for e in events if e.kind == "validation"]
+    assert validations == [0, 5, 5, 5, 10, 10, 10, 15, 20, 25, 30]
+    assert len(loss_lines([{"queries": 1, "loss": 0.1, **_row(e)} for e in its])) == 6
+
+
+def _row(e: Event) -> dict:
+    return {"half": e.half, "lr": e.lr}
+
+
+def test_without_a_race_the_trainer_is_the_one_it_was() -> None:
+    """The first step size keeps the generator streams of a job without the race: its pair
+    of half-programs trains exactly as before, bit for bit, up to the rung."""
+    racing, alone = make(iterations=15, lr_race=(0.2,)), make(iterations=15)
+    ev_r: list[Event] = []
+    ev_a: list[Event] = []
+    drive(racing, events=ev_r)
+    drive(alone, events=ev_a)
+    first = [e.values["loss"] for e in ev_r if e.kind == "iteration" and e.lr == 0.05]
+    assert first[:10] == [e.values["loss"] for e in ev_a if e.kind == "iteration"][:10]
+    assert alone.kept_lr is None and all(e.lr is None for e in ev_a)
+
+
+def test_patience_counts_rounds_of_every_step_size_still_racing() -> None:
+    t = make(iterations=60, patience=2, lr_race=(0.2,))
+    assert t._patience_points == 4
+    while not t.done:
+        drive(t, stop_after=1)
+        assert t._patience_points == 2 * len(t.alive)
+
+
+def test_a_checkpoint_from_before_the_race_loads_as_one_step_size() -> None:
+    t = make()
+    drive(t, stop_after=12)
+    s = t.state()
+    for key in ("racer", "alive", "peak"):
+        del s["cross_fit"][key]
+    again = make()
+    again.load_state(s)
+    assert again.racer == 0 and again.alive == [0]
+    drive(again)
+    straight = make()
+    drive(straight)
+    assert again.state_bytes() == straight.state_bytes()
 
 
 def test_state_round_trips_in_every_phase() -> None:
@@ -195,6 +273,8 @@ def test_budget_fitting_counts_both_programs() -> None:
         ({"mapping": "frequency"}, None, "learned read-out"),
         ({"validation": "cross_validation"}, None, "cross_fit. only"),
         ({}, np.array([0, 0, 1, 1, 2]), "at least 2 training images per class"),
+        ({"validation": "holdout", "lr_race": (0.1,)}, None, "lr_race races cross-fitted"),
+        ({"lr_race": (0.1, -1.0)}, None, "every step size in lr_race"),
     ],
 )
 def test_what_it_refuses(overrides: dict, y, message: str) -> None:
