@@ -33,8 +33,8 @@ the rest of the run. Every step size's programs are candidates of the one joint 
 (the sign test against the probe, and higher than the best so far), so a loser's program
 that was chosen stays chosen unless the survivor beats it. Patience counts rounds: an
 evaluation point of every step size still racing. The blank passes are paid for once.
-A successive halving of one rung: the survivor runs about two thirds of the iterations a job
-without the race would.
+A successive halving of one rung: with m step sizes the survivor runs about 3/(m + 2) of the
+iterations a job without the race would (three quarters with two).
 """
 
 from __future__ import annotations

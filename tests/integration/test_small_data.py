@@ -95,6 +95,32 @@ def test_cross_fitted_programs_validate_on_every_labelled_image(tmp_path, tiny):
     assert "Cross-fitted programs validated on 30 images" in output
 
 
+def test_a_step_size_race_is_planned_reported_and_logged(tmp_path, tiny):
+    """``optimizer.lr_race``: each step size trains its pair of half-programs up to the rung
+    (iteration 2 of 6), then one goes on; the plan counts it, result.json says which step
+    size was kept and why, and metrics.jsonl's iteration rows name their step size."""
+    race = SHORT | {
+        "optimizer": {**SHORT["optimizer"], "iterations": 6, "lr_race": [0.003], "patience": 0}
+    }
+    code, result, output = train(tmp_path, tiny, race)
+    assert code == 0, output
+    sent = {k: v["queries"] for k, v in result["breakdown"].items()}
+    # blank once; both step sizes evaluated at 2 (the rung), the survivor at 4 and 6
+    assert sent["mapping"] == 15 and sent["validation"] == 15 + 4 * 30
+    assert sent["training"] == (6 + 2) * 2 * 6 * 4 + 4 * 2 * 15
+    assert result["planned_queries"] == sent | {"baseline": 24}
+    r = result["step_size_race"]
+    assert r["step_sizes"] == [0.01, 0.003] and r["kept"] in (0.01, 0.003)
+    assert all(0 <= p <= 1 for p in r["peak_val_accuracy"])
+    assert f"The step-size race kept lr {r['kept']:g}" in " ".join(result["choices"])
+    rows = [json.loads(x) for x in (tmp_path / "out" / "metrics.jsonl").read_text().splitlines()]
+    its = [x for x in rows if x["kind"] == "iteration"]
+    for lr, last in ((r["kept"], 6), ({0.01: 0.003, 0.003: 0.01}[r["kept"]], 2)):
+        assert [x["iteration"] for x in its if x["lr"] == lr and x["half"] == 0] == list(
+            range(1, last + 1)
+        )
+
+
 def test_a_job_that_cannot_beat_the_probe_returns_it_and_stops(tmp_path, tiny):
     """Digits 0-2: the probe is right on (nearly) every validation image, so no program
     could be shown to beat it. The job returns the probe, spends only what the probe costs,

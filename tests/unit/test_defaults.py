@@ -55,6 +55,32 @@ def test_validation_cross_fits_unless_the_data_set_has_its_own() -> None:
             resolve(spec(data={"validation": method}, mapping={"method": "frequency"}), TINY)
 
 
+def test_the_step_size_race_is_the_defaults_on_cross_fitted_programs_only(monkeypatch) -> None:
+    """``LR_RACE`` is raced on cross-fitted programs with the step size left open; a given
+    lr, the paper's BAR or hold-out validation run one step size, and a race asked for with
+    hold-out validation is refused naming the way out."""
+    from app.config import defaults
+
+    monkeypatch.setattr(defaults, "LR_RACE", [0.003])
+    s, notes = resolve(spec(), TINY)
+    assert s.optimizer.lr_race == [0.003] and s.optimizer.lr == 1e-2
+    assert any("the step sizes [0.01, 0.003]" in n for n in notes)
+    s, notes = resolve(spec(optimizer={"lr": 0.02}), TINY)
+    assert s.optimizer.lr_race == [] and any("optimizer.lr was given" in n for n in notes)
+    for other in (spec(data={"validation": "holdout"}), spec(optimizer={"estimator": "bar"})):
+        assert resolve(other, TINY)[0].optimizer.lr_race == []
+    s, _ = resolve(spec(optimizer={"lr": 0.02, "lr_race": [0.1, 0.005]}), TINY)
+    assert s.optimizer.lr_race == [0.1, 0.005]  # asked for, it is run
+    with pytest.raises(ValueError, match="lr_race races cross-fitted programs.*'holdout'"):
+        resolve(spec(optimizer={"lr_race": [0.1]}, data={"validation": "holdout"}), TINY)
+    monkeypatch.setattr(defaults, "LR_RACE", [])
+    assert resolve(spec(), TINY)[0].optimizer.lr_race == []
+    with pytest.raises(ValueError, match="lr_race"):
+        spec(optimizer={"lr_race": [0.0]})
+    with pytest.raises(ValueError, match="lr_race"):
+        spec(optimizer={"lr_race": [0.1, 0.2, 0.3, 0.4]})
+
+
 def test_patience_stops_a_budgeted_job_but_not_an_explicit_length() -> None:
     s, notes = resolve(spec(), TINY)
     assert s.optimizer.patience == PATIENCE
