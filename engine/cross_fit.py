@@ -72,10 +72,12 @@ class CrossFitTrainer(Trainer):
     """A job's plan with cross-fitted programs (see the module docstring).
 
     Phases: ``FOLDS`` (the two half-programs, driven in turn: half 0 up to and through its
-    next validation pass, then half 1 likewise, then the joint selection) → ``TEST`` →
-    [``BLANK_TEST``] → ``DONE``, the last three exactly as ``Trainer``'s. The checkpoint is
-    ``Trainer``'s plus ``cross_fit``: both half-programs' states, which one is being driven,
-    and the answers of their latest evaluation passes."""
+    next validation pass, then half 1 likewise, then the joint selection; racing, each step
+    size's pair so in turn) → ``TEST`` → [``BLANK_TEST``] → ``DONE``, the last three exactly
+    as ``Trainer``'s. The checkpoint is ``Trainer``'s plus ``cross_fit``: every
+    half-program's state, which step size and half is being driven, the answers of the
+    driven pair's latest evaluation passes, the step sizes still racing and each one's
+    peak."""
 
     def _prepare(self, seed: int) -> None:
         """The half-programs: a pair per step size (``Trainer.__init__`` has checked the
