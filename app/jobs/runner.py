@@ -423,7 +423,8 @@ def outcome_notes(job: PreparedJob, returned: str, unspent: int) -> list[str]:
         )
         notes.append(
             f"The step-size race kept lr {race['kept']:g}: the highest cross-fitted accuracy "
-            f"each step size's programs reached by the end of the race or the job ({peaks})."
+            f"each step size's programs reached, the others' up to the rung, the kept one's "
+            f"through the job ({peaks})."
         )
     if returned == "linear_probe" and t.done and t.config.iterations:
         n = job.sizes["train"] + job.sizes["val"]
