@@ -182,6 +182,14 @@ class CrossFitTrainer(Trainer):
         return sum(fold.per_iteration for fold in self._alive_folds())
 
     @property
+    def progress_iteration(self) -> int:
+        """The mean of the iterations of the half-programs still racing: ``iteration`` (the
+        laggard's) stays put while half 0 trains up to its next evaluation point, which at
+        a long ``eval_every`` left a job's progress at 0 for minutes."""
+        folds = self._alive_folds()
+        return sum(f.iteration for f in folds) // len(folds)
+
+    @property
     def _patience_points(self) -> int:
         """Patience counts rounds: an evaluation point of every step size still racing."""
         return self.config.patience * len(self.alive)

@@ -363,6 +363,11 @@ class Trainer:
         return plan
 
     @property
+    def progress_iteration(self) -> int:
+        """Iterations done, as a progress bar shows them (``iteration`` here)."""
+        return self.iteration
+
+    @property
     def per_iteration(self) -> int:
         """Images one training iteration sends (at most)."""
         n = 1 if self.estimator is None else self.estimator.n_candidates

@@ -75,7 +75,7 @@ class _ProgressView:
             if val is not None
             else f"queries {row['queries']:,}"
         )
-        self.progress.update(self.task, completed=job.trainer.iteration, info=info)
+        self.progress.update(self.task, completed=job.trainer.progress_iteration, info=info)
 
 
 def run_job(spec: JobSpec, dataset_loader: Any, out: Path) -> dict[str, Any]:

@@ -53,7 +53,7 @@ class _Hooks:
             self.db,
             self.job_id,
             self.lease,
-            iteration=trainer.iteration,
+            iteration=trainer.progress_iteration,
             iterations=trainer.config.iterations,
             state=trainer.state_bytes(),
             metrics_row=row if event is not None else None,

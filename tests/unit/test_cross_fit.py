@@ -287,3 +287,18 @@ def test_what_it_refuses(overrides: dict, y, message: str) -> None:
         CrossFitTrainer(
             make_cfg, Program(16, 8, "bilinear", 4), 3, K, data(30, 0), data(9, 1), data(15, 2)
         )
+
+
+def test_progress_moves_while_half_0_trains_towards_its_evaluation_point() -> None:
+    """``iteration`` is the laggard's (half 1 waits for half 0's evaluation point); a
+    progress bar shows the mean over the half-programs instead, which never stands still
+    while one trains and never runs backwards."""
+    t = make(iterations=40, eval_every=20)
+    seen = []
+    while not t.done:
+        drive(t, stop_after=1)
+        seen.append((t.iteration, t.progress_iteration))
+    assert seen == sorted(seen, key=lambda p: p[1])  # never backwards
+    during = [p for i, p in seen if i == 0]
+    assert max(during) == 10  # half 0 at 20, half 1 at 0
+    assert seen[-1] == (40, 40)
