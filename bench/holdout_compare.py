@@ -36,6 +36,8 @@ def version(row: dict) -> str | None:
         return "cross-fitted (asked for)"
     if row["config"] == "lr_race":
         return "cross-fitted, lr 0.01 raced against 0.003"
+    if row["config"] == "patience10":
+        return "cross-fitted, patience 10"
     if row["config"] != "default":
         return None
     if "variant" in row:

@@ -71,6 +71,8 @@ CONFIGS: dict[str, dict[str, Any]] = {
     "cross_fit": {"data": {"validation": "cross_fit"}},
     # the step-size race the defaults may add (issue 9, item 4): 0.003 raced against 0.01
     "lr_race": {"optimizer": {"lr_race": [0.003]}},
+    # twice the default's patience: every 60k job stopped early at patience 5 (§8)
+    "patience10": {"optimizer": {"patience": 10}},
 }
 WHITE_BOX = ("wb_r8", "wb_r16", "wb_r32", "wb_full")
 ABLATIONS = tuple(c for c in CONFIGS if c.startswith(("bar_", "default_")))
@@ -92,6 +94,7 @@ PHASES: list[tuple[str, tuple[str, ...], tuple[str, ...], tuple[int, ...], tuple
     # a candidate default against the default's main rows (bench/holdout_compare.py)
     ("cross_fit", ALL_PAIRS, ("cross_fit",), SEEDS, (20_000, 5_000)),
     ("lr_race", ALL_PAIRS, ("lr_race",), SEEDS, (20_000, 5_000)),
+    ("patience", ALL_PAIRS, ("patience10",), SEEDS, (60_000,)),
 ]
 QUICK_PAIRS = ("mnist5:moderation", "faces2:nsfw")
 QUICK = [("quick", QUICK_PAIRS, ("default", "bar", "wb_r8"), (0,), (3000,))]
