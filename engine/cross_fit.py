@@ -42,6 +42,7 @@ from __future__ import annotations
 import copy
 import dataclasses
 import math
+from typing import Any
 
 import numpy as np
 
@@ -141,6 +142,18 @@ class CrossFitTrainer(Trainer):
             return it
         every = self.config.eval_every
         return min(it, every * math.ceil(it / (RUNG * every)))
+
+    def race_report(self) -> dict[str, Any] | None:
+        """The step sizes raced, the highest cross-fitted accuracy each one's programs
+        reached (None before any was scored), and the one kept (None while still racing);
+        None when the job raced none."""
+        if len(self.lrs) < 2:
+            return None
+        return {
+            "step_sizes": list(self.lrs),
+            "peak_val_accuracy": [None if p < 0 else p for p in self.peak],
+            "kept": self.kept_lr,
+        }
 
     @property
     def kept_lr(self) -> float | None:

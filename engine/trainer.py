@@ -362,6 +362,10 @@ class Trainer:
             plan["baseline"] += len(self.test)
         return plan
 
+    def race_report(self) -> dict[str, Any] | None:
+        """The step-size race's outcome (engine.cross_fit); None: this job raced none."""
+        return None
+
     @property
     def progress_iteration(self) -> int:
         """Iterations done, as a progress bar shows them (``iteration`` here)."""

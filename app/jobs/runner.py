@@ -375,7 +375,7 @@ def summarize(
         "validation": job.validation.as_dict() if job.validation is not None else None,
         "iterations": t.iteration,
         "stopped_early": t.stop_reason,
-        "step_size_race": race_report(t),
+        "step_size_race": t.race_report(),
         "unspent_queries": unspent,
         "planned_queries": planned,
         "sizes": job.sizes,
@@ -384,20 +384,6 @@ def summarize(
         "choices": job.notes + outcome_notes(job, returned, unspent),
         "spec": job.spec.model_dump(mode="json"),
         "seconds": round(seconds, 1),
-    }
-
-
-def race_report(t: Trainer) -> dict[str, Any] | None:
-    """The step sizes a cross-fitted job raced (engine.cross_fit), the highest cross-fitted
-    accuracy each one's programs reached (None before any was scored), and the one kept
-    (None while still racing); None when the job raced none."""
-    lrs = getattr(t, "lrs", ())
-    if len(lrs) < 2:
-        return None
-    return {
-        "step_sizes": list(lrs),
-        "peak_val_accuracy": [None if p < 0 else p for p in t.peak],  # type: ignore[attr-defined]
-        "kept": t.kept_lr,  # type: ignore[attr-defined]
     }
 
 
@@ -415,7 +401,7 @@ def outcome_notes(job: PreparedJob, returned: str, unspent: int) -> list[str]:
             f"Stopped early after iteration {t.iteration} of {t.config.iterations}: "
             f"{t.stop_reason}. {unspent:,} {budget} were not spent."
         )
-    race = race_report(t)
+    race = t.race_report()
     if race is not None and race["kept"] is not None:
         peaks = ", ".join(
             f"{lr:g}: {'–' if p is None else f'{100 * p:.1f} %'}"
