@@ -132,6 +132,9 @@ def show_result(result: dict[str, Any], out: Path) -> None:
             "cross_fit": "cross-fitted programs validated on",
         }.get(v["method"], "validated on")
         console.print(f"{how.capitalize()} {v['images']} images ({v['source']}).")
+    race = result.get("step_size_race")
+    if race and race["kept"] is not None:
+        console.print(f"The step-size race kept lr {race['kept']:g} (of {race['step_sizes']}).")
     if result.get("returned") == "linear_probe" and result.get("best_iteration") == 0:
         console.print("No program beat the linear probe on validation: the probe is returned.")
     if result.get("stopped_early"):

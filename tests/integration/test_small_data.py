@@ -113,6 +113,7 @@ def test_a_step_size_race_is_planned_reported_and_logged(tmp_path, tiny):
     assert r["step_sizes"] == [0.01, 0.003] and r["kept"] in (0.01, 0.003)
     assert all(0 <= p <= 1 for p in r["peak_val_accuracy"])
     assert f"The step-size race kept lr {r['kept']:g}" in " ".join(result["choices"])
+    assert f"The step-size race kept lr {r['kept']:g} (of [0.01, 0.003])" in output
     rows = [json.loads(x) for x in (tmp_path / "out" / "metrics.jsonl").read_text().splitlines()]
     its = [x for x in rows if x["kind"] == "iteration"]
     for lr, last in ((r["kept"], 6), ({0.01: 0.003, 0.003: 0.01}[r["kept"]], 2)):
