@@ -99,6 +99,7 @@ class CrossFitTrainer(Trainer):
             selection_p=NEVER,
             baselines=False,
             lr_race=(),
+            views=(),  # the job asks the views once and hands each half-program its own
         )
         empty = Split(test.x[:0], test.y[:0])
         # folds[2c + k]: step size c's half-program trained on half k
@@ -111,7 +112,7 @@ class CrossFitTrainer(Trainer):
                 # the first step size keeps the streams a job without the race draws from
                 fold.rng = np.random.default_rng([seed, FOLD_STREAM, k, *([c] if c else [])])
                 self.folds.append(fold)
-        self.phase = Phase.FOLDS
+        self.phase = Phase.VIEWS if config.views else Phase.FOLDS
         self.racer = 0  # the step size being driven
         self.active = 0  # the half-program being driven
         self.alive = list(range(len(self.lrs)))  # the step sizes still racing
@@ -122,6 +123,15 @@ class CrossFitTrainer(Trainer):
         # a pass is in progress.
         self.answers: list[dict[str, list[np.ndarray]]] = [self._no_answers() for _ in (0, 1)]
         self.best_half: int | None = None  # which half-program ``best`` is
+
+    def _after_views(self) -> None:
+        """Every half-program reads the views of its own half (training) and of the other
+        (validation), from the job's one pass over the labelled images."""
+        views = self._views()["train"]
+        for f, fold in enumerate(self.folds):
+            k = f % 2
+            fold.view_answers = {"train": views[self.half == k], "val": views[self.half != k]}
+        self.phase = Phase.FOLDS
 
     def _pair(self, c: int) -> list[Trainer]:
         """Step size c's two half-programs."""
@@ -187,6 +197,9 @@ class CrossFitTrainer(Trainer):
         plan["test"] += len(self.test)
         if self.config.baselines and it:
             plan["baseline"] += len(self.test)
+        if self.config.views:  # the half-programs' views are the job's (``_after_views``)
+            plan["mapping"] += len(self.train)
+            plan["test"] += len(self.test)
         return plan
 
     @property
@@ -289,8 +302,9 @@ class CrossFitTrainer(Trainer):
         and their labels."""
         a = self.answers[k]
         fold = self._pair(self.racer)[k]
+        own, other = (np.concatenate(a[key]).astype(np.float64) for key in ("train", "val"))
         return (
-            np.concatenate(a["train"] + a["val"]).astype(np.float64),
+            np.concatenate([fold._with_views(own, "train"), fold._with_views(other, "val")]),
             np.concatenate([fold.train.y, fold.val.y]),
         )
 
@@ -301,11 +315,16 @@ class CrossFitTrainer(Trainer):
         pair = self._pair(self.racer)
         for k, fold in enumerate(pair):
             val = np.concatenate(self.answers[k]["val"]).astype(np.float64)
-            verdicts.append(fold._mapping().predict(val) == fold.val.y)
+            verdicts.append(fold._mapping().predict(fold._with_views(val, "val")) == fold.val.y)
         correct = np.concatenate(verdicts)
         if pair[0].iteration:  # a trained program, not the blank one every pair shares
             self.peak[self.racer] = max(self.peak[self.racer], float(correct.mean()))
-        event = self._select(correct, self._blank_best, lambda acc: self._chosen(acc, verdicts))
+        probe = None  # with views: the probe's verdicts, each half-program's reference
+        if self.best.val_acc < 0 and self.view_answers is not None:
+            probe = np.concatenate([fold.reference for fold in pair])  # type: ignore[misc]
+        event = self._select(
+            correct, self._blank_best, lambda acc: self._chosen(acc, verdicts), probe
+        )
         self.answers = [self._no_answers() for _ in (0, 1)]
         event.iteration = pair[0].iteration  # while racing, the job's is the laggard's
         if len(self.lrs) > 1:

@@ -34,6 +34,7 @@ from engine.estimators import ESTIMATORS, Estimator
 from engine.losses import LossKind, class_weights, mean_loss, per_sample_loss
 from engine.mapping import (
     CrossFitReadout,
+    LinearReadout,
     OutputMapping,
     cross_fit_readout,
     fit_readout,
@@ -49,6 +50,11 @@ Purpose = Literal["mapping", "baseline", "training", "validation", "test"]
 MappingMethod = Literal["frequency", "random", "learned"]
 ValidationMethod = Literal["holdout", "cross_validation", "cross_fit"]
 WHITE_BOX = "white_box"
+#: The fixed extra views a read-out may see (``Split.full``): "full" is the image resized to
+#: the whole input frame, nothing added. It does not depend on the program, so its answer is
+#: one query per image, once; on the benchmark's 1,000-label oracles the image at 48 of 128
+#: pixels (the program's frame) hides detail that the full frame shows the model.
+VIEWS = ("full",)
 
 #: What a checkpoint written before these fields existed ran with: the old behaviour.
 LEGACY_CONFIG = {"validation": "holdout", "patience": 0, "selection_p": 1.0}
@@ -63,6 +69,7 @@ class Phase(StrEnum):
     """Where a trainer is in its query plan (see ``Trainer``). The values are what a
     checkpoint stores: never rename one, or older checkpoints stop loading."""
 
+    VIEWS = "views"  # the fixed extra views of the labelled (then of the test) images
     BLANK_TRAIN = "blank_train"
     VALIDATE = "validate"
     TRAIN = "train"
@@ -117,6 +124,9 @@ class TrainerConfig:
     # one whose programs validated best goes on). A default, unlike the fields above, so that
     # a checkpoint written before the race existed loads as what it ran: no race.
     lr_race: tuple[float, ...] = ()
+    # Fixed extra views of every image whose answers the learned read-out sees next to the
+    # programmed frame's (``VIEWS``); a default for the same reason as ``lr_race``.
+    views: tuple[str, ...] = ()
     chunk: int = 256  # largest number of frames asked at once in evaluation passes
 
     def __post_init__(self) -> None:
@@ -138,6 +148,11 @@ class TrainerConfig:
             raise ValueError("lr_race races cross-fitted programs: validation must be 'cross_fit'")
         if any(not lr > 0 for lr in self.lr_race):
             raise ValueError("every step size in lr_race must be > 0")
+        object.__setattr__(self, "views", tuple(self.views))
+        if not set(self.views) <= set(VIEWS) or len(set(self.views)) != len(self.views):
+            raise ValueError(f"views must be distinct names among {list(VIEWS)}")
+        if self.views and self.mapping != "learned":
+            raise ValueError("views are features of the learned read-out: mapping 'learned'")
 
     @property
     def needs_blank_pass(self) -> bool:
@@ -148,10 +163,12 @@ class TrainerConfig:
 
 @dataclass(frozen=True)
 class Split:
-    """Target-size images (N×t×t×3 float32 in [0, 1]) and integer labels."""
+    """Target-size images (N×t×t×3 float32 in [0, 1]) and integer labels; with views, the
+    full view of each image (N×S×S×3 uint8: the original resized to the input frame)."""
 
     x: np.ndarray
     y: np.ndarray
+    full: np.ndarray | None = None
 
     def __len__(self) -> int:
         """The number of images."""
@@ -307,6 +324,16 @@ class Trainer:
         )
         self.rng = np.random.default_rng(seed)
         self.phase = Phase.BLANK_TRAIN if config.needs_blank_pass else Phase.VALIDATE
+        if config.views:
+            if any(s.full is None for s in (train, val, test) if len(s)):
+                raise ValueError("views need the full view of every image (Split.full)")
+            self.phase = Phase.VIEWS
+        # The views' answers by split ("train", "val"; "test" once the best read-out needs
+        # them); None: this trainer's read-outs see the programmed frame only.
+        self.view_answers: dict[str, np.ndarray] | None = None
+        # The probe's out-of-fold verdicts, from the blank pass to the cross-validation that
+        # the same tell runs (never checkpointed in between).
+        self._probe_oof = np.zeros(0, dtype=bool)
         self.iteration = 0
         self.told = 0  # answers received so far, all purposes
         self.theta = np.zeros(program.dim)
@@ -360,7 +387,18 @@ class Trainer:
             plan["mapping" if c.mapping != "random" else "baseline"] += len(self.train)
         if c.baselines and it:
             plan["baseline"] += len(self.test)
+        if c.views:  # at most: the test images' views only when the best read-out uses them
+            plan["mapping"] += len(self.train) + len(self.val)
+            plan["test"] += len(self.test)
         return plan
+
+    def best_views(self) -> tuple[str, ...]:
+        """The views the best program's read-out uses: () when it reads the programmed frame
+        alone (a job may be given views and still return a read-out without them)."""
+        return self.config.views if self._uses_views(self.best_program()[1]) else ()
+
+    def _uses_views(self, mapping: OutputMapping) -> bool:
+        return isinstance(mapping, LinearReadout) and mapping.weight.shape[1] > self.n_source
 
     def race_report(self) -> dict[str, Any] | None:
         """The step-size race's outcome (engine.cross_fit); None: this job raced none."""
@@ -426,6 +464,16 @@ class Trainer:
             self.phase = self._evaluation_phase
         if self.phase == Phase.TRAIN:
             return self._ask_training()
+        if (
+            self.phase in (Phase.TEST, Phase.BLANK_TEST)
+            and self.best_views()
+            and "test" not in self._views()
+        ):
+            self.phase = Phase.VIEWS  # the best read-out needs the test images' views
+        if self.phase == Phase.VIEWS:
+            purpose, full = self._view_pass()
+            stop = min(self.cursor + self.config.chunk, len(full))
+            return Ask(purpose, full[self.cursor : stop].astype(np.float32) / 255.0)
         if self.phase == Phase.TEST and not self.best.theta.any() and self.config.baselines:
             self.phase = Phase.BLANK_TEST  # the best program is blank: one pass serves both
         purpose, split, theta = {
@@ -442,6 +490,39 @@ class Trainer:
         stop = min(self.cursor + self.config.chunk, len(split))
         frames = self.program.embed(split.x[self.cursor : stop])
         return Ask(purpose, frames if theta is None else self.program.apply(frames, theta))
+
+    def _views(self) -> dict[str, np.ndarray]:
+        return {} if self.view_answers is None else self.view_answers
+
+    def _view_pass(self) -> tuple[Purpose, np.ndarray]:
+        """The views being asked: the labelled images' first (training, then validation),
+        the test images' once the best read-out turns out to need them."""
+        if "train" not in self._views():
+            parts = [s.full for s in (self.train, self.val) if len(s)]
+            return "mapping", np.concatenate(parts)  # type: ignore[arg-type]
+        assert self.test.full is not None
+        return "test", self.test.full
+
+    def _finish_views(self, answers: np.ndarray) -> None:
+        """Keep the views' answers; then the blank pass (``_after_views``), or the test."""
+        if "train" not in self._views():
+            n = len(self.train)
+            self.view_answers = {"train": answers[:n], "val": answers[n:]}
+            self._after_views()
+        else:
+            self._views()["test"] = answers
+            self.phase = Phase.TEST
+
+    def _after_views(self) -> None:
+        self.phase = Phase.BLANK_TRAIN
+
+    def _with_views(self, answers: np.ndarray, part: str, start: int = 0) -> np.ndarray:
+        """``answers`` (rows ``start``… of split ``part``) with the views' answers of the same
+        images as further columns, when this trainer has them; else ``answers``."""
+        views = self._views().get(part)
+        if views is None:
+            return answers
+        return np.concatenate([answers, views[start : start + len(answers)]], axis=1)
 
     @property
     def _blank_purpose(self) -> Purpose:
@@ -480,20 +561,25 @@ class Trainer:
         self.told += len(probs)
         if self.phase == Phase.TRAIN:
             return self._tell_training(probs, input_grad)
-        split = {
-            Phase.BLANK_TRAIN: self.train,
-            Phase.REFIT: self.train,
-            Phase.VALIDATE: self.val,
-        }.get(self.phase, self.test)
-        expected = min(self.cursor + self.config.chunk, len(split)) - self.cursor
+        part = {
+            Phase.VIEWS: "views",
+            Phase.BLANK_TRAIN: "train",
+            Phase.REFIT: "train",
+            Phase.VALIDATE: "val",
+        }.get(self.phase, "test")
+        n = len(self._view_pass()[1]) if part == "views" else len(getattr(self, part))
+        expected = min(self.cursor + self.config.chunk, n) - self.cursor
         if len(probs) != expected:
             raise ValueError(f"expected {expected} answers, got {len(probs)}")
-        self.partial.append(probs.astype(np.float32))
+        self.partial.append(self._with_views(probs, part, self.cursor).astype(np.float32))
         self.cursor += expected
-        if self.cursor < len(split):
+        if self.cursor < n:
             return None
         answers = np.concatenate(self.partial).astype(np.float64)
         self.partial, self.cursor = [], 0
+        if part == "views":
+            self._finish_views(answers)
+            return None
         finish = {
             Phase.BLANK_TRAIN: self._finish_blank_train,
             Phase.REFIT: self._finish_refit,
@@ -509,11 +595,12 @@ class Trainer:
         has more than one label), on blank-program answers; returns the probe's
         cross-fitted read-outs."""
         m = labels_per_class(self.n_source, self.n_classes, self.config.labels_per_class)
+        blank = answers[:, : self.n_source]  # the baselines read the programmed frame alone
         if self.n_classes * m <= self.n_source:
-            self.baselines["frequency"] = frequency_mapping(answers, y, self.n_classes, m)
+            self.baselines["frequency"] = frequency_mapping(blank, y, self.n_classes, m)
         if self.n_source < 2:
             return None
-        crossfit = cross_fit_readout(answers, y, self.n_classes)
+        crossfit = cross_fit_readout(blank, y, self.n_classes)
         self.baselines["probe"] = copy.deepcopy(crossfit.full)
         return crossfit
 
@@ -525,6 +612,10 @@ class Trainer:
                 f"({self.n_source} labels, {self.n_classes} classes)"
             )
         crossfit = self._fit_baselines(answers, y)
+        if crossfit is not None and answers.shape[1] > self.n_source:
+            # With views the job's read-outs see them too; the probe stays the reference.
+            self._probe_oof = crossfit.oof_correct.astype(bool)
+            crossfit = cross_fit_readout(answers, y, self.n_classes)
         if c.mapping == "learned" and crossfit is not None:
             self.crossfit, self.mapping = crossfit, crossfit.full
         if c.mapping == "frequency":
@@ -568,10 +659,18 @@ class Trainer:
             correct = self.crossfit.oof_correct.astype(bool)
         else:
             correct = self._mapping().predict(answers) == self.val.y
+        probe: np.ndarray | None = None  # with views, the probe's verdicts at the blank program
+        if self.best.val_acc < 0 and self.view_answers is not None:
+            if answers is None:
+                probe = self._probe_oof
+            else:
+                blank = answers[:, : self.n_source]
+                probe = self.baselines["probe"].predict(blank) == self.val.y
         event = self._select(
             correct,
             lambda acc: Best(acc, self.iteration, self.theta.copy(), self._blank_choice(answers)),
             lambda acc: Best(acc, self.iteration, self.theta.copy(), self._final_mapping(answers)),
+            probe,
         )
         self.train_answers = None
         return event
@@ -581,16 +680,23 @@ class Trainer:
         correct: np.ndarray,
         blank: Callable[[float], Best],
         chosen: Callable[[float], Best],
+        probe: np.ndarray | None = None,
     ) -> Event:
         """Given the current program's verdict on each validation image: the first time,
         the blank program's verdicts become the reference and ``blank(acc)`` the best;
         later, ``chosen(acc)`` becomes the best when the program beats it (``_beats_best``).
-        Then decide whether to go on (``_stop_reason``)."""
+        Then decide whether to go on (``_stop_reason``).
+
+        With views, the first time also gets ``probe``, the verdicts of the linear probe
+        (the programmed frame alone): they are the reference and ``blank`` the best, and the
+        blank program read with the views (``correct``) is the first candidate to beat it."""
         acc = float(correct.mean())
         self.last_val_acc = acc
         if self.best.val_acc < 0:  # the blank program: the probe is the first candidate
-            self.reference = correct
-            self.best = blank(acc)
+            self.reference = correct if probe is None else probe
+            self.best = blank(float(self.reference.mean()))
+            if probe is not None and self._beats_best(correct, acc):
+                self.best = chosen(acc)
             self.since_best = 0
         elif self._beats_best(correct, acc):
             self.best = chosen(acc)
@@ -713,7 +819,7 @@ class Trainer:
         if "test_accuracy" not in self.results:  # the blank program was the best one
             self._finish_test(answers)
         for name, mapping in self.baselines.items():
-            acc = float((mapping.predict(answers) == self.test.y).mean())
+            acc = float((mapping.predict(answers[:, : self.n_source]) == self.test.y).mean())
             self.results[f"baseline_{name}"] = acc
         self.phase = Phase.DONE
         return Event("done", self.iteration, dict(self.results))
@@ -772,6 +878,9 @@ class Trainer:
     def _train_target_probs_t(self, source: torch.Tensor, idx: np.ndarray) -> torch.Tensor:
         """h for training images: by the out-of-fold read-outs when learned, so the loss keeps
         measuring generalisation; by the mapping otherwise."""
+        views = self._views().get("train")
+        if views is not None:  # the views' answers are constants: no gradient flows to them
+            source = torch.cat([source, torch.as_tensor(views[idx], dtype=source.dtype)], dim=1)
         if self.crossfit is None:
             return self._mapping().target_probs_t(source)
         parts = []
@@ -830,6 +939,7 @@ class Trainer:
             "partial": self.partial,
             "results": self.results,
             "recent": [[p, t] for p, t in self._recent],
+            "view_answers": self.view_answers,
         }
 
     def state_bytes(self) -> bytes:
@@ -864,4 +974,6 @@ class Trainer:
         self.cursor, self.partial = int(s["cursor"]), list(s["partial"])
         self.results = dict(s["results"])
         self._recent = [(p, t) for p, t in s["recent"]]
+        views = s.get("view_answers")  # a checkpoint from before views: none
+        self.view_answers = None if views is None else {k: np.asarray(v) for k, v in views.items()}
         self._pending = None
