@@ -73,6 +73,8 @@ CONFIGS: dict[str, dict[str, Any]] = {
     "lr_race": {"optimizer": {"lr_race": [0.003]}},
     # twice the default's patience: every 60k job stopped early at patience 5 (§8)
     "patience10": {"optimizer": {"patience": 10}},
+    # the full view of each image as read-out features (issue 9, item 5): 2 queries/prediction
+    "views": {"mapping": {"views": ["full"]}},
 }
 WHITE_BOX = ("wb_r8", "wb_r16", "wb_r32", "wb_full")
 ABLATIONS = tuple(c for c in CONFIGS if c.startswith(("bar_", "default_")))
@@ -95,6 +97,7 @@ PHASES: list[tuple[str, tuple[str, ...], tuple[str, ...], tuple[int, ...], tuple
     ("cross_fit", ALL_PAIRS, ("cross_fit",), SEEDS, (20_000, 5_000)),
     ("lr_race", ALL_PAIRS, ("lr_race",), SEEDS, (20_000, 5_000)),
     ("patience", ALL_PAIRS, ("patience10",), SEEDS, (60_000,)),
+    ("views", ALL_PAIRS, ("views",), SEEDS, (5_000, 20_000)),
 ]
 QUICK_PAIRS = ("mnist5:moderation", "faces2:nsfw")
 QUICK = [("quick", QUICK_PAIRS, ("default", "bar", "wb_r8"), (0,), (3000,))]
@@ -185,6 +188,7 @@ def run_job(pair: str, config: str, seed: int, budget: int) -> dict[str, Any]:
         "labels": res.get("n_source_labels"),
         "spec": res.get("spec"),
         "choices": res.get("choices"),
+        "views": res.get("views"),
         "seconds": round(time.monotonic() - start, 1),
         "code": fingerprint,
         "git": git_head(),

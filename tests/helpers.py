@@ -311,8 +311,11 @@ def post_job(client: TestClient, headers: dict[str, str], spec: dict[str, Any]) 
     return r.json()["id"]
 
 
-def give_program(db: Database, data_dir: Path, job_id: str, classes: list[str]) -> None:
-    """Make a queued job look finished, with a program file, as a worker would leave it."""
+def give_program(
+    db: Database, data_dir: Path, job_id: str, classes: list[str], **arrays: np.ndarray
+) -> None:
+    """Make a queued job look finished, with a program file, as a worker would leave it:
+    a blank 32×32 program with a frequency mapping, or with ``arrays`` added or replaced."""
     from sqlalchemy import update
 
     from app.jobs.artifacts import npz_bytes
@@ -327,7 +330,7 @@ def give_program(db: Database, data_dir: Path, job_id: str, classes: list[str]) 
         "target_size": np.array(16),
         "input_size": np.array(32),
         "spec": np.array("{}"),
-    }
+    } | arrays
     rel = Path("artifacts") / job_id / "program.npz"
     (data_dir / rel).parent.mkdir(parents=True)
     (data_dir / rel).write_bytes(npz_bytes(arrays))

@@ -57,4 +57,7 @@ class Prediction(BaseModel):
 
 class Predictions(BaseModel):
     predictions: list[Prediction]
-    queries: int = Field(description="images sent to the oracle (one per file)")
+    queries: int = Field(
+        description="frames sent to the oracle: one per file, two when the program's read-out "
+        "also uses each image's full view"
+    )

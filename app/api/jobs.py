@@ -17,7 +17,7 @@ from app.api.job_models import JobCreated, JobOut, Predictions
 from app.api.paging import PageDep
 from app.config.settings import Settings
 from app.config.spec import JobSpec
-from app.data.loading import DataError, DataTooLarge, Limits, decode_image, image_size
+from app.data.loading import DataError, DataTooLarge, Limits, decode_resized, image_size
 from app.jobs import lifecycle
 from app.jobs.artifacts import ProgramFile, curve_png, program_png
 from app.jobs.ledger import DbLedger
@@ -155,9 +155,12 @@ def predict_limits(settings: Settings) -> Limits:
     )
 
 
-def _decoded(files: list[UploadFile], limits: Limits, size: int) -> list[np.ndarray]:
+def _decoded(
+    files: list[UploadFile], limits: Limits, sizes: tuple[int, ...]
+) -> list[list[np.ndarray]]:
     """Every file's header read and the pixels summed before any is decoded; then each
-    decoded and resized at once to the program's target size (all memory keeps of it)."""
+    decoded once and resized at once to each of ``sizes`` (all memory keeps of it): the
+    images at each size, in the files' order."""
     contents, total = [], 0
     try:
         for f in files:
@@ -166,7 +169,8 @@ def _decoded(files: list[UploadFile], limits: Limits, size: int) -> list[np.ndar
             total += width * height
             limits.check_total_pixels(total, "files")
             contents.append((f.filename or "?", content))
-        return [decode_image(data, name, limits, size=size) for name, data in contents]
+        copies = [decode_resized(data, name, limits, sizes) for name, data in contents]
+        return [list(at_size) for at_size in zip(*copies, strict=True)]
     except DataTooLarge as err:
         raise HTTPException(status.HTTP_413_CONTENT_TOO_LARGE, str(err)) from err
     except DataError as err:
@@ -183,13 +187,19 @@ def predict(
     files: Annotated[list[UploadFile], File(description="PNG/JPEG images")],
 ) -> dict[str, Any]:
     """Classify images with the job's best program. Every image is one query to the
-    oracle, recorded in the ledger under purpose `predict`. 413: the request body is over
-    `REPROGRAM_MAX_PREDICT_BYTES`, or its images' pixels over `REPROGRAM_MAX_PREDICT_PIXELS`
-    in all (read from their headers before any is decoded)."""
+    oracle, two when the program's read-out also uses the image's full view (`queries`
+    says how many were sent), recorded in the ledger under purpose `predict`. 413: the
+    request body is over `REPROGRAM_MAX_PREDICT_BYTES`, or its images' pixels over
+    `REPROGRAM_MAX_PREDICT_PIXELS` in all (read from their headers before any is decoded)."""
     prog = _program(job, svc)
     if not files or len(files) > MAX_PREDICT_FILES:
         raise unprocessable("files", f"1 to {MAX_PREDICT_FILES} images")
-    images = _decoded(files, predict_limits(svc.settings), int(prog.arrays["target_size"]))
+    target, frame = int(prog.arrays["target_size"]), int(prog.arrays["input_size"])
+    # A program with a view also classifies on each image at the frame's size (its full view).
+    sized = _decoded(
+        files, predict_limits(svc.settings), (target, frame) if prog.views else (target,)
+    )
+    images, view_images = sized[0], sized[1] if prog.views else None
     spec = JobSpec.model_validate(job.resolved_spec or job.spec)
     cred = s.get(Credential, job.credential_id) if job.credential_id else None
     if job.credential_id and (cred is None or cred.deleted_at is not None):
@@ -214,12 +224,14 @@ def predict(
             secret=credentials.resolver(svc.box, cred),
             egress=svc.settings.egress,
         ) as (_, dispatcher):
-            labels = prog.predict(images, lambda x: dispatcher.query(x, "predict"))
+            labels = prog.predict(
+                images, lambda x: dispatcher.query(x, "predict"), view_images=view_images
+            )
     except (ConfigurationError, OracleError) as err:
         raise HTTPException(status.HTTP_502_BAD_GATEWAY, f"oracle: {err}") from err
     return {
         "predictions": [
             {"file": f.filename, "class": c} for f, c in zip(files, labels, strict=True)
         ],
-        "queries": len(images),
+        "queries": prog.queries_per_image * len(images),
     }

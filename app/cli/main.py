@@ -135,7 +135,13 @@ def show_result(result: dict[str, Any], out: Path) -> None:
     race = result.get("step_size_race")
     if race and race["kept"] is not None:
         console.print(f"The step-size race kept lr {race['kept']:g} (of {race['step_sizes']}).")
-    if result.get("returned") == "linear_probe" and result.get("best_iteration") == 0:
+    if result.get("views"):
+        console.print(
+            f"The read-out also uses the {' and '.join(result['views'])} view: a prediction "
+            f"costs {result['queries_per_prediction']} queries per image."
+        )
+    probe = result.get("returned") == "linear_probe" and not result.get("views")
+    if probe and result.get("best_iteration") == 0:
         console.print("No program beat the linear probe on validation: the probe is returned.")
     if result.get("stopped_early"):
         console.print(

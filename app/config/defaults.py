@@ -24,6 +24,10 @@ PATIENCE = 5  # evaluation points without a better program before a job stops
 # Step sizes raced against the default Adam step on cross-fitted programs (engine.cross_fit):
 # none until the race is measured to keep the worst case and raise the mean (BENCHMARKS.md §8).
 LR_RACE: list[float] = []
+# Fixed views of every image the learned read-out sees beside the programmed frame
+# (engine.trainer, TrainerConfig.views): none by default, since each view costs one more
+# query per image at every prediction and its gain is not measured yet.
+VIEWS: list[str] = []
 
 # The paper's settings (Tsai et al. 2020, §4): used whenever the estimator is "bar".
 PAPER = {
@@ -77,6 +81,20 @@ def step_size_race(spec: JobSpec, s: JobSpec, paper: bool) -> tuple[list[float],
     )
 
 
+def readout_views(s: JobSpec) -> tuple[list[str], str]:
+    """The fixed views of every image the learned read-out sees beside the programmed frame,
+    and why (``s``: mapping.method already chosen)."""
+    if s.mapping.method != "learned":
+        return [], "the views feed the learned read-out only"
+    if not VIEWS:
+        return [], "the programmed frame alone: a prediction costs 1 query per image"
+    return list(VIEWS), (
+        f"the read-out may also see the {' and '.join(VIEWS)} view of every image (one more "
+        "query per image for each, once in training and at every prediction); the returned "
+        "read-out uses them only if it beats the linear probe's single view on validation"
+    )
+
+
 def resolve(spec: JobSpec, facts: Facts) -> tuple[JobSpec, list[str]]:
     """A copy of ``spec`` with every open field chosen, and one line per choice made."""
     s = spec.model_copy(deep=True)
@@ -105,6 +123,13 @@ def resolve(spec: JobSpec, facts: Facts) -> tuple[JobSpec, list[str]]:
             f"mapping.method: a many-to-one mapping needs at least as many oracle labels as "
             f"classes ({k} labels, {c} classes); use 'learned'"
         )
+    if s.mapping.views and s.mapping.method != "learned":
+        raise ValueError(
+            "mapping.views: the views feed the learned read-out; use mapping.method "
+            f"'learned', not {s.mapping.method!r}"
+        )
+    views, why = readout_views(s)
+    choose(s.mapping, "views", views, why)
     choose(
         s.mapping,
         "labels_per_class",

@@ -123,6 +123,14 @@ class MappingSpec(Strict):
     method: Literal["frequency", "random", "learned"] | None = None
     labels_per_class: int | None = Field(default=None, ge=1, le=100)
     remap_every: int = Field(default=0, ge=0, le=100_000)
+    views: list[Literal["full"]] | None = Field(
+        default=None,
+        max_length=1,  # one view exists, so no view can be given twice
+        description="further fixed views of every image the learned read-out sees beside the "
+        "programmed frame (mapping.method 'learned' only): 'full' is the image resized to "
+        "fill the whole frame, without the program; each view costs one more query per image, "
+        "in training once and at every prediction; []: none",
+    )
 
 
 class LossSpec(Strict):

@@ -216,12 +216,25 @@ def decode_image(
     """Bytes of a PNG/JPEG to uint8 H×W×3 (grey and palette images become RGB); with
     ``size``, resized at once to size×size (bilinear, as ``to_target`` and the contract's
     recipe do), so that only the small copy outlives the call."""
+    rgb = _rgb(data, name, limits)
+    return np.asarray(rgb if size is None else _fit(rgb, size), dtype=np.uint8)
+
+
+def decode_resized(
+    data: bytes, name: str, limits: Limits, sizes: Sequence[int]
+) -> list[np.ndarray]:
+    """Bytes of a PNG/JPEG decoded once into a uint8 RGB copy at each of ``sizes`` (as
+    ``decode_image``): a program with a view needs the image at the target size for its
+    programmed frame and at the frame's size for the view, and only these copies outlive
+    the call."""
+    rgb = _rgb(data, name, limits)
+    return [np.asarray(_fit(rgb, size), dtype=np.uint8) for size in sizes]
+
+
+def _rgb(data: bytes, name: str, limits: Limits) -> Image.Image:
     img = _decoded(data, name, limits)
-    rgb = img if img.mode == "RGB" else img.convert("RGB")
-    del img  # a converted image's original goes before the next copy is made
-    if size is not None and rgb.size != (size, size):
-        rgb = rgb.resize((size, size), Image.BILINEAR)
-    return np.asarray(rgb, dtype=np.uint8)
+    # A converted image's original goes on return, before any resized copy is made.
+    return img if img.mode == "RGB" else img.convert("RGB")
 
 
 def _ignored(parts: tuple[str, ...]) -> bool:
@@ -524,6 +537,18 @@ def _load(source: Source, name: str, limits: Limits, check: Check) -> Dataset:
     raise DataError(f"{name}: expected a folder, a .zip or a .npz")
 
 
+def _fit(img: Image.Image, size: int) -> Image.Image:
+    """The one resize rule of images (docs/contract.md, the recipe): bilinear to size×size;
+    an image of that size is left as it is."""
+    return img if img.size == (size, size) else img.resize((size, size), Image.BILINEAR)
+
+
+def resize_rgb(image: np.ndarray, size: int) -> np.ndarray:
+    """One uint8 image (grey H×W, RGB or RGBA) as RGB resized to size×size: uint8."""
+    rgb = Image.fromarray(np.asarray(image, dtype=np.uint8)).convert("RGB")
+    return np.asarray(_fit(rgb, size))
+
+
 def to_target(
     images: Sequence[np.ndarray], size: int, indices: Sequence[int] | None = None
 ) -> np.ndarray:
@@ -532,10 +557,21 @@ def to_target(
     order = range(len(images)) if indices is None else indices
     out = np.empty((len(order), size, size, 3), dtype=np.float32)
     for k, i in enumerate(order):
-        pil = Image.fromarray(np.asarray(images[i], dtype=np.uint8))
-        if pil.size != (size, size):
-            pil = pil.resize((size, size), Image.BILINEAR)
-        out[k] = np.asarray(pil, dtype=np.float32) / 255.0
+        out[k] = resize_rgb(images[i], size) / np.float32(255.0)
+    return out
+
+
+def to_full(
+    images: Sequence[np.ndarray], size: int, indices: Sequence[int] | None = None
+) -> np.ndarray:
+    """The "full" view of ``images`` (those at ``indices``, when given): each original
+    resized to fill the whole size×size frame (bilinear), no program; uint8 N×S×S×3 (the
+    engine's ``Split.full``: bytes, a quarter of float32's memory at the frame's size). One
+    image is decoded at a time."""
+    order = range(len(images)) if indices is None else indices
+    out = np.empty((len(order), size, size, 3), dtype=np.uint8)
+    for k, i in enumerate(order):
+        out[k] = resize_rgb(images[i], size)
     return out
 
 

@@ -7,7 +7,7 @@ from __future__ import annotations
 
 import io
 import json
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -15,6 +15,7 @@ from typing import Any
 import numpy as np
 from PIL import Image
 
+from app.data.loading import resize_rgb
 from engine.mapping import READOUT_EPS, LinearReadout, ManyToOneMapping
 from engine.trainer import Trainer
 
@@ -35,6 +36,8 @@ def program_arrays(
         "target_size": np.array(prog.target_size),
         "input_size": np.array(prog.input_size),
         "spec": np.array(spec_json),
+        # The fixed views the read-out also classifies on, in its feature order (docs/contract.md)
+        "views": np.array(list(trainer.best_views()), dtype=str),
     }
     if isinstance(mapping, LinearReadout):
         w, b = mapping.exported()
@@ -76,21 +79,41 @@ class ProgramFile:
         with np.load(data, allow_pickle=False) as npz:
             return cls({k: npz[k] for k in npz.files})
 
-    def frames(self, images: list[np.ndarray]) -> np.ndarray:
+    @property
+    def views(self) -> tuple[str, ...]:
+        """The fixed views the read-out classifies on besides the programmed frame, in its
+        feature order; a file written before views existed has none."""
+        return tuple(str(v) for v in self.arrays.get("views", ()))
+
+    @property
+    def queries_per_image(self) -> int:
+        """Frames sent to the oracle per image classified: the programmed one and each view."""
+        return 1 + len(self.views)
+
+    def frames(self, images: Sequence[np.ndarray]) -> np.ndarray:
         """docs/contract.md's recipe: RGB in [0, 1], bilinear resize to target_size, centre in a
         zero frame at ((S − t)//2, (S − t)//2), add P where mask is 1, clip to [0, 1]."""
         s, t = int(self.arrays["input_size"]), int(self.arrays["target_size"])
         out = np.zeros((len(images), s, s, 3), dtype=np.float32)
         o = (s - t) // 2
         for i, img in enumerate(images):
-            pil = Image.fromarray(np.asarray(img, dtype=np.uint8)).convert("RGB")
-            small = np.asarray(pil.resize((t, t), Image.BILINEAR), dtype=np.float32) / 255.0
-            out[i, o : o + t, o : o + t] = small
+            out[i, o : o + t, o : o + t] = resize_rgb(img, t) / np.float32(255.0)
         p, mask = self.arrays["P"], self.arrays["mask"]
         return np.clip(out + p * mask, 0.0, 1.0)
 
+    def view_frames(self, images: Sequence[np.ndarray]) -> np.ndarray:
+        """The "full" view: each image resized to fill the whole S×S frame (bilinear, RGB in
+        [0, 1]), no program; what training saw (``app.data.loading.to_full`` / 255)."""
+        s = int(self.arrays["input_size"])
+        out = np.empty((len(images), s, s, 3), dtype=np.float32)
+        for i, img in enumerate(images):
+            out[i] = resize_rgb(img, s) / np.float32(255.0)
+        return out
+
     def classify(self, probs: np.ndarray) -> np.ndarray:
-        """Target-class index per row of the oracle's probabilities."""
+        """Target-class index per row of the oracle's probabilities: with views, each row is
+        the programmed frame's answer followed by each view's (K·(1 + len(views)) columns),
+        as the read-out's weight expects."""
         if str(self.arrays.get("classifier", "mapping")) == "readout":
             eps = float(self.arrays["readout_eps"])
             logits = np.log(probs + eps) @ self.arrays["readout_weight"].T.astype(np.float64)
@@ -99,10 +122,22 @@ class ProgramFile:
         return probs[:, mapping].mean(axis=2).argmax(axis=1)
 
     def predict(
-        self, images: list[np.ndarray], oracle: Callable[[np.ndarray], np.ndarray]
+        self,
+        images: Sequence[np.ndarray],
+        oracle: Callable[[np.ndarray], np.ndarray],
+        view_images: Sequence[np.ndarray] | None = None,
     ) -> list[str]:
+        """Class names of ``images``: the oracle answers the programmed frames and, with views,
+        the view frames (``queries_per_image`` frames per image). ``view_images``: the same
+        images already at the frame's size, for a caller that decoded them once into both
+        sizes (the predict endpoint); by default the views are made from ``images``."""
+        # Every frame is built before the first query, so a bad image costs nothing.
+        batches = [self.frames(images)]
+        if self.views:  # "full", the only view
+            batches.append(self.view_frames(images if view_images is None else view_images))
+        probs = np.concatenate([oracle(batch) for batch in batches], axis=1)
         classes = self.arrays["target_classes"]
-        return [str(classes[i]) for i in self.classify(oracle(self.frames(images)))]
+        return [str(classes[i]) for i in self.classify(probs)]
 
 
 def program_png(arrays: dict[str, np.ndarray], scale: int = 2) -> bytes:

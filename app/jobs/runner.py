@@ -19,7 +19,7 @@ from adapters.dispatch import Dispatcher
 from adapters.errors import BudgetExceeded, ConfigurationError, OracleError
 from app.config.defaults import SELECTION_P, Facts, resolve
 from app.config.spec import JobSpec
-from app.data.loading import DataError, Dataset, split_indices, to_target
+from app.data.loading import DataError, Dataset, split_indices, to_full, to_target
 from app.jobs.artifacts import program_arrays
 from app.jobs.validation import Validation, apply_validation
 from engine.cross_fit import CrossFitTrainer
@@ -80,6 +80,7 @@ def trainer_config(spec: JobSpec) -> TrainerConfig:
         patience=o.patience,
         selection_p=SELECTION_P,
         lr_race=tuple(o.lr_race or ()),
+        views=tuple(m.views or ()),
     )  # type: ignore[arg-type]
 
 
@@ -164,12 +165,18 @@ def minimum_queries(spec: JobSpec, dataset: Dataset, *, n_labels: int, provider:
     raises PlanError. The same trainer computes it, over images that are never looked at
     (zeros, no memory)."""
     the_plan = plan(spec, dataset, n_labels=n_labels, provider=provider, capped=True)
-    t = the_plan.program.target_size
-    blank = np.zeros((1, t, t, 3), np.float32)
+    t, s = the_plan.program.target_size, the_plan.program.input_size
+    views = bool(the_plan.spec.mapping.views)
 
     def split(name: str) -> Split:
         idx = the_plan.parts[name]
-        return Split(np.broadcast_to(blank, (len(idx), t, t, 3)), dataset.y[idx])
+        return Split(
+            np.broadcast_to(np.zeros((1, t, t, 3), np.float32), (len(idx), t, t, 3)),
+            dataset.y[idx],
+            full=np.broadcast_to(np.zeros((1, s, s, 3), np.uint8), (len(idx), s, s, 3))
+            if views
+            else None,
+        )
 
     try:
         trainer = _trainer(the_plan, dataset, n_labels, split)
@@ -191,11 +198,17 @@ def prepare(
         capped=query_cap is not None,
     )
     resolved, notes, parts = the_plan.spec, the_plan.notes, the_plan.parts
-    target_size = the_plan.program.target_size
+    target_size, input_size = the_plan.program.target_size, the_plan.program.input_size
+    views = bool(resolved.mapping.views)
 
     def split(name: str) -> Split:
         idx = parts[name]
-        return Split(to_target(dataset.images, target_size, idx), dataset.y[idx])
+        return Split(
+            to_target(dataset.images, target_size, idx),
+            dataset.y[idx],
+            # from the originals: the full view is the image itself at the frame's size
+            full=to_full(dataset.images, input_size, idx) if views else None,
+        )
 
     trainer = _trainer(the_plan, dataset, len(oracle.labels), split)
     limited = False
@@ -376,6 +389,8 @@ def summarize(
         "iterations": t.iteration,
         "stopped_early": t.stop_reason,
         "step_size_race": t.race_report(),
+        "views": list(t.best_views()),
+        "queries_per_prediction": 1 + len(t.best_views()),
         "unspent_queries": unspent,
         "planned_queries": planned,
         "sizes": job.sizes,
@@ -412,14 +427,40 @@ def outcome_notes(job: PreparedJob, returned: str, unspent: int) -> list[str]:
             f"each step size's programs reached, the others' up to the rung, the kept one's "
             f"through the job ({peaks})."
         )
+    if job.spec.mapping.views and t.best_program()[1] is not None:
+        notes.append(views_note(t))
     if returned == "linear_probe" and t.done and t.config.iterations:
         n = job.sizes["train"] + job.sizes["val"]
+        # With the full view, the blank program's read-out beat the probe: it is not the probe.
         notes.append(
-            "No program beat the linear probe on validation, so the job returns the probe: "
-            f"a blank program (P = 0) with the probe's read-out, fitted on all {n} labelled "
-            "images."
+            "No program beat the blank program's read-out with the full view on validation, "
+            "so the job returns it: a blank program (P = 0) with that read-out, fitted on all "
+            f"{n} labelled images."
+            if t.best_views()
+            else "No program beat the linear probe on validation, so the job returns the "
+            f"probe: a blank program (P = 0) with the probe's read-out, fitted on all {n} "
+            "labelled images."
         )
     return notes
+
+
+def views_note(t: Trainer) -> str:
+    """Whether the returned read-out uses the views the job was configured with, and so
+    what a prediction costs; claims a validation verdict only when there was one."""
+    if t.best_views():
+        return (
+            "The read-out uses the full view of each image as well as the programmed frame: "
+            f"a prediction costs {1 + len(t.best_views())} queries per image."
+        )
+    if t.best.val_acc >= 0:
+        return (
+            "The full view did not beat the linear probe's single view on validation; the "
+            "returned read-out does not use it (1 query per prediction)."
+        )
+    return (
+        "The job ended before a read-out with the full view was validated; the returned "
+        "read-out does not use it (1 query per prediction)."
+    )
 
 
 def final_status(job: PreparedJob, error: BaseException | None) -> str:

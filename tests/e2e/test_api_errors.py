@@ -296,6 +296,12 @@ JOBS: dict[str, tuple[Callable[[dict[str, str]], dict[str, Any]], str]] = {
         lambda i: torch_job(i, mapping={"labels_per_class": 0}),
         "mapping.labels_per_class",
     ),
+    "unknown view": (lambda i: torch_job(i, mapping={"views": ["crop"]}), "mapping.views.0"),
+    "a view twice": (lambda i: torch_job(i, mapping={"views": ["full"] * 2}), "mapping.views"),
+    "a view without the learned read-out": (
+        lambda i: torch_job(i, mapping={"method": "frequency", "views": ["full"]}),
+        "mapping.views",
+    ),
     "gamma huge": (lambda i: torch_job(i, loss={"gamma": 11}), "loss.gamma"),
     "zero queries": (lambda i: torch_job(i, budget={"max_queries": 0}), "budget.max_queries"),
     "queries beyond 64 bits": (

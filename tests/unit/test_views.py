@@ -11,7 +11,7 @@ from engine.trainer import Phase, Split, Trainer, TrainerConfig
 from tests.unit.test_trainer import CONFIG, K, check_resume, drive, oracle
 
 S = 16  # the frame; the target image is 8×8 in its centre
-LEARNED = CONFIG | {"mapping": "learned", "views": ("full",)}
+LEARNED = CONFIG | {"mapping": "learned", "views": ("full",), "selection_p": 0.05}
 
 
 def split(n: int, seed: int, informative: bool) -> Split:
