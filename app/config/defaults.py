@@ -211,7 +211,7 @@ def resolve(spec: JobSpec, facts: Facts) -> tuple[JobSpec, list[str]]:
     )
     if o.lr_race and d.validation != "cross_fit":
         raise ValueError(
-            "optimizer.lr_race races cross-fitted programs: it needs data.validation "
+            "optimizer.lr_race: it races cross-fitted programs, so it needs data.validation "
             f"'cross_fit', not {d.validation!r}"
         )
     race, why = step_size_race(spec, s, paper)

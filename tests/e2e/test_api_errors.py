@@ -302,6 +302,10 @@ JOBS: dict[str, tuple[Callable[[dict[str, str]], dict[str, Any]], str]] = {
         lambda i: torch_job(i, mapping={"method": "frequency", "views": ["full"]}),
         "mapping.views",
     ),
+    "a step-size race without cross-fitting": (
+        lambda i: torch_job(i, optimizer={"lr_race": [0.003]}, data={"validation": "holdout"}),
+        "optimizer.lr_race",
+    ),
     "gamma huge": (lambda i: torch_job(i, loss={"gamma": 11}), "loss.gamma"),
     "zero queries": (lambda i: torch_job(i, budget={"max_queries": 0}), "budget.max_queries"),
     "queries beyond 64 bits": (

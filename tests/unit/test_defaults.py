@@ -71,7 +71,9 @@ def test_the_step_size_race_is_the_defaults_on_cross_fitted_programs_only(monkey
         assert resolve(other, TINY)[0].optimizer.lr_race == []
     s, _ = resolve(spec(optimizer={"lr": 0.02, "lr_race": [0.1, 0.005]}), TINY)
     assert s.optimizer.lr_race == [0.1, 0.005]  # asked for, it is run
-    with pytest.raises(ValueError, match=r"lr_race races cross-fitted programs.*'holdout'"):
+    with pytest.raises(
+        ValueError, match=r"^optimizer\.lr_race: it races cross-fitted programs.*'holdout'"
+    ):
         resolve(spec(optimizer={"lr_race": [0.1]}, data={"validation": "holdout"}), TINY)
     monkeypatch.setattr(defaults, "LR_RACE", [])
     assert resolve(spec(), TINY)[0].optimizer.lr_race == []
