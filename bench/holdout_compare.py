@@ -26,18 +26,21 @@ VARIANTS = Path("bench/results/user_grid_holdout.jsonl")
 
 HOLDOUT = "holdout 0.2 (the default before)"
 CROSS_FIT = "cross-fitted (the default)"
+#: The grid's configurations compared with the default (bench/user_grid.py CONFIGS).
+CONFIG_VERSIONS = {
+    "cross_fit": "cross-fitted (asked for)",
+    "lr_race": "cross-fitted, lr 0.01 raced against 0.003",
+    "patience10": "cross-fitted, patience 10",
+    "views": "cross-fitted, with the full view",
+}
 
 
 def version(row: dict) -> str | None:
     """Which validation a row measured: the grid's ``default`` config is named by what its
     defaults resolved to (they changed), a variant by its ``variant``; None: not compared."""
     validation = (row.get("spec") or {}).get("data", {}).get("validation")
-    if row["config"] == "cross_fit":
-        return "cross-fitted (asked for)"
-    if row["config"] == "lr_race":
-        return "cross-fitted, lr 0.01 raced against 0.003"
-    if row["config"] == "patience10":
-        return "cross-fitted, patience 10"
+    if row["config"] in CONFIG_VERSIONS:
+        return CONFIG_VERSIONS[row["config"]]
     if row["config"] != "default":
         return None
     if "variant" in row:
@@ -78,18 +81,24 @@ def main() -> None:
         print(f"| {pair} | {held} | {budget // 1000}k | {len(cs)} | " + " | ".join(vals) + " |")
     print("\nEach version over every cell it shares with the default:\n")
     base = names[0]
+    default = by.get(CROSS_FIT, {})
     for n in by:
         common = sorted(set(by[n]) & set(by[base]))
+        if not common:  # e.g. a 60k-only variant: the hold-out default never ran 60k
+            continue
         xs = [by[n][c] * 100 for c in common]
         ds = [by[base][c] * 100 for c in common]
+        cf = [default[c] * 100 for c in common if c in default]
         below = [f"{c[0]} seed {c[1]} @{c[2] // 1000}k {by[n][c] * 100:+.1f}" for c in common
                  if by[n][c] < -0.005]  # fmt: skip
         print(
             f"- {n}: {len(xs)} jobs, mean margin {mean(xs):+.2f} points (a fifth held out on "
-            f"the same jobs {mean(ds):+.2f}), worst {min(xs):+.1f}, below −0.5: {len(below)}"
+            f"the same jobs {mean(ds):+.2f}"
+            + (f", the cross-fitted default on {len(cf)} of them {mean(cf):+.2f}" if cf else "")
+            + f"), worst {min(xs):+.1f}, below −0.5: {len(below)}"
             + (f" ({'; '.join(below)})" if below else "")
         )
-    asked, default = by.get("cross-fitted (asked for)", {}), by.get(CROSS_FIT, {})
+    asked = by.get("cross-fitted (asked for)", {})
     if shared := set(asked) & set(default):
         same = sum(abs(asked[c] - default[c]) < 1e-9 for c in shared)
         print(
