@@ -152,19 +152,19 @@ def program_png(arrays: dict[str, np.ndarray], scale: int = 2) -> bytes:
     return buf.getvalue()
 
 
-def loss_lines(iterations: list[dict[str, Any]]) -> dict[str | None, tuple[list, list]]:
-    """Training loss against queries, a line per program: a cross-fitted job's two
-    half-programs (rows with ``half``) each have their own loss, which one line would
-    zigzag between, and so does each step size of a race (rows with ``lr``). Key None: a
-    job of one program."""
+def program_lines(rows: list[dict[str, Any]], value: str) -> dict[str | None, tuple[list, list]]:
+    """``value`` against queries, a line per program: a cross-fitted job's two
+    half-programs (rows with ``half``) each have their own training loss, which one line
+    would zigzag between, and so does each step size of a race (rows with ``lr``: its loss
+    and its joint validations). Key None: a job of one program."""
     lines: dict[str | None, tuple[list, list]] = {}
-    for r in iterations:
+    for r in rows:
         name = None if r.get("half") is None else f"half-program {r['half']}"
         if r.get("lr") is not None:
-            name = f"{name}, lr {r['lr']:g}"
+            name = f"lr {r['lr']:g}" if name is None else f"{name}, lr {r['lr']:g}"
         xs, ys = lines.setdefault(name, ([], []))
         xs.append(r["queries"])
-        ys.append(r["loss"])
+        ys.append(r[value])
     return lines
 
 
@@ -180,14 +180,9 @@ def curve_png(
     fig, (ax_acc, ax_loss) = plt.subplots(1, 2, figsize=(11, 4))
     it = [r for r in rows if r.get("kind") == "iteration"]
     val = [r for r in rows if r.get("val_acc") is not None and r.get("kind") == "validation"]
-    if val:
-        ax_acc.plot(
-            [r["queries"] for r in val],
-            [r["val_acc"] for r in val],
-            "o-",
-            label="program (validation)",
-        )
-    lines = loss_lines(it)
+    for name, (xs, ys) in program_lines(val, "val_acc").items():
+        ax_acc.plot(xs, ys, "o-", label="program (validation)" + (f", {name}" if name else ""))
+    lines = program_lines(it, "loss")
     for name, (xs, ys) in lines.items():
         ax_loss.plot(xs, ys, lw=0.8, label=name)
     if len(lines) > 1:

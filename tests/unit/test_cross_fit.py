@@ -77,7 +77,7 @@ def test_every_labelled_image_is_scored_at_every_evaluation() -> None:
 def test_each_half_program_counts_its_own_iterations_and_says_which() -> None:
     """Iteration events name their half-program (metrics.jsonl's ``half``), and the curve
     draws a loss line for each instead of one zigzagging between them."""
-    from app.jobs.artifacts import loss_lines
+    from app.jobs.artifacts import program_lines
 
     t = make()
     events: list[Event] = []
@@ -87,10 +87,10 @@ def test_each_half_program_counts_its_own_iterations_and_says_which() -> None:
     for half in (0, 1):
         assert [e.iteration for e in its if e.half == half] == list(range(1, t.iteration + 1))
     rows = [{"half": e.half, "queries": i, "loss": e.values["loss"]} for i, e in enumerate(its)]
-    lines = loss_lines(rows)
+    lines = program_lines(rows, "loss")
     assert set(lines) == {"half-program 0", "half-program 1"}
     assert lines["half-program 1"][1] == [e.values["loss"] for e in its if e.half == 1]
-    assert set(loss_lines([{"queries": 1, "loss": 0.5}])) == {None}
+    assert set(program_lines([{"queries": 1, "loss": 0.5}], "loss")) == {None}
 
 
 def test_the_probe_is_fitted_on_every_labelled_image() -> None:
@@ -148,7 +148,7 @@ def test_a_race_trains_every_step_size_up_to_the_rung_then_only_the_best() -> No
     """Each step size trains its own pair of half-programs, in turn, one evaluation point at
     a time; after the rung (the first evaluation point at or after a third of the run) only
     the one whose programs reached the highest cross-fitted accuracy goes on."""
-    from app.jobs.artifacts import loss_lines
+    from app.jobs.artifacts import program_lines
 
     t = make(iterations=30, lr_race=(0.005, 0.5))
     assert t.lrs == (0.05, 0.005, 0.5) and len(t.folds) == 6 and t.rung() == 10
@@ -174,7 +174,10 @@ def test_a_race_trains_every_step_size_up_to_the_rung_then_only_the_best() -> No
     # one joint validation per step size at 5 and 10, then the survivor's at 15 … 30
     validations = [e.iteration for e in events if e.kind == "validation"]
     assert validations == [0, 5, 5, 5, 10, 10, 10, 15, 20, 25, 30]
-    assert len(loss_lines([{"queries": 1, "loss": 0.1, **_row(e)} for e in its])) == 6
+    assert len(program_lines([{"queries": 1, "loss": 0.1, **_row(e)} for e in its], "loss")) == 6
+    # curve.png: a validation line per step size, not one line zigzagging between them
+    vals = [{"queries": 1, "val_acc": 0.5, **_row(e)} for e in events if e.kind == "validation"]
+    assert set(program_lines(vals, "val_acc")) == {f"lr {lr:g}" for lr in t.lrs}
 
 
 def _row(e: Event) -> dict:
