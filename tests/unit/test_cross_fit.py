@@ -7,7 +7,16 @@ import pytest
 from engine.cross_fit import CrossFitTrainer, halves
 from engine.program import Program
 from engine.trainer import Event, Phase, Split, Trainer, TrainerConfig
-from tests.unit.test_trainer import CONFIG, K, accuracy_on, check_resume, data, drive, oracle
+from tests.unit.test_trainer import (
+    CONFIG,
+    K,
+    accuracy_on,
+    check_resume,
+    data,
+    drive,
+    oracle,
+    round_trip_phases,
+)
 
 NO_VAL = Split(np.zeros((0, 8, 8, 3), np.float32), np.zeros(0, np.int64))
 CF = CONFIG | {"mapping": "learned", "validation": "cross_fit"}
@@ -221,18 +230,7 @@ def test_a_checkpoint_from_before_the_race_loads_as_one_step_size() -> None:
 
 
 def test_state_round_trips_in_every_phase() -> None:
-    t = make()
-    seen = set()
-    while True:
-        data_ = t.state_bytes()
-        again = make()
-        again.load_state(data_)
-        assert again.state_bytes() == data_
-        seen.add(t.phase)
-        if t.done:
-            break
-        drive(t, stop_after=1)
-    assert {Phase.FOLDS, Phase.DONE} <= seen
+    assert {Phase.FOLDS, Phase.DONE} <= round_trip_phases(make)
 
 
 def test_state_cannot_be_taken_between_ask_and_tell() -> None:

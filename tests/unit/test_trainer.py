@@ -459,6 +459,22 @@ def test_resume_is_bit_identical_with_early_stopping_and_selection(variant: dict
     check_resume(build, (1, 4, 9, 13))
 
 
+def round_trip_phases(build: Callable[[], Trainer]) -> set[Phase]:
+    """Drive a trainer one tell at a time; before each, its state rebuilt into a fresh
+    trainer must serialise to the same bytes. Returns the phases it passed through."""
+    t = build()
+    seen = set()
+    while True:
+        data = t.state_bytes()
+        again = build()
+        again.load_state(data)
+        assert again.state_bytes() == data
+        seen.add(t.phase)
+        if t.done:
+            return seen
+        drive(t, stop_after=1)
+
+
 def check_resume(build: Callable[[], Trainer], cuts: tuple[int, ...]) -> None:
     """A trainer stopped after each number of tells in ``cuts``, serialised and rebuilt,
     ends exactly where one run straight through ends."""
