@@ -336,7 +336,9 @@ class CrossFitTrainer(Trainer):
         labelled image's blank answer (the two halves' blank passes)."""
         answers = np.concatenate([a for k in (0, 1) for a in self.answers[k]["train"]])
         y = np.concatenate([fold.train.y for fold in self._pair(0)])
-        self._fit_baselines(answers.astype(np.float64), y)
+        crossfit = self._fit_baselines(answers.astype(np.float64), y)
+        if crossfit is not None:  # the views candidate's reference: no second fit
+            self._probe_oof = crossfit.oof_correct.astype(bool)
         self.best_half = None
         probe = copy.deepcopy(self.baselines["probe"])
         return Best(acc, self.iteration, np.zeros(self.program.dim), probe)
@@ -354,11 +356,10 @@ class CrossFitTrainer(Trainer):
         blank = np.concatenate([a for k in (0, 1) for a in self.answers[k]["train"]])
         views = np.concatenate([fold._views()["train"] for fold in pair])
         y = np.concatenate([fold.train.y for fold in pair])
-        probe = cross_fit_readout(blank.astype(np.float64), y, self.n_classes)
         both = cross_fit_readout(
             np.concatenate([blank.astype(np.float64), views], axis=1), y, self.n_classes
         )
-        p, v = probe.oof_correct.astype(bool), both.oof_correct.astype(bool)
+        p, v = self._probe_oof, both.oof_correct.astype(bool)
         wins, losses = int((v & ~p).sum()), int((~v & p).sum())
         if v.mean() > p.mean() and sign_test_p(wins, losses) <= self.config.selection_p:
             self.best = Best(float(v.mean()), 0, np.zeros(self.program.dim), both.full)

@@ -452,6 +452,14 @@ def views_note(t: Trainer) -> str:
             "The read-out uses the full view of each image as well as the programmed frame: "
             f"a prediction costs {1 + len(t.best_views())} queries per image."
         )
+    if t.best.val_acc >= 0 and t.config.validation == "cross_fit":
+        return (
+            "The full view did not beat the linear probe's single view: neither the blank "
+            "program read with it (judged by cross-validation over all "
+            f"{len(t.train.y)} labelled images) nor a program trained with it (judged on the "
+            "other half's images) passed the sign test against the probe; the returned "
+            "read-out does not use it (1 query per prediction)."
+        )
     if t.best.val_acc >= 0:
         return (
             "The full view did not beat the linear probe's single view on validation; the "

@@ -86,7 +86,9 @@ def test_a_job_with_the_full_view_reports_and_returns_what_validation_chose(tmp_
         assert "the probe is returned" not in output
         assert result["test_accuracy"] > result["baselines"]["linear_probe"]["accuracy"]
     else:
-        assert "did not beat the linear probe's single view on validation" in said
+        # cross-fitted: the note names the test that judged the view, over every image
+        assert "did not beat the linear probe's single view" in said
+        assert f"cross-validation over all {n_labelled} labelled images" in said
         assert "(1 query per prediction)" in said
 
     assert prog.views == tuple(views) and prog.queries_per_image == 1 + len(views)
