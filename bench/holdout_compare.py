@@ -32,6 +32,7 @@ CONFIG_VERSIONS = {
     "lr_race": "cross-fitted, lr 0.01 raced against 0.003",
     "patience10": "cross-fitted, patience 10",
     "views": "cross-fitted, with the full view",
+    "views_prob": "cross-fitted, the full view chosen by probabilities",
 }
 
 

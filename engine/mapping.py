@@ -243,6 +243,9 @@ class CrossFitReadout:
     # Whether each training image's out-of-fold read-out classified it correctly: the
     # k-fold cross-validation score of the answers these read-outs were fitted on.
     oof_correct: np.ndarray
+    # Each training image's out-of-fold probability of its own class: a finer score than
+    # right or wrong, for comparing read-outs on images that both classify correctly.
+    oof_true_prob: np.ndarray | None = None
 
     def state(self) -> dict[str, object]:
         """Arrays that recreate these read-outs with ``from_state``."""
@@ -251,6 +254,7 @@ class CrossFitReadout:
             "folds": [m.state() for m in self.folds],
             "fold_of": self.fold_of,
             "oof_correct": self.oof_correct,
+            "oof_true_prob": self.oof_true_prob,
         }
 
     @classmethod
@@ -258,11 +262,13 @@ class CrossFitReadout:
         """Inverse of ``state`` (a checkpoint from before ``oof_correct`` existed loads with
         every image counted wrong; only the cross-validation mode, which is newer, reads it)."""
         fold_of = np.asarray(s["fold_of"])
+        prob = s.get("oof_true_prob")
         return cls(
             full=mapping_from_state(s["full"]),  # type: ignore[arg-type]
             folds=[mapping_from_state(m) for m in s["folds"]],  # type: ignore[misc]
             fold_of=fold_of,
             oof_correct=np.asarray(s.get("oof_correct", np.zeros(len(fold_of), dtype=bool))),
+            oof_true_prob=None if prob is None else np.asarray(prob),
         )
 
 
@@ -306,24 +312,30 @@ def cross_fit_readout(
         )
 
     best: tuple[float, float] | None = None
-    best_l2, best_folds, best_hits = l2_grid[0], [], np.zeros(len(y), dtype=bool)
+    best_l2, best_folds = l2_grid[0], []
+    best_hits, best_prob = np.zeros(len(y), dtype=bool), np.zeros(len(y))
     for l2 in l2_grid:
-        fold_models, hits, nll = [], np.zeros(len(y), dtype=bool), 0.0
+        fold_models, hits, prob, nll = [], np.zeros(len(y), dtype=bool), np.zeros(len(y)), 0.0
         for f in range(n_folds):
             tr, te = torch.as_tensor(fold != f), torch.as_tensor(fold == f)
             init = previous.folds[f] if previous is not None else None
             w, b = _fit_readout_once(z[tr], yt[tr], n_classes, l2, init)
             logits = z[te] @ w.T + b
             hits[fold == f] = (logits.argmax(1) == yt[te]).numpy()
+            prob[fold == f] = logits.softmax(1).gather(1, yt[te, None])[:, 0].numpy()
             nll += float(F.cross_entropy(logits, yt[te], reduction="sum"))
             fold_models.append(readout(w, b, l2))
         score = (float(hits.mean()), -nll / len(y))
         if best is None or score > best:
-            best, best_l2, best_folds, best_hits = score, l2, fold_models, hits
+            best, best_l2, best_folds, best_hits, best_prob = score, l2, fold_models, hits, prob
     init = previous.full if previous is not None else None
     w, b = _fit_readout_once(z, yt, n_classes, best_l2, init)
     return CrossFitReadout(
-        full=readout(w, b, best_l2), folds=best_folds, fold_of=fold, oof_correct=best_hits
+        full=readout(w, b, best_l2),
+        folds=best_folds,
+        fold_of=fold,
+        oof_correct=best_hits,
+        oof_true_prob=best_prob,
     )
 
 

@@ -334,6 +334,7 @@ class Trainer:
         # The probe's out-of-fold verdicts, from the blank pass to the cross-validation that
         # the same tell runs (never checkpointed in between).
         self._probe_oof = np.zeros(0, dtype=bool)
+        self._probe_oof_prob: np.ndarray | None = None  # and its probabilities (cross-fit)
         self.iteration = 0
         self.told = 0  # answers received so far, all purposes
         self.theta = np.zeros(program.dim)
