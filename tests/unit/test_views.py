@@ -7,20 +7,20 @@ import pytest
 
 from engine.cross_fit import CrossFitTrainer
 from engine.program import Program
-from engine.trainer import Phase, Split, Trainer, TrainerConfig
+from engine.trainer import Phase, Split, Trainer, TrainerConfig, sign_test_p
 from tests.unit.test_trainer import CONFIG, K, check_resume, drive, oracle, round_trip_phases
 
 S = 16  # the frame; the target image is 8×8 in its centre
 LEARNED = CONFIG | {"mapping": "learned", "views": ("full",), "selection_p": 0.05}
 
 
-def split(n: int, seed: int, informative: bool) -> Split:
-    """Target images whose class signal is faint under noise, and a full view that shows the
-    class clearly (``informative``) or is noise alone."""
+def split(n: int, seed: int, informative: bool, signal: float = 0.1) -> Split:
+    """Target images whose class signal (``signal``) is faint under noise, and a full view
+    that shows the class clearly (``informative``) or is noise alone."""
     r = np.random.default_rng(seed)
     y = np.arange(n) % 3
     x = r.uniform(0, 0.6, size=(n, 8, 8, 3)).astype(np.float32)
-    x[np.arange(n), :, :, y] += 0.1
+    x[np.arange(n), :, :, y] += signal
     full = r.uniform(0, 0.3, size=(n, S, S, 3))
     if informative:
         full[np.arange(n), :, :, y] += 0.6
@@ -34,10 +34,12 @@ def make(informative: bool = True, seed: int = 7, **overrides) -> Trainer:
     return Trainer(cfg, prog, 3, K, *parts, seed=seed)
 
 
-def make_cf(informative: bool = True, seed: int = 7, **overrides) -> CrossFitTrainer:
+def make_cf(
+    informative: bool = True, seed: int = 7, signal: float = 0.1, **overrides
+) -> CrossFitTrainer:
     cfg = TrainerConfig(**(LEARNED | {"validation": "cross_fit"} | overrides))
     prog = Program(S, 8, "bilinear", 4)
-    train, test = split(30, 0, informative), split(21, 2, informative)
+    train, test = split(30, 0, informative, signal), split(21, 2, informative, signal)
     empty = Split(train.x[:0], train.y[:0], train.full[:0])  # type: ignore[index]
     return CrossFitTrainer(cfg, prog, 3, K, train, empty, test, seed=seed)
 
@@ -77,6 +79,19 @@ def test_a_view_of_noise_is_not_used_and_its_test_views_are_not_asked(build) -> 
     assert t.best_program()[1].weight.shape[1] == K
     assert sent["test"] == len(t.test)  # the test images' views were never needed
     assert "test" not in (t.view_answers or {})
+
+
+def test_a_view_that_only_sharpens_a_nearly_perfect_probe_is_chosen_by_probabilities() -> None:
+    """A stronger target signal: the probe is right on 28 of 30 images out of fold, so the
+    view can win 2 verdicts at most (sign test p = 0.25); on each image's probability of its
+    own class it wins far more, and that is what decides."""
+    t = make_cf(signal=0.3)
+    while t.best.val_acc < 0:  # up to the blank selection
+        drive(t, stop_after=1)
+    probe_right = int(t._probe_oof.sum())
+    assert probe_right == 28 and sign_test_p(30 - probe_right, 0) > t.config.selection_p
+    assert t.best_views() == ("full",) and t.best.val_acc == 1.0
+    assert t._probe_oof_prob is not None and float(t._probe_oof_prob.max()) < 0.95
 
 
 def test_the_probe_is_the_programmed_frame_alone_and_the_reference() -> None:
