@@ -135,7 +135,8 @@ def test_labels_per_class_is_what_is_wanted_within_what_the_oracle_allows(
 def test_the_l2_strength_is_chosen_by_cross_validation_and_scores_out_of_fold() -> None:
     """The read-out's L2 strength is chosen on our side, from the answers already paid for:
     the strength whose read-outs classify the held-out folds best; its out-of-fold verdicts
-    are kept (``oof_correct``, the cross-validation score)."""
+    are kept (``oof_correct``, the cross-validation score), and so is each image's
+    out-of-fold probability of its own class (``oof_true_prob``)."""
     rng = np.random.default_rng(3)
     y = np.repeat([0, 1, 2], 12)
     grid = (1e-3, 1e-2, 1e-1, 1.0, 10.0)
@@ -143,11 +144,15 @@ def test_the_l2_strength_is_chosen_by_cross_validation_and_scores_out_of_fold() 
     logits[np.arange(36), y] += 3.0
     src = np.exp(logits) / np.exp(logits).sum(axis=1, keepdims=True)
     cf = cross_fit_readout(src, y, 3, l2_grid=grid)
-    oof = np.empty(len(y), dtype=np.int64)
+    oof, own = np.empty(len(y), dtype=np.int64), np.empty(len(y))
     for f, fold in enumerate(cf.folds):
-        oof[cf.fold_of == f] = fold.predict(src[cf.fold_of == f])
+        held = cf.fold_of == f
+        oof[held] = fold.predict(src[held])
+        own[held] = fold.target_probs(src[held])[np.arange(held.sum()), y[held]]
         assert fold.l2 == cf.full.l2
     np.testing.assert_array_equal(cf.oof_correct, oof == y)
+    assert cf.oof_true_prob is not None
+    np.testing.assert_allclose(cf.oof_true_prob, own, rtol=1e-6)
     scores = {l2: cross_fit_readout(src, y, 3, l2_grid=(l2,)).oof_correct.mean() for l2 in grid}
     assert scores[cf.full.l2] == max(scores.values())  # no other strength does better
     assert len(set(scores.values())) > 1  # and the choice mattered here
