@@ -25,9 +25,12 @@ PATIENCE = 5  # evaluation points without a better program before a job stops
 # none until the race is measured to keep the worst case and raise the mean (BENCHMARKS.md §8).
 LR_RACE: list[float] = []
 # Fixed views of every image the learned read-out sees beside the programmed frame
-# (engine.trainer, TrainerConfig.views): none by default, since each view costs one more
-# query per image at every prediction and its gain is not measured yet.
-VIEWS: list[str] = []
+# (engine.trainer, TrainerConfig.views), by default on cross-fitted jobs whose oracle
+# exposes at least VIEWS_MIN_LABELS labels: there the full view, chosen by out-of-fold
+# probabilities, never fell below the probe on the user benchmark and raised the mean margin
+# (BENCHMARKS.md §8); on a few-concept oracle it fell 7.6 points below it (scenes5).
+VIEWS: list[str] = ["full"]
+VIEWS_MIN_LABELS = 100
 
 # The paper's settings (Tsai et al. 2020, §4): used whenever the estimator is "bar".
 PAPER = {
@@ -81,13 +84,21 @@ def step_size_race(spec: JobSpec, s: JobSpec, paper: bool) -> tuple[list[float],
     )
 
 
-def readout_views(s: JobSpec) -> tuple[list[str], str]:
+def readout_views(s: JobSpec, n_labels: int) -> tuple[list[str], str]:
     """The fixed views of every image the learned read-out sees beside the programmed frame,
-    and why (``s``: mapping.method already chosen)."""
+    and why (``s``: mapping.method and data.validation already chosen)."""
     if s.mapping.method != "learned":
         return [], "the views feed the learned read-out only"
+    alone = "the programmed frame alone: a prediction costs 1 query per image"
     if not VIEWS:
-        return [], "the programmed frame alone: a prediction costs 1 query per image"
+        return [], alone
+    if s.data.validation != "cross_fit":
+        return [], f"{alone} (the full view is measured on cross-fitted programs only)"
+    if n_labels < VIEWS_MIN_LABELS:
+        return [], (
+            f"{alone} (on an oracle of {n_labels} labels the full view can fall below the "
+            "linear probe: BENCHMARKS.md §8)"
+        )
     return list(VIEWS), (
         f"the read-out may also see the {' and '.join(VIEWS)} view of every image (one more "
         "query per image for each, once in training and at every prediction); the returned "
@@ -128,8 +139,6 @@ def resolve(spec: JobSpec, facts: Facts) -> tuple[JobSpec, list[str]]:
             "mapping.views: the views feed the learned read-out; use mapping.method "
             f"'learned', not {s.mapping.method!r}"
         )
-    views, why = readout_views(s)
-    choose(s.mapping, "views", views, why)
     choose(
         s.mapping,
         "labels_per_class",
@@ -216,6 +225,8 @@ def resolve(spec: JobSpec, facts: Facts) -> tuple[JobSpec, list[str]]:
         )
     race, why = step_size_race(spec, s, paper)
     choose(o, "lr_race", race, why)
+    views, why = readout_views(s, k)
+    choose(s.mapping, "views", views, why)
     n_val, n_train = facts.n_val, facts.n_train
     if d.validation in ("cross_validation", "cross_fit"):
         # cross_fit: each of its two programs refits on its half and validates on the

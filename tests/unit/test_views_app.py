@@ -26,18 +26,30 @@ def spec(**sections) -> JobSpec:
 
 
 # ----------------------------------------------------------------- the spec
-def test_views_are_chosen_for_the_learned_readout_only(monkeypatch) -> None:
+WIDE = Facts(n_labels=1000, n_classes=3, n_train=30, provider="torch", train_per_class=(10,) * 3)
+
+
+def test_the_full_view_is_the_default_on_cross_fitted_jobs_of_wide_oracles(monkeypatch) -> None:
+    """By default: on a cross-fitted job whose oracle has ≥ 100 labels, not on a few-concept
+    oracle, not on a job validated on its own val/, never on a many-to-one mapping; what
+    the user asks for is kept."""
     from app.config import defaults
 
-    s, notes = resolve(spec(), TINY)
-    assert s.mapping.views == [] and any(n.startswith("mapping.views = []") for n in notes)
-    assert resolve(spec(mapping={"views": ["full"]}), TINY)[0].mapping.views == ["full"]
-    monkeypatch.setattr(defaults, "VIEWS", ["full"])
-    s, notes = resolve(spec(), TINY)
-    assert s.mapping.views == ["full"]
+    s, notes = resolve(spec(), WIDE)
+    assert s.data.validation == "cross_fit" and s.mapping.views == ["full"]
     assert any("beats the linear probe's single view on validation" in n for n in notes)
-    # the default does not give a many-to-one mapping a view it could not use
-    assert resolve(spec(mapping={"method": "frequency"}), TINY)[0].mapping.views == []
+    s, notes = resolve(spec(), TINY)  # 6 labels
+    assert s.mapping.views == [] and any(n.startswith("mapping.views = []") for n in notes)
+    assert any("on an oracle of 6 labels the full view can fall below" in n for n in notes)
+    own_val = Facts(**{**WIDE.__dict__, "n_val": 9})
+    s, notes = resolve(spec(), own_val)
+    assert s.data.validation == "holdout" and s.mapping.views == []
+    assert any("measured on cross-fitted programs only" in n for n in notes)
+    assert resolve(spec(mapping={"method": "frequency"}), WIDE)[0].mapping.views == []
+    assert resolve(spec(mapping={"views": []}), WIDE)[0].mapping.views == []
+    assert resolve(spec(mapping={"views": ["full"]}), TINY)[0].mapping.views == ["full"]
+    monkeypatch.setattr(defaults, "VIEWS", [])
+    assert resolve(spec(), WIDE)[0].mapping.views == []
 
 
 @pytest.mark.parametrize("method", ["frequency", "random"])
