@@ -163,7 +163,11 @@ def minimum_queries(spec: JobSpec, dataset: Dataset, *, n_labels: int, provider:
     """The fewest queries the job can run on under a budget: its plan with no training
     iteration (the mapping's or baselines' pass and the test), below which ``prepare``
     raises PlanError. The same trainer computes it, over images that are never looked at
-    (zeros, no memory)."""
+    (zeros, no memory). A view the defaults would choose is not counted: it gives way to a
+    budget too small for it (``prepare``)."""
+    if spec.mapping.views is None:
+        spec = spec.model_copy(deep=True)
+        spec.mapping.views = []
     the_plan = plan(spec, dataset, n_labels=n_labels, provider=provider, capped=True)
     t, s = the_plan.program.target_size, the_plan.program.input_size
     views = bool(the_plan.spec.mapping.views)
@@ -189,7 +193,30 @@ def prepare(
     spec: JobSpec, dataset: Dataset, oracle: Oracle, *, query_cap: int | None, spent: int = 0
 ) -> PreparedJob:
     """Resolve the spec, split and resize the data, build the trainer, fit the plan into
-    ``query_cap`` images (minus ``spent``). Raises PlanError when the budget is too small."""
+    ``query_cap`` images (minus ``spent``). Raises PlanError when the budget is too small.
+
+    A view the defaults chose (``mapping.views`` left open) gives way to a budget too small
+    for it: a cloud model's label count is learned from its first answer, so the minimum
+    checked when the job was submitted could not count the full view the defaults choose
+    for a model of many labels (``app.config.defaults.readout_views``)."""
+    try:
+        return _prepare(spec, dataset, oracle, query_cap=query_cap, spent=spent)
+    except PlanError:
+        if spec.mapping.views is not None:
+            raise
+    without = spec.model_copy(deep=True)
+    without.mapping.views = []
+    job = _prepare(without, dataset, oracle, query_cap=query_cap, spent=spent)
+    job.notes.append(
+        f"mapping.views = []: the budget of {query_cap} queries does not cover the full "
+        "view's queries as well, so the read-out sees the programmed frame alone"
+    )
+    return job
+
+
+def _prepare(
+    spec: JobSpec, dataset: Dataset, oracle: Oracle, *, query_cap: int | None, spent: int
+) -> PreparedJob:
     the_plan = plan(
         spec,
         dataset,

@@ -66,6 +66,7 @@ def check_feasible(
     allows = f"${b.max_cost_usd:g} buys {query_cap} queries" if by_cost else f"{query_cap} queries"
     raise InvalidRequest(
         f"{field}: {allows}, below the {floor} this job needs at least (its mapping and "
-        f"evaluation on {dataset.n_samples} images, before any training); the minimum is "
+        f"evaluation on {dataset.n_samples} images, and any views of them, before any "
+        "training); the minimum is "
         f"{floor} queries" + (f" (${floor * price:.4f})" if by_cost else "")
     )

@@ -317,6 +317,36 @@ def test_the_minimum_is_the_one_the_runner_enforces(small_npz, minimum):
     assert prepare(job_spec, data, Labels(), query_cap=minimum).trainer.config.iterations == 0  # type: ignore[arg-type]
 
 
+def test_a_default_view_gives_way_to_a_budget_checked_before_the_labels_were_known(small_npz):
+    """A view the defaults choose is not part of the minimum (a cloud model's label count is
+    learned from its first answer, so the check at submission could not count it): a model
+    of 1,000 labels gets the view by default only when the budget covers it, and says so
+    when it does not. A view the user asked for is part of the minimum and never dropped."""
+    from app.config.spec import JobSpec
+    from app.data.loading import load_bytes
+    from app.jobs.runner import PlanError, minimum_queries, prepare
+
+    data = load_bytes(small_npz, "d.npz")
+    oracle = {"kind": "clarifai", "credential_id": "cred_x", "model_id": "general"}
+    job_spec = JobSpec.model_validate({"oracle": oracle})
+    floor = minimum_queries(job_spec, data, n_labels=3, provider="clarifai")  # as at POST
+    assert floor == 36 == minimum_queries(job_spec, data, n_labels=1000, provider="clarifai")
+
+    class Labels:  # the model's answer showed 1,000 concepts
+        labels = tuple(str(i) for i in range(1000))
+        provider = "clarifai"
+
+    job = prepare(job_spec, data, Labels(), query_cap=floor)  # type: ignore[arg-type]
+    assert job.spec.mapping.views == []
+    assert any("does not cover the full view's queries" in n for n in job.notes)
+    job = prepare(job_spec, data, Labels(), query_cap=2 * floor)  # type: ignore[arg-type]
+    assert job.spec.mapping.views == ["full"]
+    asked = JobSpec.model_validate({"oracle": oracle, "mapping": {"views": ["full"]}})
+    assert minimum_queries(asked, data, n_labels=1000, provider="clarifai") == 2 * floor
+    with pytest.raises(PlanError, match=f"below the {2 * floor}"):
+        prepare(asked, data, Labels(), query_cap=floor)  # type: ignore[arg-type]
+
+
 # --- pixel budgets ------------------------------------------------------------------------------
 
 

@@ -21,9 +21,11 @@ from app.jobs.artifacts import ProgramFile
 from tests.helpers import cli_train, split_digits_npz, write_spec
 
 GEOMETRY = {"input_size": 64, "target_size": 24}
-#: a short run on the tiny set: 4 iterations, validated after iterations 0, 2 and 4
+#: a short run on the tiny set: 4 iterations, validated after iterations 0, 2 and 4; the
+#: programmed frame alone (the full view, a default here, is tests/integration/test_views_job.py's)
 SHORT = {
     "program": GEOMETRY,
+    "mapping": {"views": []},
     "optimizer": {"iterations": 4, "q": 2, "batch_size": 6, "eval_every": 2},
     "budget": {"max_queries": 3000},
 }
@@ -134,13 +136,19 @@ def test_a_job_that_cannot_beat_the_probe_returns_it_and_stops(tmp_path, tiny):
     assert result["returned"] == "linear_probe" and result["iterations"] == 0
     assert result["stopped_early"] is not None
     assert result["validation"]["method"] == "cross_fit"  # the default without val/
-    assert result["queries"] == 30 + 24  # every labelled image and the test set once
+    # every labelled image (with its full view: the default on the 1,000-label model, not
+    # kept here) and the test set once
+    assert result["queries"] == 2 * 30 + 24
     assert result["unspent_queries"] == 20_000 - result["queries"]
     assert result["test_accuracy"] == result["baselines"]["linear_probe"]["accuracy"]
     said = " ".join(result["choices"])
     assert "Stopped early after iteration 0" in said
     assert f"{20_000 - result['queries']:,} of the budget of 20,000 queries were not spent" in said
     assert "the job returns the probe" in said
+    # the full view was asked for every labelled image and judged over all of them
+    assert result["spec"]["mapping"]["views"] == ["full"] and result["views"] == []
+    assert result["queries_per_prediction"] == 1
+    assert "cross-validation over all 30 labelled images" in said
     prog = ProgramFile.load(tmp_path / "out" / "program.npz")
     assert not prog.arrays["P"].any() and str(prog.arrays["classifier"]) == "readout"
 
