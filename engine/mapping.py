@@ -244,7 +244,8 @@ class CrossFitReadout:
     # k-fold cross-validation score of the answers these read-outs were fitted on.
     oof_correct: np.ndarray
     # Each training image's out-of-fold probability of its own class: a finer score than
-    # right or wrong, for comparing read-outs on images that both classify correctly.
+    # right or wrong, for comparing read-outs on images that both classify correctly. Read
+    # only in the tell that fitted these read-outs, so it is not part of ``state``.
     oof_true_prob: np.ndarray | None = None
 
     def state(self) -> dict[str, object]:
@@ -254,7 +255,6 @@ class CrossFitReadout:
             "folds": [m.state() for m in self.folds],
             "fold_of": self.fold_of,
             "oof_correct": self.oof_correct,
-            "oof_true_prob": self.oof_true_prob,
         }
 
     @classmethod
@@ -262,13 +262,11 @@ class CrossFitReadout:
         """Inverse of ``state`` (a checkpoint from before ``oof_correct`` existed loads with
         every image counted wrong; only the cross-validation mode, which is newer, reads it)."""
         fold_of = np.asarray(s["fold_of"])
-        prob = s.get("oof_true_prob")
         return cls(
             full=mapping_from_state(s["full"]),  # type: ignore[arg-type]
             folds=[mapping_from_state(m) for m in s["folds"]],  # type: ignore[misc]
             fold_of=fold_of,
             oof_correct=np.asarray(s.get("oof_correct", np.zeros(len(fold_of), dtype=bool))),
-            oof_true_prob=None if prob is None else np.asarray(prob),
         )
 
 

@@ -37,6 +37,10 @@ class PlanError(ValueError):
     """The job cannot run within its budget."""
 
 
+class _DefaultViewTooDear(PlanError):
+    """The budget cannot pay for a view the defaults chose, so it may pay without it."""
+
+
 @dataclass
 class PreparedJob:
     spec: JobSpec  # resolved: every field chosen
@@ -201,9 +205,8 @@ def prepare(
     for a model of many labels (``app.config.defaults.readout_views``)."""
     try:
         return _prepare(spec, dataset, oracle, query_cap=query_cap, spent=spent)
-    except PlanError:
-        if spec.mapping.views is not None:
-            raise
+    except _DefaultViewTooDear:
+        pass  # a budget too small for any other reason is refused as it is, not retried
     without = spec.model_copy(deep=True)
     without.mapping.views = []
     job = _prepare(without, dataset, oracle, query_cap=query_cap, spent=spent)
@@ -243,7 +246,8 @@ def _prepare(
         try:
             fitted = trainer.fit_iterations(query_cap - spent)
         except ValueError as err:
-            raise PlanError(str(err)) from err
+            dear = views and spec.mapping.views is None
+            raise (_DefaultViewTooDear if dear else PlanError)(str(err)) from err
         if fitted < trainer.config.iterations:
             asked = spec.optimizer.iterations is not None  # the user's own number
             notes.append(

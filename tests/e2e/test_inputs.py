@@ -347,6 +347,33 @@ def test_a_default_view_gives_way_to_a_budget_checked_before_the_labels_were_kno
         prepare(asked, data, Labels(), query_cap=floor)  # type: ignore[arg-type]
 
 
+def test_a_budget_refused_without_a_default_view_is_refused_at_once(small_npz, monkeypatch):
+    """Only a view the defaults chose is retried without: a budget too small for a model of
+    3 labels (no view chosen) is refused after one plan, not split and resized twice."""
+    from app.config.spec import JobSpec
+    from app.data.loading import load_bytes
+    from app.jobs import runner
+
+    data = load_bytes(small_npz, "d.npz")
+    job_spec = JobSpec.model_validate({"oracle": {"kind": "torch"}})
+    floor = runner.minimum_queries(job_spec, data, n_labels=3, provider="torch")
+    plans = []
+    real = runner._prepare
+    monkeypatch.setattr(runner, "_prepare", lambda *a, **k: plans.append(1) or real(*a, **k))
+
+    class Labels:
+        labels = ("a", "b", "c")
+        provider = "torch"
+
+    with pytest.raises(runner.PlanError, match=f"below the {floor}"):
+        runner.prepare(job_spec, data, Labels(), query_cap=floor - 1)  # type: ignore[arg-type]
+    assert len(plans) == 1
+    Labels.labels = tuple(str(i) for i in range(1000))  # the view is chosen, then dropped
+    with pytest.raises(runner.PlanError, match=f"below the {floor}"):
+        runner.prepare(job_spec, data, Labels(), query_cap=floor - 1)  # type: ignore[arg-type]
+    assert len(plans) == 3
+
+
 # --- pixel budgets ------------------------------------------------------------------------------
 
 
