@@ -78,6 +78,9 @@ CONFIGS: dict[str, dict[str, Any]] = {
     # the same spec on the code whose view choice tests each image's out-of-fold probability
     # of its own class instead of its verdict (engine/cross_fit.py ``_views_candidate``)
     "views_prob": {"mapping": {"views": ["full"]}},
+    # sep-CMA-ES instead of SPSA + Adam (engine/search.py; issue 9, item 5): ranks, not
+    # finite differences, for the few-concept oracles whose losses are mostly noise
+    "cma": {"optimizer": {"estimator": "cma"}},
 }
 WHITE_BOX = ("wb_r8", "wb_r16", "wb_r32", "wb_full")
 ABLATIONS = tuple(c for c in CONFIGS if c.startswith(("bar_", "default_")))
@@ -102,6 +105,7 @@ PHASES: list[tuple[str, tuple[str, ...], tuple[str, ...], tuple[int, ...], tuple
     ("patience", ALL_PAIRS, ("patience10",), SEEDS, (60_000,)),
     ("views", ALL_PAIRS, ("views",), SEEDS, (5_000, 20_000)),
     ("views_prob", ALL_PAIRS, ("views_prob",), SEEDS, (20_000, 5_000)),
+    ("cma", ALL_PAIRS, ("cma",), SEEDS, (20_000, 5_000)),
 ]
 QUICK_PAIRS = ("mnist5:moderation", "faces2:nsfw")
 QUICK = [("quick", QUICK_PAIRS, ("default", "bar", "wb_r8"), (0,), (3000,))]

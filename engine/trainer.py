@@ -45,6 +45,7 @@ from engine.mapping import (
 )
 from engine.optimizers import OPTIMIZERS, Optimizer
 from engine.program import Program
+from engine.search import CMA, CmaSearch
 
 Purpose = Literal["mapping", "baseline", "training", "validation", "test"]
 MappingMethod = Literal["frequency", "random", "learned"]
@@ -89,9 +90,9 @@ class TrainerConfig:
     is built); a second set here had drifted from it and was used by tests only, so tests
     spell out the configuration they run."""
 
-    estimator: str  # a name in ESTIMATORS, or WHITE_BOX
-    q: int
-    beta: float
+    estimator: str  # a name in ESTIMATORS, WHITE_BOX, or CMA (engine.search)
+    q: int  # CMA: the population per generation
+    beta: float  # CMA: the initial step size σ
     scale: float | None
     optimizer: str  # a name in OPTIMIZERS
     lr: float
@@ -131,7 +132,7 @@ class TrainerConfig:
 
     def __post_init__(self) -> None:
         """Refuse unknown names and empty loops."""
-        if self.estimator not in ESTIMATORS and self.estimator != WHITE_BOX:
+        if self.estimator not in ESTIMATORS and self.estimator not in (WHITE_BOX, CMA):
             raise ValueError(f"unknown estimator {self.estimator!r}")
         if self.optimizer not in OPTIMIZERS:
             raise ValueError(f"unknown optimizer {self.optimizer!r}")
@@ -269,8 +270,8 @@ class Trainer:
       early (``_stop_reason``): it goes to TEST; else to TRAIN while iterations remain.
     * ``TRAIN``: each ask is one iteration's minibatch: the estimator's K candidate
       programs applied to it (K×batch frames), or, white box, the batch under θ with
-      ``Ask.loss_grad``. The tell estimates the gradient, takes one optimiser step
-      (iteration += 1) and, after every ``eval_every`` iterations and after the last,
+      ``Ask.loss_grad``. The tell estimates the gradient, takes one optimiser step (CMA:
+      the search's K candidates, and its tell moves θ to the new mean; iteration += 1) and, after every ``eval_every`` iterations and after the last,
       goes to REFIT (learned read-out) or VALIDATE. An ask after ``set_iterations``
       shortened the run goes to the evaluation first.
     * ``REFIT`` (learned read-out only): asks the training set under the current θ
@@ -315,7 +316,10 @@ class Trainer:
         self.train, self.val, self.test = train, val, test
         self.weights = class_weights(train.y, n_classes, config.class_balance)
         self.estimator: Estimator | None = None
-        if config.estimator != WHITE_BOX:
+        self.search: CmaSearch | None = None  # θ from the losses' ranking, no optimiser
+        if config.estimator == CMA:
+            self.search = CmaSearch(program.dim, config.q, config.beta)
+        elif config.estimator != WHITE_BOX:
             self.estimator = ESTIMATORS[config.estimator](
                 program.dim, config.q, config.beta, config.scale
             )
@@ -413,7 +417,8 @@ class Trainer:
     @property
     def per_iteration(self) -> int:
         """Images one training iteration sends (at most)."""
-        n = 1 if self.estimator is None else self.estimator.n_candidates
+        sampler = self.search or self.estimator
+        n = 1 if sampler is None else sampler.n_candidates
         return self.config.batch_size * n
 
     def fit_iterations(self, max_queries: int) -> int:
@@ -540,14 +545,17 @@ class Trainer:
         n = min(c.batch_size, len(self.train))
         idx = self.rng.choice(len(self.train), size=n, replace=False)
         base = self.program.embed(self.train.x[idx])
-        if self.estimator is None:
+        if self.search is not None:
+            candidates = self.search.ask(self.rng)
+        elif self.estimator is None:
             self._pending = {"idx": idx, "base": base}
             return Ask(
                 "training",
                 self.program.apply(base, self.theta),
                 loss_grad=lambda probs: self._loss_grad(probs, idx),
             )
-        candidates = self.estimator.ask(self.theta, self.rng)
+        else:
+            candidates = self.estimator.ask(self.theta, self.rng)
         self._pending = {"idx": idx}
         frames = np.concatenate([self.program.apply(base, cand) for cand in candidates])
         return Ask("training", frames)
@@ -834,16 +842,20 @@ class Trainer:
         per_candidate = probs.reshape(-1, len(y), self.n_source)
         hs = [self._train_target_probs(p, idx) for p in per_candidate]
         losses = np.array([mean_loss(h, y, self.weights, c.loss, c.gamma) for h in hs])
-        if self.estimator is None:
+        center: int | None = None
+        if self.search is not None:
+            self.theta = self.search.tell(losses)  # the new mean: no gradient, no optimiser
+        elif self.estimator is None:
             if input_grad is None:
                 raise ValueError("the white-box estimator needs the input gradient")
             grad = self.program.backprop(pending["base"], self.theta, input_grad)
-            center: int | None = 0
+            center = 0
+            self.theta = self.optimizer.step(self.theta, grad)
         else:
             grad = self.estimator.tell(losses)
             center = self.estimator.center_index
+            self.theta = self.optimizer.step(self.theta, grad)
         self._pending = None
-        self.theta = self.optimizer.step(self.theta, grad)
         if c.remap_every and c.mapping == "frequency":
             self._remap(per_candidate, y)
         self.iteration += 1
@@ -926,6 +938,7 @@ class Trainer:
             "told": self.told,
             "theta": self.theta,
             "optimizer": self.optimizer.state(),
+            "search": None if self.search is None else self.search.state(),
             "rng": self.rng.bit_generator.state,
             "mapping": map_state(self.mapping),
             "crossfit": None if self.crossfit is None else self.crossfit.state(),
@@ -958,6 +971,8 @@ class Trainer:
         self.told = int(s["told"])
         self.theta = np.asarray(s["theta"], dtype=np.float64)
         self.optimizer.load_state(s["optimizer"])
+        if self.search is not None:
+            self.search.load_state(s["search"])
         self.rng.bit_generator.state = s["rng"]
         self.mapping = None if s["mapping"] is None else mapping_from_state(s["mapping"])
         self.crossfit = None

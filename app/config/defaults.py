@@ -64,8 +64,8 @@ def holdout_count(n: int, fraction: float) -> int:
 
 def candidates_per_iteration(estimator: str, q: int) -> int:
     """Programs one iteration sends per image (engine.estimators: two-sided 2q, bar q + 1,
-    white box 1)."""
-    return {"spsa": 2 * q, "antithetic": 2 * q, "bar": q + 1}.get(estimator, 1)
+    white box 1; engine.search: CMA-ES its population q)."""
+    return {"spsa": 2 * q, "antithetic": 2 * q, "bar": q + 1, "cma": q}.get(estimator, 1)
 
 
 def step_size_race(spec: JobSpec, s: JobSpec, paper: bool) -> tuple[list[float], str]:
@@ -75,6 +75,8 @@ def step_size_race(spec: JobSpec, s: JobSpec, paper: bool) -> tuple[list[float],
         return [], "one step size: optimizer.lr was given"
     if paper or s.data.validation != "cross_fit":
         return [], "one step size: the race is run on cross-fitted programs only"
+    if s.optimizer.estimator == "cma":
+        return [], "no race: CMA-ES takes no gradient step"
     if not LR_RACE:
         return [], "one step size"
     return list(LR_RACE), (
@@ -153,6 +155,16 @@ def resolve(spec: JobSpec, facts: Facts) -> tuple[JobSpec, list[str]]:
         for name in ("q", "beta", "lr", "optimizer", "lr_decay", "batch_size"):
             choose(o, name, PAPER[name], "the paper's setting for BAR")
         choose(s.program, "basis", "pixel", "the paper's full-resolution program")
+    elif o.estimator == "cma":
+        # The population sends as many candidates per iteration as the SPSA default's 2q, and
+        # is about CMA-ES's own default for d = 192 (4 + 3 ln d = 19.8).
+        choose(o, "q", 20, "CMA-ES's population: as many candidates as the default's 2q")
+        choose(o, "beta", 0.3, "CMA-ES's initial step size σ on the coefficients, before tanh")
+        unused = "not used: CMA-ES moves θ to the mean of its best candidates"
+        for name, value in (("lr", 1e-2), ("optimizer", "adam"), ("lr_decay", 1.0)):
+            choose(o, name, value, unused)
+        choose(o, "batch_size", 10, "minibatch per iteration, every candidate on the same one")
+        choose(s.program, "basis", "bilinear", "a low-resolution program needs far fewer queries")
     else:
         choose(o, "q", 10, "directions per iteration")
         choose(o, "beta", 0.01 if o.estimator == "spsa" else 0.005, "smoothing radius")
@@ -218,6 +230,13 @@ def resolve(spec: JobSpec, facts: Facts) -> tuple[JobSpec, list[str]]:
         else "programs are scored on a stratified share of the labelled images held out to "
         "validate on (the frequency mapping cannot be cross-fitted)",
     )
+    if o.estimator == "cma" and (o.q or 0) < 2:
+        raise ValueError("optimizer.q: CMA-ES's population must be at least 2 to rank")
+    if o.lr_race and o.estimator == "cma":
+        raise ValueError(
+            "optimizer.lr_race: it races the gradient step's size, and CMA-ES takes no "
+            "gradient step (its step size adapts itself)"
+        )
     if o.lr_race and d.validation != "cross_fit":
         raise ValueError(
             "optimizer.lr_race: it races cross-fitted programs, so it needs data.validation "

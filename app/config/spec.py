@@ -140,7 +140,7 @@ class LossSpec(Strict):
 
 
 class OptimizerSpec(Strict):
-    estimator: Literal["bar", "antithetic", "spsa", "white_box"] | None = None
+    estimator: Literal["bar", "antithetic", "spsa", "white_box", "cma"] | None = None
     q: int | None = Field(default=None, ge=1, le=1000)
     beta: float | None = Field(default=None, gt=0, le=10)
     scale: float | None = Field(default=None, gt=0)

@@ -306,6 +306,14 @@ JOBS: dict[str, tuple[Callable[[dict[str, str]], dict[str, Any]], str]] = {
         lambda i: torch_job(i, optimizer={"lr_race": [0.003]}, data={"validation": "holdout"}),
         "optimizer.lr_race",
     ),
+    "a step-size race for CMA-ES": (
+        lambda i: torch_job(i, optimizer={"estimator": "cma", "lr_race": [0.003]}),
+        "optimizer.lr_race",
+    ),
+    "a CMA-ES population of one": (
+        lambda i: torch_job(i, optimizer={"estimator": "cma", "q": 1}),
+        "optimizer.q",
+    ),
     "gamma huge": (lambda i: torch_job(i, loss={"gamma": 11}), "loss.gamma"),
     "zero queries": (lambda i: torch_job(i, budget={"max_queries": 0}), "budget.max_queries"),
     "queries beyond 64 bits": (

@@ -97,6 +97,20 @@ def test_cross_fitted_programs_validate_on_every_labelled_image(tmp_path, tiny):
     assert "Cross-fitted programs validated on 30 images" in output
 
 
+def test_a_cma_es_job_sends_its_population_per_image_and_plans_what_it_sends(tmp_path, tiny):
+    """``optimizer.estimator: "cma"`` through ``reprogram train``: every iteration sends the
+    population (q programs) on the minibatch, the plan counts exactly that, and the choices
+    say which of the gradient step's fields it leaves unused."""
+    spec = SHORT | {"optimizer": {**SHORT["optimizer"], "estimator": "cma", "q": 4}}
+    code, result, output = train(tmp_path, tiny, spec)
+    assert code == 0, output
+    sent = {k: v["queries"] for k, v in result["breakdown"].items()}
+    assert sent["training"] == 2 * 4 * 6 * 4 + 2 * 2 * 15  # 2 programs × 4 it × 6 × q
+    assert result["planned_queries"] == sent | {"baseline": 24}
+    assert result["spec"]["optimizer"]["estimator"] == "cma"
+    assert "optimizer.lr = 0.01: not used: CMA-ES" in " ".join(result["choices"])
+
+
 def test_a_step_size_race_is_planned_reported_and_logged(tmp_path, tiny):
     """``optimizer.lr_race``: each step size trains its pair of half-programs up to the rung
     (iteration 2 of 6), then one goes on; the plan counts it, result.json says which step

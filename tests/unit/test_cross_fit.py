@@ -47,7 +47,8 @@ def test_each_half_program_trains_on_its_half_and_validates_on_the_other() -> No
 
 
 @pytest.mark.parametrize(
-    "estimator, race", [("antithetic", ()), ("white_box", ()), ("antithetic", (0.01, 0.2))]
+    "estimator, race",
+    [("antithetic", ()), ("white_box", ()), ("cma", ()), ("antithetic", (0.01, 0.2))],
 )
 def test_plan_matches_what_is_sent(estimator: str, race: tuple[float, ...]) -> None:
     t = make(estimator=estimator, lr_race=race)

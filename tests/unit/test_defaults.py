@@ -104,3 +104,18 @@ def test_evaluation_is_spaced_by_its_cost() -> None:
     assert any("validate every 15 iterations" in n and "costs 300 queries" in n for n in notes)
     short, _ = resolve(spec(optimizer={"iterations": 20}), big)
     assert short.optimizer.eval_every == 4  # at least 5 evaluation points
+
+
+def test_cma_es_gets_its_own_population_and_step_and_says_what_it_does_not_use() -> None:
+    """``optimizer.estimator: "cma"``: a population of 20 (the SPSA default's 2q candidates
+    per iteration), σ = 0.3, the gradient step's fields marked unused, no step-size race;
+    a population of 1 and a race asked for are refused naming the field."""
+    s, notes = resolve(spec(optimizer={"estimator": "cma"}), TINY)
+    o = s.optimizer
+    assert (o.q, o.beta, o.batch_size, o.lr_race) == (20, 0.3, 10, [])
+    assert any(n.startswith("optimizer.lr = 0.01: not used: CMA-ES") for n in notes)
+    assert any("no race: CMA-ES" in n for n in notes)
+    with pytest.raises(ValueError, match=r"^optimizer\.q: CMA-ES's population"):
+        resolve(spec(optimizer={"estimator": "cma", "q": 1}), TINY)
+    with pytest.raises(ValueError, match=r"^optimizer\.lr_race: .*CMA-ES takes no gradient"):
+        resolve(spec(optimizer={"estimator": "cma", "lr_race": [0.003]}), TINY)

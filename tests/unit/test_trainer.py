@@ -115,7 +115,7 @@ def accuracy_on(t: Trainer, split: Split, theta: np.ndarray, mapping) -> float:
 
 
 @pytest.mark.parametrize("mapping", ["frequency", "learned", "random"])
-@pytest.mark.parametrize("estimator", ["bar", "antithetic", "spsa", "white_box"])
+@pytest.mark.parametrize("estimator", ["bar", "antithetic", "spsa", "white_box", "cma"])
 def test_plan_matches_what_is_sent(mapping: str, estimator: str) -> None:
     t = make(mapping=mapping, estimator=estimator)
     plan = t.planned_queries()
@@ -142,13 +142,16 @@ def test_results_are_the_best_program_and_the_baselines_on_the_test_set(mapping:
     assert set(t.baselines) == {"frequency", "probe"}
 
 
-def test_resume_from_serialised_state_is_bit_identical() -> None:
-    straight = make(mapping="learned")
+@pytest.mark.parametrize("estimator", ["antithetic", "cma"])
+def test_resume_from_serialised_state_is_bit_identical(estimator: str) -> None:
+    """CMA-ES: its search state travels in the checkpoint and its draws come from the
+    trainer's generator, so a resumed search asks the very same candidates."""
+    straight = make(mapping="learned", estimator=estimator)
     drive(straight)
     for cut in (1, 2, 3, 9, 17):
-        first = make(mapping="learned")
+        first = make(mapping="learned", estimator=estimator)
         drive(first, stop_after=cut)
-        resumed = make(mapping="learned")
+        resumed = make(mapping="learned", estimator=estimator)
         resumed.load_state(first.state_bytes())
         drive(resumed)
         np.testing.assert_array_equal(resumed.theta, straight.theta)
