@@ -270,8 +270,9 @@ class Trainer:
       early (``_stop_reason``): it goes to TEST; else to TRAIN while iterations remain.
     * ``TRAIN``: each ask is one iteration's minibatch: the estimator's K candidate
       programs applied to it (K×batch frames), or, white box, the batch under θ with
-      ``Ask.loss_grad``. The tell estimates the gradient, takes one optimiser step (CMA:
-      the search's K candidates, and its tell moves θ to the new mean; iteration += 1) and, after every ``eval_every`` iterations and after the last,
+      ``Ask.loss_grad``, or, CMA-ES, the search's K candidates. The tell estimates the
+      gradient and takes one optimiser step (CMA-ES: moves θ to the search's new mean;
+      iteration += 1) and, after every ``eval_every`` iterations and after the last,
       goes to REFIT (learned read-out) or VALIDATE. An ask after ``set_iterations``
       shortened the run goes to the evaluation first.
     * ``REFIT`` (learned read-out only): asks the training set under the current θ

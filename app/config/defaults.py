@@ -13,7 +13,7 @@ from __future__ import annotations
 import math
 from dataclasses import dataclass, field
 
-from app.config.spec import JobSpec
+from app.config.spec import JobSpec, OptimizerSpec
 from engine.mapping import labels_per_class
 
 BUDGET_DECIDES = 1_000_000  # "as many iterations as the budget allows"
@@ -33,6 +33,7 @@ VIEWS: list[str] = ["full"]
 VIEWS_MIN_LABELS = 100
 
 # The paper's settings (Tsai et al. 2020, §4): used whenever the estimator is "bar".
+ESTIMATOR_FIELDS = ("q", "beta", "lr", "optimizer", "lr_decay", "batch_size")
 PAPER = {
     "q": 25,
     "beta": 0.01,
@@ -66,6 +67,45 @@ def candidates_per_iteration(estimator: str, q: int) -> int:
     """Programs one iteration sends per image (engine.estimators: two-sided 2q, bar q + 1,
     white box 1; engine.search: CMA-ES its population q)."""
     return {"spsa": 2 * q, "antithetic": 2 * q, "bar": q + 1, "cma": q}.get(estimator, 1)
+
+
+def estimator_settings(estimator: str | None) -> list[tuple[str, object, str]]:
+    """(field, value, why) for the optimizer fields the estimator's defaults fill."""
+    if estimator == "bar":
+        return [(n, PAPER[n], "the paper's setting for BAR") for n in ESTIMATOR_FIELDS]
+    if estimator == "cma":
+        # The population sends as many candidates per iteration as the SPSA default's 2q, and
+        # is about CMA-ES's own default for d = 192 (4 + 3 ln d = 19.8).
+        unused = "not used: CMA-ES moves θ to the mean of its best candidates"
+        return [
+            ("q", 20, "CMA-ES's population: as many candidates as the default's 2q"),
+            ("beta", 0.3, "CMA-ES's initial step size σ on the coefficients, before tanh"),
+            ("lr", 1e-2, unused),
+            ("optimizer", "adam", unused),
+            ("lr_decay", 1.0, unused),
+            ("batch_size", 10, "minibatch per iteration, every candidate on the same one"),
+        ]
+    return [
+        ("q", 10, "directions per iteration"),
+        ("beta", 0.01 if estimator == "spsa" else 0.005, "smoothing radius"),
+        ("lr", 1e-2, "Adam step"),
+        ("optimizer", "adam", "adaptive steps suit noisy estimates (ZO-AdaMM)"),
+        ("lr_decay", 1.0, "no decay with Adam"),
+        ("batch_size", 10, "minibatch per iteration"),
+    ]
+
+
+def check_cma(o: OptimizerSpec) -> None:
+    """Refuse what CMA-ES cannot run: a population too small to rank, a step-size race."""
+    if o.estimator != "cma":
+        return
+    if (o.q or 0) < 2:
+        raise ValueError("optimizer.q: CMA-ES's population must be at least 2 to rank")
+    if o.lr_race:
+        raise ValueError(
+            "optimizer.lr_race: it races the gradient step's size, and CMA-ES takes no "
+            "gradient step (its step size adapts itself)"
+        )
 
 
 def step_size_race(spec: JobSpec, s: JobSpec, paper: bool) -> tuple[list[float], str]:
@@ -151,28 +191,11 @@ def resolve(spec: JobSpec, facts: Facts) -> tuple[JobSpec, list[str]]:
     o = s.optimizer
     paper = o.estimator == "bar"
     choose(o, "estimator", "spsa", "fewest queries per accuracy point in BENCHMARKS.md")
+    for name, value, why in estimator_settings(o.estimator):
+        choose(o, name, value, why)
     if paper:
-        for name in ("q", "beta", "lr", "optimizer", "lr_decay", "batch_size"):
-            choose(o, name, PAPER[name], "the paper's setting for BAR")
         choose(s.program, "basis", "pixel", "the paper's full-resolution program")
-    elif o.estimator == "cma":
-        # The population sends as many candidates per iteration as the SPSA default's 2q, and
-        # is about CMA-ES's own default for d = 192 (4 + 3 ln d = 19.8).
-        choose(o, "q", 20, "CMA-ES's population: as many candidates as the default's 2q")
-        choose(o, "beta", 0.3, "CMA-ES's initial step size σ on the coefficients, before tanh")
-        unused = "not used: CMA-ES moves θ to the mean of its best candidates"
-        for name, value in (("lr", 1e-2), ("optimizer", "adam"), ("lr_decay", 1.0)):
-            choose(o, name, value, unused)
-        choose(o, "batch_size", 10, "minibatch per iteration, every candidate on the same one")
-        choose(s.program, "basis", "bilinear", "a low-resolution program needs far fewer queries")
-    else:
-        choose(o, "q", 10, "directions per iteration")
-        choose(o, "beta", 0.01 if o.estimator == "spsa" else 0.005, "smoothing radius")
-        choose(o, "lr", 1e-2, "Adam step")
-        choose(o, "optimizer", "adam", "adaptive steps suit noisy estimates (ZO-AdaMM)")
-        choose(o, "lr_decay", 1.0, "no decay with Adam")
-        choose(o, "batch_size", 10, "minibatch per iteration")
-        choose(s.program, "basis", "bilinear", "a low-resolution program needs far fewer queries")
+    choose(s.program, "basis", "bilinear", "a low-resolution program needs far fewer queries")
     choose(s.program, "input_size", 128, "the frame size the oracle sees")
     choose(
         s.program,
@@ -230,13 +253,7 @@ def resolve(spec: JobSpec, facts: Facts) -> tuple[JobSpec, list[str]]:
         else "programs are scored on a stratified share of the labelled images held out to "
         "validate on (the frequency mapping cannot be cross-fitted)",
     )
-    if o.estimator == "cma" and (o.q or 0) < 2:
-        raise ValueError("optimizer.q: CMA-ES's population must be at least 2 to rank")
-    if o.lr_race and o.estimator == "cma":
-        raise ValueError(
-            "optimizer.lr_race: it races the gradient step's size, and CMA-ES takes no "
-            "gradient step (its step size adapts itself)"
-        )
+    check_cma(o)
     if o.lr_race and d.validation != "cross_fit":
         raise ValueError(
             "optimizer.lr_race: it races cross-fitted programs, so it needs data.validation "

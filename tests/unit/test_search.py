@@ -29,9 +29,7 @@ def test_it_descends_on_a_noisy_quadratic_from_ranks_alone() -> None:
 
 def test_its_draws_come_from_the_given_generator() -> None:
     a, b = CmaSearch(12, 6, 0.3), CmaSearch(12, 6, 0.3)
-    np.testing.assert_array_equal(
-        a.ask(np.random.default_rng(5)), b.ask(np.random.default_rng(5))
-    )
+    np.testing.assert_array_equal(a.ask(np.random.default_rng(5)), b.ask(np.random.default_rng(5)))
     assert not np.array_equal(a.ask(np.random.default_rng(5)), a.ask(np.random.default_rng(6)))
 
 
