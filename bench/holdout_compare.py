@@ -33,6 +33,7 @@ CONFIG_VERSIONS = {
     "patience10": "cross-fitted, patience 10",
     "views": "cross-fitted, with the full view",
     "views_prob": "cross-fitted, the full view chosen by probabilities",
+    "cma": "cross-fitted, CMA-ES",
 }
 
 #: The default with the probability-chosen full view on the oracles of 1,000 labels only
