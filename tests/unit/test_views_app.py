@@ -40,7 +40,7 @@ def test_the_full_view_is_the_default_on_cross_fitted_jobs_of_wide_oracles(monke
     assert any("beats the linear probe's single view on validation" in n for n in notes)
     s, notes = resolve(spec(), TINY)  # 6 labels
     assert s.mapping.views == [] and any(n.startswith("mapping.views = []") for n in notes)
-    assert any("on an oracle of 6 labels the full view can fall below" in n for n in notes)
+    assert any("an oracle of 6 labels, under 100: the full view was measured" in n for n in notes)
     own_val = Facts(**{**WIDE.__dict__, "n_val": 9})
     s, notes = resolve(spec(), own_val)
     assert s.data.validation == "holdout" and s.mapping.views == []
