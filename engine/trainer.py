@@ -846,15 +846,15 @@ class Trainer:
         center: int | None = None
         if self.search is not None:
             self.theta = self.search.tell(losses)  # the new mean: no gradient, no optimiser
-        elif self.estimator is None:
-            if input_grad is None:
-                raise ValueError("the white-box estimator needs the input gradient")
-            grad = self.program.backprop(pending["base"], self.theta, input_grad)
-            center = 0
-            self.theta = self.optimizer.step(self.theta, grad)
         else:
-            grad = self.estimator.tell(losses)
-            center = self.estimator.center_index
+            if self.estimator is None:
+                if input_grad is None:
+                    raise ValueError("the white-box estimator needs the input gradient")
+                grad = self.program.backprop(pending["base"], self.theta, input_grad)
+                center = 0
+            else:
+                grad = self.estimator.tell(losses)
+                center = self.estimator.center_index
             self.theta = self.optimizer.step(self.theta, grad)
         self._pending = None
         if c.remap_every and c.mapping == "frequency":
