@@ -277,8 +277,6 @@ def worker(
     from app.storage.db import Database
     from app.storage.migrate import upgrade
 
-    if nice and hasattr(os, "nice"):  # a worker beside the API must not starve it (2 cores)
-        os.nice(nice)
     # Operators read a worker's log: which jobs it took, resumed, finished (never secrets).
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s %(message)s")
 
@@ -289,6 +287,10 @@ def worker(
             "embedded SQLite mode `reprogram serve` runs the jobs itself"
         )
     upgrade(settings.db_url)
+    # Only once the settings are known to be good: a refused start changes nothing, not even
+    # the priority of the process that asked (a test runner invoking the CLI in-process).
+    if nice and hasattr(os, "nice"):  # a worker beside the API must not starve it (2 cores)
+        os.nice(nice)
     run_worker(settings, Database(settings.db_url), concurrency)
 
 

@@ -219,6 +219,7 @@ def test_a_secret_never_leaves_the_credentials_table_in_clear(settings, small_np
 
 
 def test_production_mode_refuses_to_start_without_a_server_key(tmp_path, monkeypatch):
+    niceness = os.nice(0)
     for key in [k for k in os.environ if k.startswith("REPROGRAM_")]:
         monkeypatch.delenv(key)
     data = tmp_path / "data"
@@ -233,6 +234,7 @@ def test_production_mode_refuses_to_start_without_a_server_key(tmp_path, monkeyp
         assert res.exit_code == 2, (command, res.output)
         assert "REPROGRAM_SECRET_KEY" in res.output and "Traceback" not in res.output
     assert not data.exists()  # refused before anything was created
+    assert os.nice(0) == niceness  # nor was the process's priority lowered (`worker`)
     monkeypatch.setenv("REPROGRAM_SECRET_KEY", "a-server-key")
     assert Settings().mode == "production"
 
