@@ -95,6 +95,28 @@ def estimator_settings(estimator: str | None) -> list[tuple[str, object, str]]:
     ]
 
 
+#: The frames one training iteration holds at once (candidates × minibatch, float32 RGB at
+#: the frame's size) may take at most this much memory: the default takes 39 MB (20 × 10
+#: frames of 128²); q = 1,000 with a minibatch of 1,024 would want hundreds of GB and kill
+#: the worker, so such a spec is refused when it is submitted.
+MAX_ITERATION_BYTES = 512 * 2**20
+
+
+def check_iteration_size(s: JobSpec, n_train: int) -> None:
+    """Refuse a spec whose training iteration could not be held in memory."""
+    o, side = s.optimizer, s.program.input_size or 128
+    images = min(o.batch_size or 10, max(1, n_train))
+    frames = images * candidates_per_iteration(o.estimator or "", o.q or 1)
+    need = frames * side * side * 3 * 4
+    if need > MAX_ITERATION_BYTES:
+        raise ValueError(
+            f"optimizer.q: one training iteration would hold {frames:,} frames of "
+            f"{side}×{side} ({need / 2**20:,.0f} MiB: the candidates of q = {o.q} on "
+            f"{images} images), above the {MAX_ITERATION_BYTES // 2**20} MiB limit; lower "
+            "optimizer.q or optimizer.batch_size"
+        )
+
+
 def check_cma(o: OptimizerSpec) -> None:
     """Refuse what CMA-ES cannot run: a population too small to rank, a step-size race."""
     if o.estimator != "cma":
@@ -255,6 +277,7 @@ def resolve(spec: JobSpec, facts: Facts) -> tuple[JobSpec, list[str]]:
         "validate on (the frequency mapping cannot be cross-fitted)",
     )
     check_cma(o)
+    check_iteration_size(s, facts.n_train + facts.n_val)
     if o.lr_race and d.validation != "cross_fit":
         raise ValueError(
             "optimizer.lr_race: it races cross-fitted programs, so it needs data.validation "

@@ -314,6 +314,10 @@ JOBS: dict[str, tuple[Callable[[dict[str, str]], dict[str, Any]], str]] = {
         lambda i: torch_job(i, optimizer={"estimator": "cma", "q": 1}),
         "optimizer.q",
     ),
+    "an iteration too large to hold": (
+        lambda i: torch_job(i, optimizer={"q": 1000, "batch_size": 1024}),
+        "optimizer.q",
+    ),
     "gamma huge": (lambda i: torch_job(i, loss={"gamma": 11}), "loss.gamma"),
     "zero queries": (lambda i: torch_job(i, budget={"max_queries": 0}), "budget.max_queries"),
     "queries beyond 64 bits": (

@@ -119,3 +119,15 @@ def test_cma_es_gets_its_own_population_and_step_and_says_what_it_does_not_use()
         resolve(spec(optimizer={"estimator": "cma", "q": 1}), TINY)
     with pytest.raises(ValueError, match=r"^optimizer\.lr_race: .*CMA-ES takes no gradient"):
         resolve(spec(optimizer={"estimator": "cma", "lr_race": [0.003]}), TINY)
+
+
+def test_an_iteration_too_large_to_hold_in_memory_is_refused_naming_the_limit() -> None:
+    """q and the minibatch multiply: 2,000 candidates on 30 images at 128² is 11 GiB of
+    frames in one iteration, refused before a worker would die of it; the minibatch counts
+    only up to the training images there are, and the default is far below the limit."""
+    with pytest.raises(ValueError, match=r"^optimizer\.q: one training iteration would hold "
+                       r"60,000 frames of 128×128 \(11,250 MiB"):  # fmt: skip
+        resolve(spec(optimizer={"q": 1000, "batch_size": 1024}), TINY)
+    resolve(spec(optimizer={"q": 200, "batch_size": 1024}), Facts(1000, 3, 3, "torch"))
+    s, _ = resolve(spec(), TINY)
+    assert s.optimizer.q == 10 and s.optimizer.batch_size == 10  # 200 frames, 39 MB
