@@ -24,7 +24,7 @@ import numpy as np
 import torch
 
 from adapters.base import Answer, GradientOracle, validate_images
-from adapters.errors import ConfigurationError
+from adapters.errors import ConfigurationError, MalformedAnswer
 from adapters.label_groups import fold_matrix, imagenet_labels
 
 BUNDLED = "efficientnet-lite0"
@@ -198,7 +198,23 @@ class TorchOracle(GradientOracle):
                     chunk = np.concatenate([chunk, pad])
                 out.append(self._probs(self._to_tensor(chunk))[:n].double().cpu().numpy())
         probs = np.concatenate(out) if out else np.zeros((0, len(self.labels)))
-        return Answer(probs=probs)
+        return Answer(probs=self._checked(probs))
+
+    def _checked(self, probs: np.ndarray) -> np.ndarray:
+        """The answer as promised: finite, and (a model said to output probabilities) within
+        [0, 1] up to float32 rounding. A user's TorchScript file that returns raw scores or
+        NaN would otherwise train a program on log(negative) and fail far from the cause."""
+        if not np.isfinite(probs).all():
+            raise MalformedAnswer(
+                "the model answered a non-finite score (NaN or infinity)", provider=self.provider
+            )
+        if len(probs) and (probs.min() < -1e-6 or probs.max() > 1.0 + 1e-6):
+            raise MalformedAnswer(
+                f"the model's outputs are not probabilities (from {probs.min():.3g} to "
+                f"{probs.max():.3g}); declare oracle.outputs 'logits' if they are scores",
+                provider=self.provider,
+            )
+        return probs
 
     def predict_with_input_grad(
         self, images: np.ndarray, loss_grad: Callable[[np.ndarray], tuple[float, np.ndarray]]
@@ -207,7 +223,7 @@ class TorchOracle(GradientOracle):
         with self._lock:
             x = self._to_tensor(images).requires_grad_(True)
             probs = self._probs(x)
-            p = probs.detach().double().cpu().numpy()
+            p = self._checked(probs.detach().double().cpu().numpy())
             _, g = loss_grad(p)
             probs.backward(torch.as_tensor(g, dtype=probs.dtype, device=self.device))
             assert x.grad is not None

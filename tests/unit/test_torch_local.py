@@ -103,6 +103,40 @@ def test_torchscript_models_load_and_bad_files_are_refused(tmp_path) -> None:
         TorchOracle(str(tmp_path / "missing.pt"), input_size=8)
 
 
+def test_answers_that_are_not_probabilities_are_refused_naming_the_fix(tmp_path) -> None:
+    """A TorchScript file declared to output probabilities that returns raw scores, or any
+    model that returns NaN, is a MalformedAnswer naming the problem, not a job trained on
+    log(negative)."""
+    from adapters.errors import MalformedAnswer
+
+    class Scores(torch.nn.Module):
+        def forward(self, x: torch.Tensor) -> torch.Tensor:
+            return x.mean(dim=(2, 3)) * 10.0 - 5.0  # -5 … 5: scores, not probabilities
+
+    class Nan(torch.nn.Module):
+        def forward(self, x: torch.Tensor) -> torch.Tensor:
+            return x.mean(dim=(2, 3)) * float("nan")
+
+    paths = {}
+    for name, module in (("scores", Scores()), ("nan", Nan())):
+        paths[name] = tmp_path / f"{name}.pt"
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore", DeprecationWarning)
+            torch.jit.script(module).save(str(paths[name]))
+    x = np.full((2, 8, 8, 3), 0.9, np.float32)
+    said = TorchOracle(str(paths["scores"]), input_size=8, outputs="probabilities")
+    with pytest.raises(MalformedAnswer, match=r"not probabilities .*'logits'"):
+        said.predict(x)
+    with pytest.raises(MalformedAnswer, match="not probabilities"):
+        said.predict_with_input_grad(x, lambda p: (0.0, np.zeros_like(p)))
+    as_logits = TorchOracle(str(paths["scores"]), input_size=8, outputs="logits")
+    np.testing.assert_allclose(as_logits.predict(x).probs.sum(axis=1), 1.0, rtol=1e-6)
+    for outputs in ("logits", "probabilities"):
+        nan = TorchOracle(str(paths["nan"]), input_size=8, outputs=outputs)
+        with pytest.raises(MalformedAnswer, match="non-finite"):
+            nan.predict(x)
+
+
 def test_input_gradient_matches_finite_differences() -> None:
     oracle = TorchOracle(input_size=32)
     x = np.random.default_rng(2).random((1, 32, 32, 3), dtype=np.float32)
