@@ -32,8 +32,10 @@ LR_RACE: list[float] = []
 VIEWS: list[str] = ["full"]
 VIEWS_MIN_LABELS = 100
 
-# The paper's settings (Tsai et al. 2020, §4): used whenever the estimator is "bar".
+#: The optimizer fields whose defaults depend on the estimator (``estimator_settings``).
 ESTIMATOR_FIELDS = ("q", "beta", "lr", "optimizer", "lr_decay", "batch_size")
+
+# The paper's settings (Tsai et al. 2020, §4): used whenever the estimator is "bar".
 PAPER = {
     "q": 25,
     "beta": 0.01,
