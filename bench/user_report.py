@@ -160,13 +160,28 @@ def margin_table(r: Rows, held_out: bool) -> list[str]:
     return out
 
 
+def _matched_margins(r: Rows, pair: str, config: str) -> tuple[list[float], list[float]]:
+    """The default's and ``config``'s margins at 60k on the seeds both have: a white-box
+    ceiling of one seed against the default's mean over three would compare splits, not
+    methods."""
+    d = r.by.get((pair, "default", 60_000), {})
+    w = r.by.get((pair, config, 60_000), {})
+    seeds = sorted(s for s in d.keys() & w.keys() if d[s].get("probe") is not None)
+    return (
+        [d[s]["test_accuracy"] - d[s]["probe"] for s in seeds],
+        [w[s]["test_accuracy"] - w[s]["probe"] for s in seeds],
+    )
+
+
 def gap_closed(r: Rows, pair: str) -> float | None:
-    d = r.margins(pair, "default", 60_000)
+    """The share of the probe → best white-box gap the default closes at 60k, capped at 1 so
+    that a pair where the default beats the white box cannot hide another that falls short;
+    None where nothing is measured or the white box does not beat the probe."""
     best_name, _ = r.best_white_box(pair, 60_000)
-    w = r.margins(pair, best_name, 60_000) if best_name else []
-    if not d or not w or mean(w) <= 0:
+    d, w = _matched_margins(r, pair, best_name) if best_name else ([], [])
+    if not d or mean(w) <= 0:
         return None
-    return mean(d) / mean(w)
+    return min(1.0, mean(d) / mean(w))
 
 
 def gap_closed_txt(r: Rows, pair: str) -> str:
@@ -174,8 +189,13 @@ def gap_closed_txt(r: Rows, pair: str) -> str:
     if g is not None:
         return f"{g * 100:.0f} %"
     best_name, _ = r.best_white_box(pair, 60_000)
-    w = r.margins(pair, best_name, 60_000) if best_name else []
+    _, w = _matched_margins(r, pair, best_name) if best_name else ([], [])
     return "no gap (WB ≤ probe)" if w and mean(w) <= 0 else "–"
+
+
+def white_box_complete(r: Rows, pair: str) -> bool:
+    """Every program resolution measured at 60k: only then is the best of them the ceiling."""
+    return all(r.acc(pair, c, 60_000) for c in WHITE_BOX)
 
 
 def verdict(ok: bool | None) -> str:
@@ -271,18 +291,19 @@ def targets(r: Rows) -> list[str]:
     # 4. at 60k, ≥ half the gap from the probe to the best white box closed, on average
     gaps = {n: gap_closed(r, n) for n in names}
     have_g = [g for g in gaps.values() if g is not None]
-    measured = [
-        n for n in names if r.margins(n, "default", 60_000) and r.best_white_box(n, 60_000)[0]
-    ]
+    measured = [n for n in names if _matched_margins(r, n, r.best_white_box(n, 60_000)[0] or "")[0]]
+    complete = [n for n in names if white_box_complete(r, n) and n in measured]
     if not have_g:
         ok4 = None
         txt = "not yet measured"
     else:
         m = mean(have_g)
-        ok4 = (m >= 0.5) if len(measured) == len(names) else None
+        ok4 = (m >= 0.5) if len(complete) == len(names) else None
         txt = (
             f"{m * 100:.0f} % on average over {len(have_g)} pairs with a gap "
-            f"({len(measured)} of {len(names)} pairs measured)"
+            f"({len(measured)} of {len(names)} pairs measured, {len(complete)} of them at "
+            f"every program resolution; the default and the white box on the same seeds, "
+            f"each pair capped at 100 %)"
         )
     out.append(
         f"4. *At 60k, ≥ half of the gap from the probe to the best white-box AR closed, on "
