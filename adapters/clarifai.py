@@ -51,7 +51,7 @@ REPIN_S = 300.0  # a pinned channel resolves and checks its host again this ofte
 _REQUEST_ID = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._:/-]{0,99}$")
 
 S = status_code_pb2
-_THROTTLED = frozenset({S.CONN_THROTTLED, S.CONN_EXCEED_HOURLY_LIMIT, S.CONN_EXCEEDS_LIMITS})
+_THROTTLED = frozenset({S.CONN_THROTTLED, S.CONN_EXCEEDS_LIMITS})
 _AUTH = frozenset({
     S.CONN_ACCOUNT_ISSUES, S.CONN_TOKEN_INVALID, S.CONN_CREDENTIALS_INVALID,
     S.CONN_EXCEED_MONTHLY_LIMIT, S.CONN_INSUFFICIENT_SCOPES, S.CONN_KEY_INVALID,
@@ -115,6 +115,8 @@ def status_error(
     kw: dict = {"provider": PROVIDER, "request_id": request_id, "status": code}
     if code in _THROTTLED:
         return errors.Throttled(message, **kw)  # Clarifai gives no Retry-After
+    if code == S.CONN_EXCEED_HOURLY_LIMIT:
+        return errors.QuotaExhausted(message, **kw)
     if code in _AUTH:
         return errors.AuthFailed(message, **kw)
     if code in _NOT_FOUND:

@@ -47,6 +47,14 @@ class Throttled(OracleError):
         self.retry_after = retry_after
 
 
+class QuotaExhausted(OracleError):
+    """The credential's request quota for this period is used up (Clarifai's hourly limit).
+
+    Not retryable within a request's retries: seconds of backoff cannot renew an hourly
+    quota. A job that meets it waits for the quota instead of failing (``Settings
+    .quota_wait_seconds``): back to the queue in the service, asleep in ``reprogram train``."""
+
+
 class TransientUpstreamError(OracleError):
     """The provider failed in a way that may pass (5xx, unavailable, timeout)."""
 

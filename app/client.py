@@ -107,6 +107,7 @@ class Job:
     max_cost_usd: float | None = None
     metrics: dict[str, Any] = field(default_factory=dict)
     error: str | None = None
+    waiting: dict[str, Any] | None = None  # {until, reason} while it waits for a quota
     choices: list[str] = field(default_factory=list)
     result: dict[str, Any] | None = None
     data: dict[str, Any] = field(default_factory=dict, repr=False)
@@ -135,6 +136,7 @@ class Job:
             max_cost_usd=spend.get("max_cost_usd"),
             metrics=dict(d.get("metrics") or {}),
             error=d.get("error"),
+            waiting=d.get("waiting"),
             choices=list(d.get("choices") or []),
             result=d.get("result"),
             data=dict(d),

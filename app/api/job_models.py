@@ -23,6 +23,11 @@ class Spend(BaseModel):
     max_cost_usd: float | None
 
 
+class Waiting(BaseModel):
+    until: str = Field(description="when the job may run again (ISO 8601)")
+    reason: str | None = Field(description="why it waits, e.g. the oracle's hourly quota")
+
+
 class JobOut(BaseModel):
     """The contract's job object, plus what was chosen and the result."""
 
@@ -35,6 +40,10 @@ class JobOut(BaseModel):
     spend: Spend
     metrics: dict[str, Any] = Field(description="the latest metrics row ({} before the first)")
     error: str | None
+    waiting: Waiting | None = Field(
+        default=None,
+        description="set while a queued job waits for its oracle's quota to renew",
+    )
     dataset_id: str | None
     oracle: str = Field(description="the oracle's kind: torch, clarifai or customvision")
     choices: list[str] = Field(description="each open field of the spec, as chosen, and why")

@@ -59,6 +59,8 @@ VIEW_COLUMNS = (
     Job.result,
     Job.created_at,
     Job.finished_at,
+    Job.not_before,
+    Job.waiting,
 )
 ASYNC_CONNECTIONS = 8  # per API process, PostgreSQL
 FINAL = frozenset({"succeeded", "failed", "cancelled", "budget_exhausted"})

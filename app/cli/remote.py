@@ -59,6 +59,8 @@ def _info(job: Job) -> str:
     row = job.metrics
     budget = f"/{job.max_queries:,}" if job.max_queries else ""
     text = f"queries {job.queries:,}{budget}"
+    if job.waiting:
+        return f"{text}  waiting for the oracle's quota until {job.waiting.get('until')}"
     if row.get("loss") is not None:
         text += f"  loss {row['loss']:.3f}"
     if row.get("val_acc") is not None:

@@ -41,6 +41,11 @@ class Settings(BaseSettings):
     max_upload_pixels: int = Field(default=256_000_000, ge=1)  # one data set
     max_predict_pixels: int = Field(default=64_000_000, ge=1)  # one predict request
     job_poll_seconds: float = 0.5
+    # A job whose oracle says its quota for the period is used up (Clarifai's hourly limit,
+    # adapters.errors.QuotaExhausted) waits this long, then tries again from its last
+    # checkpoint; after max_quota_waits waits in a row it fails, naming the limit.
+    quota_wait_seconds: float = Field(default=600.0, ge=0)
+    max_quota_waits: int = Field(default=12, ge=0)
     # GET /v1/jobs/{id}/events: how often each API process reads the watched jobs (one
     # statement for all of them) to push their changes.
     events_poll_seconds: float = Field(default=0.5, gt=0)

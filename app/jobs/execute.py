@@ -15,6 +15,7 @@ import time
 from pathlib import Path
 from typing import Any
 
+from adapters.errors import QuotaExhausted
 from app.config.settings import Settings
 from app.config.spec import JobSpec
 from app.data.loading import DataError
@@ -138,7 +139,33 @@ def execute_job(
     except Exception as err:  # a bug: record it on the job instead of losing the job
         log.exception("job %s crashed", job_id)
         error = err
+    if isinstance(error, QuotaExhausted):
+        if _wait_for_quota(db, settings, job_id, lease, error):
+            return Status.QUEUED
+        error = QuotaExhausted(
+            f"{error}: still used up after {settings.max_quota_waits} waits of "
+            f"{settings.quota_wait_seconds:g} s without progress",
+            provider=error.provider,
+        )
     return _finish(db, settings, job_id, lease, prepared, error, time.monotonic() - start)
+
+
+def _wait_for_quota(
+    db: Database, settings: Settings, job_id: str, lease: str, error: QuotaExhausted
+) -> bool:
+    """Back to the queue until the quota may have renewed; False when the job has waited
+    ``max_quota_waits`` times in a row already."""
+    until = lifecycle.wait_for_quota(
+        db,
+        job_id,
+        lease,
+        seconds=settings.quota_wait_seconds,
+        max_waits=settings.max_quota_waits,
+        reason=f"the oracle's quota is used up ({error}); the job resumes from its last checkpoint",
+    )
+    if until is not None:
+        log.warning("job %s: %s; waiting until %s", job_id, error, until.isoformat())
+    return until is not None
 
 
 def _load(db: Database, settings: Settings, job: Job) -> tuple[Any, Credential | None, Any]:

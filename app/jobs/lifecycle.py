@@ -5,6 +5,8 @@
     queued ──claim──▶ running ──finish──▶ succeeded | failed | cancelled | budget_exhausted
       ▲                  │
       └──── requeue ─────┘  (its process died: lease gone stale, or the queue said so)
+      └─ wait_for_quota ─┘  (the oracle's quota is used up: queued, claimable again
+                              from not_before; production's wake_due defers it then)
     queued ──cancel──▶ cancelled           running + stale + cancel requested ──▶ cancelled
 
 One execution at a time holds a job's *lease* (a random token). While it runs, a heartbeat
@@ -80,6 +82,8 @@ def claim(db: Database, job_id: str, lease: str, *, force: bool = False) -> Job 
             return None
         if job.status == Status.RUNNING and not (force or _is_stale(job)):
             return None
+        if job.status == Status.QUEUED and not _due(job):
+            return None  # waiting for its oracle's quota; woken when it is due
         cond = [Job.id == job_id, Job.status == job.status]
         cond.append(Job.lease.is_(None) if job.lease is None else Job.lease == job.lease)
         if job.cancel_requested:
@@ -96,6 +100,8 @@ def claim(db: Database, job_id: str, lease: str, *, force: bool = False) -> Job 
                 started_at=job.started_at or utcnow(),
                 # The previous holder is dead: what it had reserved will never settle.
                 reserved_queries=0,
+                not_before=None,
+                waiting=None,
             )
         ).rowcount
         return s.get(Job, job_id) if won else None
@@ -107,6 +113,8 @@ def _cancelled_values() -> dict[str, Any]:
         "lease": None,
         "reserved_queries": 0,
         "finished_at": utcnow(),
+        "not_before": None,
+        "waiting": None,
     }
 
 
@@ -152,6 +160,7 @@ def record_progress(
             ckpt.state, ckpt.iteration, ckpt.updated_at = state, iteration, utcnow()
         job.iteration, job.iterations = iteration, iterations
         job.heartbeat_at = utcnow()
+        job.quota_waits = 0  # it progressed: the quota it waited for came back
         if metrics_row is not None:
             row = metrics_row(job)
             s.add(MetricRow(job_id=job_id, seq=seq, row=row))
@@ -256,10 +265,64 @@ def requeue_stale(db: Database) -> list[str]:
     return ids
 
 
-def next_queued(db: Database, exclude: set[str]) -> str | None:
-    """The oldest queued job not in ``exclude``."""
+def _due(job: Job) -> bool:
+    return job.not_before is None or _aware(job.not_before) <= utcnow()
+
+
+def wait_for_quota(
+    db: Database, job_id: str, lease: str, *, seconds: float, max_waits: int, reason: str
+) -> datetime | None:
+    """Put a running job back in the queue until ``seconds`` from now, because its oracle's
+    quota is used up (``reason``, in words); its checkpoint stays, so it resumes where it
+    was. Returns when it may run again, or None when it has already waited ``max_waits``
+    times without progress (then the caller fails it)."""
+    until = utcnow() + timedelta(seconds=seconds)
     with db.session() as s:
-        query = select(Job.id).where(Job.status == Status.QUEUED, ~Job.cancel_requested)
+        won = s.execute(
+            update(Job)
+            .where(Job.id == job_id, Job.lease == lease, Job.quota_waits < max_waits)
+            .values(
+                status=Status.QUEUED,
+                lease=None,
+                reserved_queries=0,
+                not_before=until,
+                waiting=reason,
+                quota_waits=Job.quota_waits + 1,
+            )
+        ).rowcount
+    return until if won else None
+
+
+def due_waiting(db: Database) -> list[tuple[str, datetime]]:
+    """Queued jobs whose wait for their quota is over: (id, not_before) each."""
+    with db.session() as s:
+        rows = s.execute(
+            select(Job.id, Job.not_before).where(
+                Job.status == Status.QUEUED, Job.not_before.is_not(None), Job.not_before <= utcnow()
+            )
+        )
+        return [(job_id, when) for job_id, when in rows]
+
+
+def woken(db: Database, job_id: str, not_before: datetime) -> None:
+    """A due job has been handed to the queue: clear its wait (only the one that was due,
+    should it have waited again since)."""
+    with db.session() as s:
+        s.execute(
+            update(Job)
+            .where(Job.id == job_id, Job.not_before == not_before)
+            .values(not_before=None, waiting=None)
+        )
+
+
+def next_queued(db: Database, exclude: set[str]) -> str | None:
+    """The oldest queued job not in ``exclude`` and not waiting for its oracle's quota."""
+    with db.session() as s:
+        query = select(Job.id).where(
+            Job.status == Status.QUEUED,
+            ~Job.cancel_requested,
+            Job.not_before.is_(None) | (Job.not_before <= utcnow()),
+        )
         if exclude:
             query = query.where(Job.id.not_in(exclude))
         return s.scalar(query.order_by(Job.created_at).limit(1))

@@ -5,6 +5,7 @@
 
 from __future__ import annotations
 
+import logging
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -12,6 +13,7 @@ from typing import Any
 
 import numpy as np
 
+from adapters.errors import QuotaExhausted
 from app.config.settings import Settings
 from app.config.spec import JobSpec
 from app.data.loading import Dataset
@@ -19,6 +21,8 @@ from app.jobs import runner
 from app.jobs.accounting import MemoryLedger, query_cap
 from app.jobs.oracles import SecretResolver, open_oracle, secret_from_env
 from engine.trainer import Event, Trainer
+
+log = logging.getLogger("reprogram.local")
 
 
 @dataclass
@@ -44,8 +48,10 @@ class _Hooks:
         self.job, self.ledger, self.on_row, self.should_stop = job, ledger, on_row, should_stop
         self.rows: list[dict[str, Any]] = []
         self.metrics = runner.MetricRows()
+        self.checkpoint = job.trainer.state_bytes()  # where a wait for the quota resumes
 
     def after_tell(self, trainer: Trainer, event: Event | None) -> None:
+        self.checkpoint = trainer.state_bytes()
         if event is None:
             return
         totals = self.ledger.totals
@@ -69,6 +75,7 @@ def run_local(
     on_row: ProgressFn | None = None,
     on_prepared: Callable[[runner.PreparedJob], None] | None = None,
     should_stop: Callable[[], bool] = lambda: False,
+    sleep: Callable[[float], None] = time.sleep,
 ) -> LocalRun:
     """Run ``spec`` on ``dataset`` to the end. Configuration problems raise before any
     query is spent (ConfigurationError, DataError, PlanError); a failure mid-run ends in a
@@ -88,10 +95,38 @@ def run_local(
         if on_prepared is not None:
             on_prepared(job)
         hooks = _Hooks(job, ledger, on_row, should_stop)
-        error = runner.run_to_end(job.trainer, dispatcher, hooks)
+        error = _run_waiting_for_quota(job, dispatcher, hooks, settings, sleep)
         job.cache_hits = dict(dispatcher.cache_hits)
     status = runner.final_status(job, error)
     result = runner.summarize(job, ledger.totals.as_dict(), status, time.monotonic() - start)
     if status == "failed":
         result["error"] = runner.error_message(error)
     return LocalRun(result, hooks.rows, runner.program_of(job))
+
+
+def _run_waiting_for_quota(
+    job: runner.PreparedJob,
+    dispatcher: Any,
+    hooks: _Hooks,
+    settings: Settings,
+    sleep: Callable[[float], None],
+) -> BaseException | None:
+    """``run_to_end``; when the oracle's quota for the period is used up, sleep
+    ``quota_wait_seconds`` and go on from the last tell (as the service's worker goes on from
+    its checkpoint), up to ``max_quota_waits`` times in a row without progress."""
+    waits = 0
+    while True:
+        told = job.trainer.told
+        error = runner.run_to_end(job.trainer, dispatcher, hooks)
+        if not isinstance(error, QuotaExhausted) or hooks.should_stop():
+            return error
+        waits = 1 if job.trainer.told > told else waits + 1
+        if waits > settings.max_quota_waits:
+            return QuotaExhausted(
+                f"{error}: still used up after {settings.max_quota_waits} waits of "
+                f"{settings.quota_wait_seconds:g} s without progress",
+                provider=error.provider,
+            )
+        log.warning("%s; waiting %g s for it to renew", error, settings.quota_wait_seconds)
+        sleep(settings.quota_wait_seconds)
+        job.trainer.load_state(hooks.checkpoint)

@@ -7,12 +7,15 @@
 * Embedded (SQLite): ``EmbeddedRunner`` threads inside ``reprogram serve`` claim queued jobs
   from the jobs table, so the server alone is a complete service. Every few seconds it also
   requeues jobs whose lease went silent (their process died, maybe with a previous server).
+* A job waiting for its oracle's quota is queued with a ``not_before``: the embedded runner
+  skips it until then; in production the periodic ``wake_waiting`` task defers it then.
 
 State changes go through ``app.jobs.lifecycle``; this module only orchestrates.
 """
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
 import logging
 import multiprocessing as mp
@@ -60,6 +63,18 @@ def make_queue_app(settings: Settings, db: Database):  # type: ignore[no-untyped
         for job in stalled:
             log.warning("requeueing stalled job %s (%s)", job.id, job.task_name)
             await app.job_manager.retry_job(job)
+
+    # A job waiting for its oracle's quota (lifecycle.wait_for_quota) is a queued row with
+    # no queue entry; this hands it to the queue once it is due. Deferring before clearing
+    # the wait means a worker dying in between defers it twice, never zero times (claim
+    # lets only one of the two run it).
+    @app.periodic(cron="* * * * * */5", periodic_id="wake_waiting")
+    @app.task(name="wake_waiting", queue="maintenance", queueing_lock="wake_waiting")
+    async def wake_waiting(timestamp: int) -> None:
+        for job_id, when in await asyncio.to_thread(lifecycle.due_waiting, db):
+            await run_job.defer_async(job_id=job_id)
+            await asyncio.to_thread(lifecycle.woken, db, job_id, when)
+            log.info("job %s: its quota wait is over; queued", job_id)
 
     return app
 

@@ -3,6 +3,7 @@ deletion (state changes themselves are ``app.jobs.lifecycle``'s)."""
 
 from __future__ import annotations
 
+from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any, TypeVar
 
@@ -99,6 +100,10 @@ def create_job(session: Session, settings: Settings, *, tenant_id: str, spec: Jo
     return job
 
 
+def _utc(when: datetime) -> datetime:
+    return when if when.tzinfo else when.replace(tzinfo=UTC)  # SQLite gives naive UTC
+
+
 def view(job: Job) -> dict[str, Any]:
     """The contract's job object (docs/contract.md), plus what was chosen and the result."""
     return {
@@ -114,6 +119,11 @@ def view(job: Job) -> dict[str, Any]:
         },
         "metrics": job.metrics or {},
         "error": job.error,
+        "waiting": (
+            {"until": _utc(job.not_before).isoformat(), "reason": job.waiting}
+            if job.status == "queued" and job.not_before is not None
+            else None
+        ),
         "dataset_id": job.dataset_id,
         "oracle": job.provider,
         "choices": job.choices or [],

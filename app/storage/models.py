@@ -145,6 +145,11 @@ class Job(_Owned, Base):
     error: Mapped[str | None] = mapped_column(Text, nullable=True)
     started_at: Mapped[datetime | None] = _when()
     finished_at: Mapped[datetime | None] = _when()
+    # Waiting for the oracle's quota (app.jobs.lifecycle.wait_for_quota): queued, not to be
+    # claimed before not_before; why, in words; and the waits since the job last progressed.
+    not_before: Mapped[datetime | None] = _when()
+    waiting: Mapped[str | None] = mapped_column(Text, nullable=True)
+    quota_waits: Mapped[int] = mapped_column(Integer, default=0, server_default="0")
 
 
 class Checkpoint(Base):

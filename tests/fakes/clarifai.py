@@ -57,6 +57,7 @@ DESCRIPTIONS = {
     S.MIXED_STATUS: "Mixed Success",
     S.FAILURE: "Failure",
     S.CONN_THROTTLED: "Making too many requests",
+    S.CONN_EXCEED_HOURLY_LIMIT: "Exceeded hourly request limit",
     S.CONN_KEY_NOT_FOUND: "API key not found",
     S.CONN_INVALID_REQUEST: "Invalid request",
     S.MODEL_DOES_NOT_EXIST: "Model does not exist",
@@ -147,6 +148,8 @@ def _decode(blob: bytes) -> np.ndarray | None:
 class _State:
     counts: dict[str, Counts] = field(default_factory=dict)
     buckets: dict[str, TokenBucket] = field(default_factory=dict)
+    # per key: when its quota window opened, and the requests admitted in it
+    windows: dict[str, tuple[float, int]] = field(default_factory=dict)
 
 
 class FakeClarifai(FakeServer):
@@ -166,13 +169,19 @@ class FakeClarifai(FakeServer):
         workers: int = 16,
         clock: Callable[[], float] = time.monotonic,
         model: ModelKind = "network",
+        hourly_limit: int | None = None,
+        hour_seconds: float = 3600.0,
     ) -> None:
         """``model``: the fake's opinion, the bundled network or, for benchmarks that measure
-        the client, the microsecond-cheap ``tests.fakes.model.CheapModel``."""
+        the client, the microsecond-cheap ``tests.fakes.model.CheapModel``. ``hourly_limit``
+        requests per key are admitted in each window of ``hour_seconds`` (opened by the
+        key's first request after the last window closed); the rest get 11003
+        ``CONN_EXCEED_HOURLY_LIMIT``, counted as throttled. Tests shorten the hour."""
         self.host, self.port, self.admin_port = host, port, admin_port
         self.model: ModelKind = model
         self.keys = frozenset(keys)
         self.rate_limit = rate_limit  # None: unlimited
+        self.hourly_limit, self.hour_seconds = hourly_limit, hour_seconds
         self.burst = burst if burst is not None else max(1.0, rate_limit or 1.0)
         self.faults = faults or Faults()
         self.workers, self.clock = workers, clock
@@ -266,11 +275,27 @@ class FakeClarifai(FakeServer):
                 )
             elif key not in self.keys:
                 refusal = _status(S.CONN_KEY_NOT_FOUND, "", req_id)
+            elif not self._within_quota(key, self.clock()):
+                counts.throttled += 1
+                return key, self.faults, _status(S.CONN_EXCEED_HOURLY_LIMIT, "", req_id)
             elif self.rate_limit and not self._bucket(key).take(self.clock()):
                 counts.throttled += 1
                 return key, self.faults, _status(S.CONN_THROTTLED, "", req_id)
             counts.failed += refusal is not None
             return key, self.faults, refusal
+
+    def _within_quota(self, key: str, now: float) -> bool:
+        """Admit one more request of ``key`` into its hourly window (under the lock)."""
+        if self.hourly_limit is None:
+            return True
+        opened, used = self._state.windows.get(key, (now, 0))
+        if now - opened >= self.hour_seconds:
+            opened, used = now, 0
+        if used >= self.hourly_limit:
+            self._state.windows[key] = (opened, used)
+            return False
+        self._state.windows[key] = (opened, used + 1)
+        return True
 
     def _bucket(self, key: str) -> TokenBucket:
         if key not in self._state.buckets:

@@ -317,7 +317,7 @@ def test_missing_key_is_a_configuration_error():
 
 @pytest.mark.parametrize(
     ("code", "kind"),
-    [(11005, errors.Throttled), (11003, errors.Throttled), (11008, errors.AuthFailed),
+    [(11005, errors.Throttled), (11003, errors.QuotaExhausted), (11008, errors.AuthFailed),
      (11009, errors.AuthFailed), (11102, errors.AuthFailed), (21200, errors.NotFound),
      (21202, errors.NotFound), (30101, errors.BadInput), (10030, errors.TransientUpstreamError),
      (21354, errors.TransientUpstreamError), (98004, errors.TransientUpstreamError),

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import json
 
+import numpy as np
 import pytest
 
 from tests.fakes.clarifai import FakeClarifai
@@ -70,3 +71,54 @@ def test_a_wrong_key_fails_fast_with_a_clear_error(tmp_path, data, monkeypatch):
         assert fake.counts().requests == 1  # no retries of an auth failure
     assert res.exit_code == 1
     assert "AuthFailed" in res.output and "not-the-key" not in res.output
+
+
+def _run_with_hourly_limit(data, hourly_limit: int | None, sleeps: list[float], advance: bool):
+    """A job through ``run_local`` on a Clarifai fake admitting ``hourly_limit`` requests an
+    hour; each wait for the quota is recorded, and moves the fake's clock on when
+    ``advance`` (the hour passes) or not (the quota never renews)."""
+    from app.config.settings import Settings
+    from app.config.spec import JobSpec
+    from app.data.loading import load_dataset
+    from app.jobs.local import run_local
+
+    now = [0.0]
+
+    def sleep(seconds: float) -> None:
+        sleeps.append(seconds)
+        now[0] += seconds if advance else 0.0
+
+    with FakeClarifai(
+        keys=[KEY], rate_limit=None, hourly_limit=hourly_limit, clock=lambda: now[0]
+    ) as fake:
+        oracle = clarifai_oracle(fake, api_key_env="FAKE_CLARIFAI_KEY")
+        spec = JobSpec.model_validate({"oracle": oracle, **RUN})
+        settings = Settings(quota_wait_seconds=3600, max_quota_waits=2)
+        run = run_local(spec, load_dataset(data), settings=settings, sleep=sleep)
+        return run, fake.counts(KEY)
+
+
+def test_a_job_at_the_hourly_limit_waits_and_ends_as_if_it_had_not(data, monkeypatch):
+    monkeypatch.setenv("FAKE_CLARIFAI_KEY", KEY)
+    free, free_counts = _run_with_hourly_limit(data, None, [], advance=True)
+    sleeps: list[float] = []
+    limited, counts = _run_with_hourly_limit(data, 10, sleeps, advance=True)  # of 31 requests
+    assert limited.result["status"] == free.result["status"] == "succeeded"
+    # (requests in flight when the hour ran out are refused together: one wait for them)
+    assert len(sleeps) >= 2 and set(sleeps) == {3600} and counts.throttled >= len(sleeps)
+    # resumed from the last tell each time: the same program, and nothing paid twice
+    assert limited.result["queries"] == free.result["queries"] == counts.billable
+    assert limited.result["test_accuracy"] == free.result["test_accuracy"]
+    assert limited.arrays is not None and free.arrays is not None
+    np.testing.assert_array_equal(limited.arrays["P"], free.arrays["P"])
+    assert free_counts.throttled == 0
+
+
+def test_a_quota_that_never_renews_fails_the_job_naming_it(data, monkeypatch):
+    monkeypatch.setenv("FAKE_CLARIFAI_KEY", KEY)
+    sleeps: list[float] = []
+    run, counts = _run_with_hourly_limit(data, 20, sleeps, advance=False)
+    assert run.result["status"] == "failed" and len(sleeps) == 2
+    assert "CONN_EXCEED_HOURLY_LIMIT" in run.result["error"]
+    assert "still used up after 2 waits of 3600 s" in run.result["error"]
+    assert run.result["queries"] == counts.billable

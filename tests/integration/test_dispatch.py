@@ -20,7 +20,7 @@ from adapters.base import Oracle, to_uint8
 from adapters.clarifai import ClarifaiOracle
 from adapters.customvision import CustomVisionOracle
 from adapters.dispatch import Dispatcher
-from adapters.errors import AuthFailed, BadInput, BudgetExceeded
+from adapters.errors import AuthFailed, BadInput, BudgetExceeded, QuotaExhausted
 from adapters.ratelimit import SharedRateLimiter, shared_limiter
 from adapters.retry import RetryPolicy
 from app.jobs.accounting import MemoryLedger
@@ -220,6 +220,31 @@ def test_a_mixed_batch_retries_only_its_failed_inputs(fakes, dispatch):
     assert records[0].images == 24
     for before, after in itertools.pairwise(records):
         assert after.images == before.images - before.answered
+
+
+def test_clarifai_hourly_limit_is_not_retried_and_renews_with_the_hour(dispatch):
+    now = [0.0]
+    book = ledger()
+    with FakeClarifai(
+        keys={KEY}, rate_limit=None, hourly_limit=3, hour_seconds=3600, clock=lambda: now[0],
+        model="cheap",
+    ) as fake:  # fmt: skip
+        oracle = ClarifaiOracle(
+            api_key=KEY, endpoint=fake.endpoint, max_images_per_request=2, max_concurrency=1
+        )
+        dispatcher = dispatch(oracle, ledger=book)
+        dispatcher.query(colours(6), "train")  # the hour's 3 requests
+        start = time.monotonic()
+        with pytest.raises(QuotaExhausted) as caught:
+            dispatcher.query(colours(2, seed=1), "train")
+        assert time.monotonic() - start < 1.0  # no backoff: seconds cannot renew an hour
+        assert fake.counts(KEY).requests == 4  # and no retry
+        now[0] = 3600.0  # the next hour
+        dispatcher.query(colours(2, seed=1), "train")
+        c = fake.counts(KEY)
+    assert caught.value.status == 11003 and not caught.value.retryable
+    assert "CONN_EXCEED_HOURLY_LIMIT" in str(caught.value) and KEY not in str(caught.value)
+    assert (c.requests, c.throttled, c.billable) == (5, 1, 8) and book.totals.queries == 8
 
 
 # -- refusals -----------------------------------------------------------------------------------

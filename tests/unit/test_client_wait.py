@@ -80,3 +80,14 @@ def test_wait_gives_up_after_its_timeout() -> None:
     )
     with pytest.raises(TimeoutError):
         rp.wait("job_1", interval=0.01, timeout=0.1)
+
+
+def test_a_job_waiting_for_its_quota_says_so_while_it_is_watched():
+    from app.cli.remote import _info
+    from app.client import Job
+
+    waiting = {"until": "2026-12-03T23:50:00+00:00", "reason": "the oracle's quota is used up"}
+    job = Job.from_json(state(1, "queued") | {"waiting": waiting})
+    assert job.waiting == waiting
+    assert "waiting for the oracle's quota until 2026-12-03T23:50:00+00:00" in _info(job)
+    assert "waiting" not in _info(Job.from_json(state(1)))

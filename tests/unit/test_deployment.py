@@ -224,9 +224,10 @@ def test_health_endpoints_exist(tmp_path):
     assert {"/healthz", "/readyz"} <= paths
 
 
-def test_stalled_jobs_are_looked_for_every_five_seconds():
-    """The periodic requeue of a dead worker's jobs runs every 5 s, all minute long
-    (croniter reads a sixth field as seconds; the expression once ran only every 5 minutes)."""
+def test_stalled_and_waiting_jobs_are_looked_for_every_five_seconds():
+    """The periodic requeue of a dead worker's jobs, and the wake of jobs whose quota wait is
+    over, run every 5 s, all minute long (croniter reads a sixth field as seconds; the
+    expression once ran only every 5 minutes)."""
     import itertools
     from datetime import datetime
 
@@ -236,8 +237,10 @@ def test_stalled_jobs_are_looked_for_every_five_seconds():
     from app.jobs.queue import make_queue_app
 
     app = make_queue_app(Settings(secret_key="k"), db=None)  # type: ignore[arg-type]
-    (task,) = [t for t in app.periodic_registry.periodic_tasks.values()]
-    it = croniter(task.cron, datetime(2026, 1, 1, 0, 1, 2))
-    ticks = [it.get_next(datetime) for _ in range(12)]
-    gaps = {(b - a).total_seconds() for a, b in itertools.pairwise(ticks)}
-    assert gaps == {5.0}
+    tasks = app.periodic_registry.periodic_tasks.values()
+    assert sorted(t.task.name for t in tasks) == ["requeue_stalled", "wake_waiting"]
+    for task in tasks:
+        it = croniter(task.cron, datetime(2026, 1, 1, 0, 1, 2))
+        ticks = [it.get_next(datetime) for _ in range(12)]
+        gaps = {(b - a).total_seconds() for a, b in itertools.pairwise(ticks)}
+        assert gaps == {5.0}

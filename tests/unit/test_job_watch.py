@@ -31,6 +31,8 @@ def job(job_id: str, **fields: Any) -> SimpleNamespace:
         "result": None,
         "created_at": None,
         "finished_at": None,
+        "not_before": None,
+        "waiting": None,
     }
     return SimpleNamespace(**(base | fields))
 

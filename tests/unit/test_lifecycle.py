@@ -111,3 +111,51 @@ def test_the_heartbeat_keeps_a_lease_alive(db, monkeypatch):
         time.sleep(0.3)
     assert lifecycle.requeue_stale(db) == []
     assert get(db).status == Status.RUNNING
+
+
+def test_a_job_waiting_for_its_quota_is_queued_and_claimed_only_when_due(db):
+    from app.services.jobs import view
+
+    lifecycle.claim(db, "job_a", "one")
+    until = lifecycle.wait_for_quota(
+        db, "job_a", "one", seconds=60, max_waits=2, reason="hourly limit"
+    )
+    assert until is not None
+    job = get(db)
+    assert job.status == Status.QUEUED and job.lease is None and job.quota_waits == 1
+    shown = view(job)["waiting"]
+    assert shown["reason"] == "hourly limit" and shown["until"].endswith("+00:00")
+    assert lifecycle.next_queued(db, set()) is None  # the embedded runner skips it
+    assert lifecycle.claim(db, "job_a", "two") is None  # and so does a queue delivery
+    assert lifecycle.due_waiting(db) == []
+    with db.session() as s:  # the hour passes
+        s.execute(update(Job).values(not_before=utcnow() - timedelta(seconds=1)))
+    (due,) = lifecycle.due_waiting(db)
+    lifecycle.woken(db, *due)
+    assert get(db).not_before is None and lifecycle.due_waiting(db) == []
+    assert lifecycle.next_queued(db, set()) == "job_a"
+    assert lifecycle.claim(db, "job_a", "two") is not None
+    job = get(db)
+    assert job.status == Status.RUNNING and job.waiting is None and view(job)["waiting"] is None
+
+
+def test_quota_waits_are_counted_until_the_job_progresses(db):
+    def wait(lease: str) -> object:
+        return lifecycle.wait_for_quota(db, "job_a", lease, seconds=0, max_waits=2, reason="r")
+
+    lifecycle.claim(db, "job_a", "one")
+    assert wait("one") is not None
+    lifecycle.claim(db, "job_a", "two")
+    assert wait("two") is not None
+    lifecycle.claim(db, "job_a", "three")
+    assert wait("three") is None  # a third wait in a row: the caller fails the job
+    assert get(db).status == Status.RUNNING
+    lifecycle.record_progress(
+        db, "job_a", "three", iteration=1, iterations=2, state=b"", metrics_row=None, seq=0
+    )
+    assert get(db).quota_waits == 0  # progress: the quota came back
+    assert wait("three") is not None
+    with db.session() as s:  # a waiting job is cancelled at once, and no longer waits
+        lifecycle.request_cancel(s, s.get(Job, "job_a"))
+    job = get(db)
+    assert job.status == Status.CANCELLED and job.not_before is None and job.waiting is None

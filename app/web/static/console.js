@@ -348,6 +348,7 @@
       for (const [name, b] of Object.entries(baselines)) fact(dl, sentence(name), pct(b.accuracy));
       fact(dl, "Oracle", job.oracle || "–");
       fact(dl, "Data set", job.dataset_id || "–");
+      if (job.waiting) fact(dl, "Waiting", `until ${when(job.waiting.until)}: ${job.waiting.reason || ""}`);
       fact(dl, "Created", when(job.created_at));
       if (job.finished_at) fact(dl, "Finished", when(job.finished_at));
 

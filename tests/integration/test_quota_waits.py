@@ -1,0 +1,106 @@
+"""A job whose oracle's hourly quota runs out waits for it in the queue instead of failing
+(adapters.errors.QuotaExhausted, app.jobs.lifecycle.wait_for_quota): the embedded runner
+through a Clarifai fake whose quota the test renews, and production's ``wake_waiting``
+task on PostgreSQL + procrastinate. The CLI's in-process wait is in test_cloud_training."""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from datetime import timedelta
+
+import pytest
+from sqlalchemy import select, text
+
+from app.jobs import lifecycle
+from app.jobs.queue import make_queue_app
+from app.storage.db import Database
+from app.storage.migrate import upgrade
+from app.storage.models import Job, Tenant, utcnow
+from tests.fakes.clarifai import FakeClarifai
+from tests.helpers import (
+    FINAL,
+    add_credential,
+    clarifai_oracle,
+    post_job,
+    seed_job,
+    service,
+    service_settings,
+    upload,
+)
+
+KEY = "quota-waits-key-77e1"
+RUN = {
+    "program": {"input_size": 64, "target_size": 24},
+    "optimizer": {"iterations": 10, "q": 2, "batch_size": 6, "eval_every": 5},
+    "budget": {"max_queries": 3000},
+    "seed": 1,
+}
+
+
+def test_a_service_job_out_of_quota_waits_queued_then_resumes(tmp_path, small_npz):
+    # 10 requests this hour; the job sends about 30
+    with FakeClarifai(keys=[KEY], rate_limit=None, hourly_limit=10) as fake:
+        settings = service_settings(
+            tmp_path, oracle_allowed_endpoints=[fake.endpoint], quota_wait_seconds=1.0
+        )
+        with service(settings) as (client, headers):
+            ds = upload(client, headers, small_npz)
+            cred = add_credential(client, headers, KEY)
+            spec = {"dataset_id": ds["id"], "oracle": clarifai_oracle(fake, credential_id=cred)}
+            job_id = post_job(client, headers, spec | RUN)
+            seen_waiting: list[dict] = []
+            deadline = time.monotonic() + 240
+            while time.monotonic() < deadline:
+                job = client.get(f"/v1/jobs/{job_id}", headers=headers).json()
+                if job["waiting"] is not None:
+                    seen_waiting.append(job)
+                    fake.hourly_limit = None  # the next hour
+                if job["status"] in FINAL:
+                    break
+                time.sleep(0.05)
+            counts = fake.counts(KEY)
+    assert job["status"] == "succeeded", job["error"]
+    assert counts.throttled >= 1 and seen_waiting
+    waiting = seen_waiting[0]
+    assert waiting["status"] == "queued" and waiting["error"] is None
+    assert "CONN_EXCEED_HOURLY_LIMIT" in waiting["waiting"]["reason"]
+    assert waiting["waiting"]["until"].endswith("+00:00") and KEY not in str(seen_waiting)
+    assert job["spend"]["queries"] == counts.billable  # nothing paid twice over the waits
+    db = Database(settings.db_url)
+    try:
+        with db.session() as s:
+            row = s.get(Job, job_id)
+            assert row.attempts >= 2 and row.not_before is None and row.quota_waits == 0
+    finally:
+        db.dispose()
+
+
+@pytest.mark.postgres
+def test_production_wakes_a_due_job_onto_the_queue_once(pg_url, tmp_path):
+    upgrade(pg_url)
+    db = Database(pg_url)
+    try:
+        with db.session() as s:
+            s.add(Tenant(id="tn_q", name="q"))
+        due, _ = seed_job(db, "q", provider="clarifai", not_before=utcnow() - timedelta(seconds=1))
+        later, _ = seed_job(db, "q", provider="clarifai", not_before=utcnow() + timedelta(hours=1))
+        app = make_queue_app(service_settings(tmp_path, pg_url), db)
+        wake = app.tasks["wake_waiting"]
+
+        async def tick() -> None:
+            async with app.open_async():
+                await wake(timestamp=0)
+
+        asyncio.run(tick())
+        asyncio.run(tick())  # the next tick finds nothing due: not deferred twice
+        with db.session() as s:
+            queued = s.execute(
+                text("SELECT task_name, args FROM procrastinate_jobs ORDER BY id")
+            ).all()
+            waits = dict(s.execute(select(Job.id, Job.not_before)).all())
+        assert [(name, args) for name, args in queued] == [("run_job", {"job_id": due})]
+        assert waits[due] is None and waits[later] is not None
+        assert lifecycle.next_queued(db, set()) == due
+    finally:
+        db.dispose()
