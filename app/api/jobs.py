@@ -4,13 +4,14 @@ from __future__ import annotations
 
 import io
 import logging
+import math
 from typing import Annotated, Any
 
 import numpy as np
 from fastapi import APIRouter, File, HTTPException, Query, UploadFile, status
 from fastapi.responses import Response
 
-from adapters.errors import ConfigurationError, OracleError
+from adapters.errors import ConfigurationError, OracleError, QuotaExhausted
 from app.api.deps import CurrentTenant, OwnedJob, ServicesDep, SessionDep
 from app.api.errors import check_storable, deletion, refused, responses, unprocessable
 from app.api.job_models import JobCreated, JobOut, Predictions
@@ -227,6 +228,14 @@ def predict(
             labels = prog.predict(
                 images, lambda x: dispatcher.query(x, "predict"), view_images=view_images
             )
+    except QuotaExhausted as err:
+        # Not this server's fault nor the request's: the same request may pass once the
+        # oracle's quota renews, so say when a job would try again.
+        raise HTTPException(
+            status.HTTP_503_SERVICE_UNAVAILABLE,
+            f"oracle: {err}; try again later",
+            headers={"Retry-After": str(math.ceil(svc.settings.quota_wait_seconds))},
+        ) from err
     except (ConfigurationError, OracleError) as err:
         raise HTTPException(status.HTTP_502_BAD_GATEWAY, f"oracle: {err}") from err
     return {

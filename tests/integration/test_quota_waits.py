@@ -22,6 +22,7 @@ from tests.helpers import (
     FINAL,
     add_credential,
     clarifai_oracle,
+    png,
     post_job,
     seed_job,
     service,
@@ -60,6 +61,14 @@ def test_a_service_job_out_of_quota_waits_queued_then_resumes(tmp_path, small_np
                     break
                 time.sleep(0.05)
             counts = fake.counts(KEY)
+            fake.hourly_limit = 0  # used up again: a prediction is refused, saying when
+            pred = client.post(
+                f"/v1/jobs/{job_id}/predict",
+                headers=headers,
+                files=[("files", ("x.png", png(20)))],
+            )
+    assert pred.status_code == 503 and pred.headers["retry-after"] == "1"
+    assert "CONN_EXCEED_HOURLY_LIMIT" in pred.json()["detail"] and KEY not in pred.text
     assert job["status"] == "succeeded", job["error"]
     assert counts.throttled >= 1 and seen_waiting
     waiting = seen_waiting[0]
