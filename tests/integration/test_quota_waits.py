@@ -75,7 +75,7 @@ def test_a_service_job_out_of_quota_waits_queued_then_resumes(tmp_path, small_np
     assert waiting["status"] == "queued" and waiting["error"] is None
     assert "CONN_EXCEED_HOURLY_LIMIT" in waiting["waiting"]["reason"]
     assert waiting["waiting"]["until"].endswith("+00:00") and KEY not in str(seen_waiting)
-    assert job["spend"]["queries"] == counts.billable  # nothing paid twice over the waits
+    assert job["spend"]["queries"] == counts.billable  # what the provider billed, exactly
     db = Database(settings.db_url)
     try:
         with db.session() as s:
