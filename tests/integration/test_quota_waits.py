@@ -6,6 +6,7 @@ task on PostgreSQL + procrastinate. The CLI's in-process wait is in test_cloud_t
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import time
 from datetime import timedelta
 
@@ -27,6 +28,7 @@ from tests.helpers import (
     seed_job,
     service,
     service_settings,
+    start_workers,
     upload,
 )
 
@@ -39,12 +41,28 @@ RUN = {
 }
 
 
-def test_a_service_job_out_of_quota_waits_queued_then_resumes(tmp_path, small_npz):
+@pytest.mark.parametrize(
+    "backend", ["sqlite", pytest.param("postgres", marks=pytest.mark.postgres)]
+)
+def test_a_service_job_out_of_quota_waits_queued_then_resumes(
+    backend, request, tmp_path, small_npz, monkeypatch
+):
+    """Embedded (SQLite: the runner skips the job until it is due) and production
+    (PostgreSQL: a ``reprogram worker`` process, the job woken by ``wake_waiting``)."""
+    url = request.getfixturevalue("pg_url") if backend == "postgres" else None
+    monkeypatch.setenv("REPROGRAM_QUOTA_WAIT_SECONDS", "1")  # the worker process reads it
     # 10 requests this hour; the job sends about 30
-    with FakeClarifai(keys=[KEY], rate_limit=None, hourly_limit=10) as fake:
+    with (
+        FakeClarifai(keys=[KEY], rate_limit=None, hourly_limit=10) as fake,
+        contextlib.ExitStack() as stack,
+    ):
         settings = service_settings(
-            tmp_path, oracle_allowed_endpoints=[fake.endpoint], quota_wait_seconds=1.0
+            tmp_path, url, oracle_allowed_endpoints=[fake.endpoint], quota_wait_seconds=1.0
         )
+        if backend == "postgres":
+            for worker in start_workers(settings, 1, tmp_path):
+                stack.callback(worker.wait, 20)
+                stack.callback(worker.terminate)
         with service(settings) as (client, headers):
             ds = upload(client, headers, small_npz)
             cred = add_credential(client, headers, KEY)
