@@ -6,7 +6,7 @@
       ▲                  │
       └──── requeue ─────┘  (its process died: lease gone stale, or the queue said so)
       └─ wait_for_quota ─┘  (the oracle's quota is used up: queued, claimable again
-                              from not_before; production's wake_due defers it then)
+                              from not_before; production's wake_waiting defers it then)
     queued ──cancel──▶ cancelled           running + stale + cancel requested ──▶ cancelled
 
 One execution at a time holds a job's *lease* (a random token). While it runs, a heartbeat

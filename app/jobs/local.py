@@ -48,10 +48,14 @@ class _Hooks:
         self.job, self.ledger, self.on_row, self.should_stop = job, ledger, on_row, should_stop
         self.rows: list[dict[str, Any]] = []
         self.metrics = runner.MetricRows()
-        self.checkpoint = job.trainer.state_bytes()  # where a wait for the quota resumes
+        # Where a wait for the oracle's quota resumes. A local model has no quota, and its
+        # runs (the benchmarks') need not pay for a state copy at every tell.
+        self.keeps_checkpoint = job.spec.oracle.kind != "torch"
+        self.checkpoint = job.trainer.state_bytes() if self.keeps_checkpoint else None
 
     def after_tell(self, trainer: Trainer, event: Event | None) -> None:
-        self.checkpoint = trainer.state_bytes()
+        if self.keeps_checkpoint:
+            self.checkpoint = trainer.state_bytes()
         if event is None:
             return
         totals = self.ledger.totals
@@ -118,7 +122,7 @@ def _run_waiting_for_quota(
     while True:
         told = job.trainer.told
         error = runner.run_to_end(job.trainer, dispatcher, hooks)
-        if not isinstance(error, QuotaExhausted) or hooks.should_stop():
+        if not isinstance(error, QuotaExhausted) or hooks.checkpoint is None:
             return error
         waits = 1 if job.trainer.told > told else waits + 1
         if waits > settings.max_quota_waits:
