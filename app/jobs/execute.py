@@ -142,11 +142,7 @@ def execute_job(
     if isinstance(error, QuotaExhausted):
         if _wait_for_quota(db, settings, job_id, lease, error):
             return Status.QUEUED
-        error = QuotaExhausted(
-            f"{error}: still used up after {settings.max_quota_waits} waits of "
-            f"{settings.quota_wait_seconds:g} s without progress",
-            provider=error.provider,
-        )
+        error = runner.quota_gave_up(error, settings.max_quota_waits, settings.quota_wait_seconds)
     return _finish(db, settings, job_id, lease, prepared, error, time.monotonic() - start)
 
 

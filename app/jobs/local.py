@@ -5,11 +5,12 @@
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, TypeVar
 
 import numpy as np
 
@@ -23,6 +24,7 @@ from app.jobs.oracles import SecretResolver, open_oracle, secret_from_env
 from engine.trainer import Event, Trainer
 
 log = logging.getLogger("reprogram.local")
+T = TypeVar("T")
 
 
 @dataclass
@@ -89,11 +91,27 @@ def run_local(
     price = settings.price(spec.oracle.kind)
     ledger = MemoryLedger(price, spec.budget.max_queries, spec.budget.max_cost_usd)
     size = runner.input_size_of(spec)
-    # No egress policy: the user's own key, on the user's own machine, to any endpoint.
-    with open_oracle(
-        spec.oracle, input_size=size, settings=settings, ledger=ledger, secret=secret, egress=None
-    ) as (oracle, dispatcher):
-        runner.discover_labels(oracle, dispatcher, size)
+    with contextlib.ExitStack() as stack:
+        # Opening a cloud oracle may ask for its concepts, and finding the labels may ask
+        # for an answer: the quota can run out there too. (Preparing sends nothing.)
+        oracle, dispatcher = _waiting_for_quota(
+            lambda: stack.enter_context(
+                # No egress policy: the user's own key, on the user's own machine, anywhere.
+                open_oracle(
+                    spec.oracle,
+                    input_size=size,
+                    settings=settings,
+                    ledger=ledger,
+                    secret=secret,
+                    egress=None,
+                )
+            ),
+            settings,
+            sleep,
+        )
+        _waiting_for_quota(
+            lambda: runner.discover_labels(oracle, dispatcher, size), settings, sleep
+        )
         cap = query_cap(spec.budget.max_queries, spec.budget.max_cost_usd, price)
         job = runner.prepare(spec, dataset, oracle, query_cap=cap, spent=ledger.totals.queries)
         if on_prepared is not None:
@@ -106,6 +124,23 @@ def run_local(
     if status == "failed":
         result["error"] = runner.error_message(error)
     return LocalRun(result, hooks.rows, runner.program_of(job))
+
+
+def _waiting_for_quota(
+    step: Callable[[], T], settings: Settings, sleep: Callable[[float], None]
+) -> T:
+    """``step()``, tried again after a wait when the oracle's quota is used up, up to
+    ``max_quota_waits`` times."""
+    waits = 0
+    while True:
+        try:
+            return step()
+        except QuotaExhausted as err:
+            if waits == settings.max_quota_waits:
+                raise runner.quota_gave_up(err, waits, settings.quota_wait_seconds) from err
+            waits += 1
+            log.warning("%s; waiting %g s for it to renew", err, settings.quota_wait_seconds)
+            sleep(settings.quota_wait_seconds)
 
 
 def _run_waiting_for_quota(
@@ -126,10 +161,8 @@ def _run_waiting_for_quota(
             return error
         waits = 1 if job.trainer.told > told else waits + 1
         if waits > settings.max_quota_waits:
-            return QuotaExhausted(
-                f"{error}: still used up after {settings.max_quota_waits} waits of "
-                f"{settings.quota_wait_seconds:g} s without progress",
-                provider=error.provider,
+            return runner.quota_gave_up(
+                error, settings.max_quota_waits, settings.quota_wait_seconds
             )
         log.warning("%s; waiting %g s for it to renew", error, settings.quota_wait_seconds)
         sleep(settings.quota_wait_seconds)

@@ -16,7 +16,7 @@ import numpy as np
 
 from adapters.base import Oracle
 from adapters.dispatch import Dispatcher
-from adapters.errors import BudgetExceeded, ConfigurationError, OracleError
+from adapters.errors import BudgetExceeded, ConfigurationError, OracleError, QuotaExhausted
 from app.config.defaults import SELECTION_P, Facts, resolve
 from app.config.spec import JobSpec
 from app.data.loading import DataError, Dataset, split_indices, to_full, to_target
@@ -340,6 +340,14 @@ def run_to_end(trainer: Trainer, dispatcher: Dispatcher, hooks: RunHooks) -> Bas
     except RUN_ERRORS as err:
         return err
     return None
+
+
+def quota_gave_up(error: QuotaExhausted, waits: int, seconds: float) -> QuotaExhausted:
+    """The error a job ends with when its oracle's quota did not come back in time."""
+    return QuotaExhausted(
+        f"{error}: still used up after {waits} waits of {seconds:g} s without progress",
+        provider=error.provider,
+    )
 
 
 def error_message(error: BaseException | None) -> str | None:

@@ -47,6 +47,8 @@ MODELS: dict[str, str | None] = {
     "nsfw-recognition": "nsfw",
     "moderation-recognition": "moderation",
     "general-image-recognition": None,
+    # a user's own model: its concepts are the moderation view's, and the client must ask
+    "my-moderation-model": "moderation",
 }
 MAX_INPUTS = 128
 DEFAULT_MAX_CONCEPTS = 20

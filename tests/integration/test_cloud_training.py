@@ -8,6 +8,7 @@ import json
 import numpy as np
 import pytest
 
+from adapters.clarifai import ClarifaiOracle
 from tests.fakes.clarifai import FakeClarifai
 from tests.fakes.customvision import FakeCustomVision
 from tests.helpers import clarifai_oracle, cli_train, customvision_oracle, digits_npz, write_spec
@@ -73,10 +74,20 @@ def test_a_wrong_key_fails_fast_with_a_clear_error(tmp_path, data, monkeypatch):
     assert "AuthFailed" in res.output and "not-the-key" not in res.output
 
 
-def _run_with_hourly_limit(data, hourly_limit: int | None, sleeps: list[float], advance: bool):
+def _run_with_hourly_limit(
+    data,
+    hourly_limit: int | None,
+    sleeps: list[float],
+    advance: bool,
+    max_waits: int = 2,
+    model_id: str = "moderation-recognition",
+    used_by_others: int = 0,
+    iterations: int = 10,
+):
     """A job through ``run_local`` on a Clarifai fake admitting ``hourly_limit`` requests an
     hour; each wait for the quota is recorded, and moves the fake's clock on when
-    ``advance`` (the hour passes) or not (the quota never renews)."""
+    ``advance`` (the hour passes) or not (the quota never renews). ``used_by_others``
+    requests of the first hour go to another client of the same key, before the job."""
     from app.config.settings import Settings
     from app.config.spec import JobSpec
     from app.data.loading import load_dataset
@@ -91,23 +102,40 @@ def _run_with_hourly_limit(data, hourly_limit: int | None, sleeps: list[float], 
     with FakeClarifai(
         keys=[KEY], rate_limit=None, hourly_limit=hourly_limit, clock=lambda: now[0]
     ) as fake:
-        oracle = clarifai_oracle(fake, api_key_env="FAKE_CLARIFAI_KEY")
-        spec = JobSpec.model_validate({"oracle": oracle, **RUN})
-        settings = Settings(quota_wait_seconds=3600, max_quota_waits=2)
+        with ClarifaiOracle(api_key=KEY, endpoint=fake.endpoint) as other:
+            for _ in range(used_by_others):
+                other.predict(np.zeros((1, 32, 32, 3), np.float32))
+        oracle = clarifai_oracle(fake, api_key_env="FAKE_CLARIFAI_KEY", model_id=model_id)
+        optimizer = RUN["optimizer"] | {"iterations": iterations, "eval_every": iterations}
+        spec = JobSpec.model_validate({"oracle": oracle, **RUN, "optimizer": optimizer})
+        settings = Settings(quota_wait_seconds=3600, max_quota_waits=max_waits)
         run = run_local(spec, load_dataset(data), settings=settings, sleep=sleep)
         return run, fake.counts(KEY)
 
 
-def test_a_job_at_the_hourly_limit_waits_and_ends_as_if_it_had_not(data, monkeypatch):
+# The moderation job sends 31 requests. A model whose concepts the job must ask for, in an
+# hour another client has used up: the quota runs out before training (that question), and
+# then every hour answers 3 requests.
+@pytest.mark.parametrize(
+    ("hourly_limit", "model_id", "used_by_others", "iterations"),
+    [(10, "moderation-recognition", 0, 10), (3, "my-moderation-model", 3, 4)],
+)
+def test_a_job_at_the_hourly_limit_waits_and_ends_as_if_it_had_not(
+    data, monkeypatch, hourly_limit, model_id, used_by_others, iterations
+):
     monkeypatch.setenv("FAKE_CLARIFAI_KEY", KEY)
-    free, free_counts = _run_with_hourly_limit(data, None, [], advance=True)
+    free, free_counts = _run_with_hourly_limit(
+        data, None, [], True, model_id=model_id, iterations=iterations
+    )
     sleeps: list[float] = []
-    limited, counts = _run_with_hourly_limit(data, 10, sleeps, advance=True)  # of 31 requests
+    limited, counts = _run_with_hourly_limit(
+        data, hourly_limit, sleeps, True, 10, model_id, used_by_others, iterations
+    )
     assert limited.result["status"] == free.result["status"] == "succeeded"
     # (requests in flight when the hour ran out are refused together: one wait for them)
     assert len(sleeps) >= 2 and set(sleeps) == {3600} and counts.throttled >= len(sleeps)
     # resumed from the last tell each time: the same program, and nothing paid twice
-    assert limited.result["queries"] == free.result["queries"] == counts.billable
+    assert limited.result["queries"] == free.result["queries"] == counts.billable - used_by_others
     assert limited.result["test_accuracy"] == free.result["test_accuracy"]
     assert limited.arrays is not None and free.arrays is not None
     np.testing.assert_array_equal(limited.arrays["P"], free.arrays["P"])
