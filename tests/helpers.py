@@ -102,6 +102,15 @@ def png(size: int = 8, seed: int = 0, fmt: str = "PNG") -> bytes:
 # --- runs on the fakes --------------------------------------------------------------------------
 
 
+#: a cloud job of seconds: 10 iterations on a 64×64 frame, about 30 requests of 6–48 images
+CLOUD_RUN: dict[str, Any] = {
+    "program": {"input_size": 64, "target_size": 24},
+    "optimizer": {"iterations": 10, "q": 2, "batch_size": 6, "eval_every": 5},
+    "budget": {"max_queries": 3000},
+    "seed": 1,
+}
+
+
 def clarifai_oracle(fake: FakeClarifai, **fields: Any) -> dict[str, Any]:
     """The oracle of a run or job spec: the moderation model on the Clarifai ``fake``; ``fields``
     add how to find the key (``api_key_env`` or ``credential_id``) and anything else."""

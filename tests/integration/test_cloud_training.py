@@ -11,15 +11,17 @@ import pytest
 from adapters.clarifai import ClarifaiOracle
 from tests.fakes.clarifai import FakeClarifai
 from tests.fakes.customvision import FakeCustomVision
-from tests.helpers import clarifai_oracle, cli_train, customvision_oracle, digits_npz, write_spec
+from tests.helpers import (
+    CLOUD_RUN,
+    clarifai_oracle,
+    cli_train,
+    customvision_oracle,
+    digits_npz,
+    write_spec,
+)
 
 KEY = "cloud-training-key-0c1d"
-RUN = {
-    "program": {"input_size": 64, "target_size": 24},
-    "optimizer": {"iterations": 10, "q": 2, "batch_size": 6, "eval_every": 5},
-    "budget": {"max_queries": 3000},
-    "seed": 1,
-}
+RUN = CLOUD_RUN
 
 
 @pytest.fixture

@@ -20,6 +20,7 @@ from app.storage.migrate import upgrade
 from app.storage.models import Job, Tenant, utcnow
 from tests.fakes.clarifai import FakeClarifai
 from tests.helpers import (
+    CLOUD_RUN,
     FINAL,
     add_credential,
     clarifai_oracle,
@@ -33,12 +34,7 @@ from tests.helpers import (
 )
 
 KEY = "quota-waits-key-77e1"
-RUN = {
-    "program": {"input_size": 64, "target_size": 24},
-    "optimizer": {"iterations": 10, "q": 2, "batch_size": 6, "eval_every": 5},
-    "budget": {"max_queries": 3000},
-    "seed": 1,
-}
+RUN = CLOUD_RUN
 
 
 @pytest.mark.parametrize(
