@@ -126,12 +126,15 @@ def show_result(result: dict[str, Any], out: Path) -> None:
             f"({acc:.1%} vs {probe['accuracy']:.1%})."
         )
     v = result.get("validation")
-    if v:
+    validated = result.get("best_val_accuracy") is not None  # the plan's, or what ran?
+    if v and validated:
         how = {
             "cross_validation": "cross-validation over",
             "cross_fit": "cross-fitted programs validated on",
         }.get(v["method"], "validated on")
         console.print(f"{how.capitalize()} {v['images']} images ({v['source']}).")
+    elif v:
+        console.print("No validation ran: the job ended before its first evaluation.")
     race = result.get("step_size_race")
     if race and race["kept"] is not None:
         console.print(f"The step-size race kept lr {race['kept']:g} (of {race['step_sizes']}).")
@@ -141,7 +144,7 @@ def show_result(result: dict[str, Any], out: Path) -> None:
             f"costs {result['queries_per_prediction']} queries per image."
         )
     probe = result.get("returned") == "linear_probe" and not result.get("views")
-    if probe and result.get("best_iteration") == 0:
+    if probe and validated and result.get("best_iteration") == 0:
         console.print("No program beat the linear probe on validation: the probe is returned.")
     if result.get("stopped_early"):
         console.print(

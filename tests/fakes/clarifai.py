@@ -10,6 +10,7 @@ really sent and what would have been billed.
 
 Run alone (counts and faults then live at ``http://127.0.0.1:ADMIN/counts`` and ``/faults``):
     python -m tests.fakes.clarifai --port 50051 --admin-port 50052 --key demo-key --rate-limit 15
+(``--hourly-limit 10 --hour-seconds 30``: an hourly quota of 10 requests that renews every 30 s.)
 (``--model cheap`` swaps the network for a microsecond-cheap opinion, for benchmarks.)
 """
 
@@ -489,12 +490,15 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--rate-limit", type=float, default=15.0, help="requests/s per key")
     parser.add_argument("--burst", type=float, default=None)
     parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--hourly-limit", type=int, default=None, help="requests per key per hour")
+    parser.add_argument("--hour-seconds", type=float, default=3600.0, help="how long an hour is")
     add_model_option(parser)
     args = parser.parse_args(argv)
     fake = FakeClarifai(port=args.port, host=args.host, keys=args.key or ["demo-key"],
                         rate_limit=args.rate_limit or None, burst=args.burst,
                         seed=args.seed, admin_port=args.admin_port,
-                        model=args.model)  # fmt: skip
+                        model=args.model, hourly_limit=args.hourly_limit,
+                        hour_seconds=args.hour_seconds)  # fmt: skip
     with fake:
         admin = f", admin http://{args.host}:{fake.admin_port}" if fake.admin_port else ""
         print(f"fake Clarifai gRPC on {fake.endpoint}{admin}", flush=True)

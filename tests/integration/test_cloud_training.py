@@ -74,6 +74,10 @@ def test_a_wrong_key_fails_fast_with_a_clear_error(tmp_path, data, monkeypatch):
         assert fake.counts().requests == 1  # no retries of an auth failure
     assert res.exit_code == 1
     assert "AuthFailed" in res.output and "not-the-key" not in res.output
+    # nothing was validated and no probe measured: the summary claims neither
+    assert "Cross-fitted programs validated on" not in res.output
+    assert "the probe is returned" not in res.output
+    assert "No validation ran" in res.output
 
 
 def _run_with_hourly_limit(
