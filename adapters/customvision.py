@@ -76,6 +76,23 @@ def _retry_after(headers: Mapping[str, str]) -> float | None:
     return parse_retry_after(headers.get("Retry-After"))
 
 
+#: Azure's call-volume quota answer (403): "... Quota will be replenished in 22.14:18:12."
+#: (days.hours:minutes:seconds) or, in newer wording, "... Please retry after 6 days."
+_REPLENISHED = re.compile(r"replenished in (?:(\d{1,4})\.)?(\d{1,2}):(\d{2}):(\d{2})", re.I)
+_RETRY_AFTER_WORDS = re.compile(r"retry after (\d{1,6}) (second|minute|hour|day)s?\b", re.I)
+_UNIT_S = {"second": 1, "minute": 60, "hour": 3600, "day": 86400}
+
+
+def _renews_in(text: str) -> float | None:
+    """The seconds until a quota renews, as an Azure quota message states it, or None."""
+    if m := _REPLENISHED.search(text):
+        days, hours, minutes, seconds = (int(g or 0) for g in m.groups())
+        return float(((days * 24 + hours) * 60 + minutes) * 60 + seconds)
+    if m := _RETRY_AFTER_WORDS.search(text):
+        return float(int(m.group(1)) * _UNIT_S[m.group(2).lower()])
+    return None
+
+
 def _request_id(headers: Mapping[str, str] | None) -> str | None:
     for name in REQUEST_ID_HEADERS:
         if headers and headers.get(name):
@@ -407,6 +424,21 @@ class CustomVisionOracle(Oracle):
         response = err.response
         status = getattr(response, "status_code", None)
         headers = getattr(response, "headers", None) or {}
+        if status == 403:
+            # A used-up call-volume quota (F0: 10,000 predictions a month) is a 403 as a
+            # refused key is; only the reason phrase and the body's words tell them apart.
+            # Nothing of those words goes into the error but the renewal time read from them.
+            words = f"{getattr(response, 'reason', '') or ''} {_error_text(err)}"
+            if "quota" in words.lower():
+                renews_in = _renews_in(words)
+                when = f" (renews in {errors.span(renews_in)})" if renews_in is not None else ""
+                return errors.QuotaExhausted(
+                    f"Custom Vision answered HTTP 403: the prediction quota is used up{when}",
+                    renews_in=renews_in,
+                    provider=PROVIDER,
+                    request_id=_request_id(headers),
+                    status=status,
+                )
         return self._status_error(status, headers, _error_code(err))
 
     def _status_error(
@@ -443,6 +475,21 @@ class CustomVisionOracle(Oracle):
         if status is not None and (status >= 500 or status == 408):
             return errors.TransientUpstreamError(message, **kw)
         return errors.OracleError(message, **kw)
+
+
+def _error_text(err: CustomVisionErrorException) -> str:
+    """The message of an error body (``{code, message}``, ``{"error": {code, message}}`` or
+    the API gateway's ``{statusCode, message}``), at most 1,000 characters, for reading the
+    kind of refusal from; never for an error's message."""
+    text = getattr(err.error, "message", None)
+    if not isinstance(text, str):
+        try:
+            body = err.response.json()
+            inner = body.get("error", body) if isinstance(body, dict) else {}
+            text = inner.get("message") if isinstance(inner, dict) else None
+        except (ValueError, AttributeError):
+            text = None
+    return text[:1000] if isinstance(text, str) else ""
 
 
 def _error_code(err: CustomVisionErrorException) -> str | None:

@@ -148,6 +148,9 @@ class AnswerCache:
         return len(self._rows)
 
 
+#: told each answer as it arrives: (its position among the images sent, its row)
+Keep = Callable[[int, np.ndarray], None]
+
 DEFAULT_CACHE_BYTES = 64 * 1024**2  # 16,000 answers of 1,000 labels
 
 
@@ -195,27 +198,35 @@ class Dispatcher:
         todo = list(first.values())
         hits = len(images) - len(todo)
         if todo:
+            cache = self.cache
+
+            def keep(sent: int, row: np.ndarray) -> None:
+                # as each answer arrives: a query that fails later (a quota used up halfway)
+                # has paid for it, and the same frames asked again take it from here
+                cache.put(keys[todo[sent]], row)
+
             try:
-                answers = self._send(images[todo], purpose)
+                answers = self._send(images[todo], purpose, keep)
             except BadInput as err:
                 raise _reindexed(err, todo) from err
             for i, row in zip(todo, answers, strict=True):
                 rows[i] = row
-                self.cache.put(keys[i], row)
         if hits:
             self.cache_hits[purpose] = self.cache_hits.get(purpose, 0) + hits
         out = [row if row is not None else rows[first[keys[i]]] for i, row in enumerate(rows)]
         return np.stack(out).astype(np.float64)
 
-    def _send(self, images: np.ndarray, purpose: str) -> np.ndarray:
-        """Answer ``images`` through the oracle: every one is sent (and paid for)."""
+    def _send(self, images: np.ndarray, purpose: str, keep: Keep | None = None) -> np.ndarray:
+        """Answer ``images`` through the oracle: every one is sent (and paid for); ``keep``
+        is told each answer (its position in ``images``, its row) as soon as it is in."""
         step = self.oracle.max_images_per_request
         offsets = range(0, len(images), step)
         stop = threading.Event()
+        keep = keep or (lambda sent, row: None)
         if len(offsets) <= 1 or self.oracle.max_concurrency <= 1:
-            parts = [self._request(images[i : i + step], i, purpose, stop) for i in offsets]
+            parts = [self._request(images[i : i + step], i, purpose, stop, keep) for i in offsets]
         else:
-            parts = self._in_parallel(images, offsets, step, purpose, stop)
+            parts = self._in_parallel(images, offsets, step, purpose, stop, keep)
         if not parts:
             return np.zeros((0, len(self.oracle.labels) if self.oracle.labels_known else 0))
         return np.concatenate(parts)
@@ -258,10 +269,11 @@ class Dispatcher:
         step: int,
         purpose: str,
         stop: threading.Event,
+        keep: Keep,
     ) -> list[np.ndarray]:
         def run(offset: int) -> np.ndarray:
             try:
-                return self._request(images[offset : offset + step], offset, purpose, stop)
+                return self._request(images[offset : offset + step], offset, purpose, stop, keep)
             except BaseException:
                 stop.set()  # requests not yet sent stay unsent: they would fail or be wasted
                 raise
@@ -274,7 +286,7 @@ class Dispatcher:
         return [f.result() for f in futures]
 
     def _request(
-        self, images: np.ndarray, offset: int, purpose: str, stop: threading.Event
+        self, images: np.ndarray, offset: int, purpose: str, stop: threading.Event, keep: Keep
     ) -> np.ndarray:
         """Answer one request's images (query positions ``offset``...), retrying per policy;
         only unanswered inputs are sent again."""
@@ -303,6 +315,7 @@ class Dispatcher:
             except PartialFailure as err:
                 for pos, row in err.answered.items():
                     rows[pending[pos]] = np.asarray(row, dtype=np.float64)
+                    keep(offset + pending[pos], rows[pending[pos]])
                 record = _record(purpose, len(batch), len(err.answered), "partial", err, start)
                 reservation.settle(record)
                 failed = {pending[pos]: e for pos, e in err.failed.items()}
@@ -322,6 +335,7 @@ class Dispatcher:
             reservation.settle(_record(purpose, len(batch), len(batch), "ok", answer, start))
             for pos, row in zip(pending, answer.probs, strict=True):
                 rows[pos] = row
+                keep(offset + pos, row)
             pending = []
 
         def before_sleep(err: BaseException, seconds: float) -> None:

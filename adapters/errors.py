@@ -48,11 +48,20 @@ class Throttled(OracleError):
 
 
 class QuotaExhausted(OracleError):
-    """The credential's request quota for this period is used up (Clarifai's hourly limit).
+    """The credential's request quota for this period is used up (Clarifai's hourly limit,
+    a Custom Vision resource's monthly predictions).
 
     Not retryable within a request's retries: seconds of backoff cannot renew an hourly
     quota. A job that meets it waits for the quota instead of failing (``Settings
-    .quota_wait_seconds``): back to the queue in the service, asleep in ``reprogram train``."""
+    .quota_wait_seconds``): back to the queue in the service, asleep in ``reprogram train``.
+    ``renews_in``: the seconds until the provider said the quota renews, when it said so
+    (a job then waits that long, or fails at once when that is longer than it would wait)."""
+
+    def __init__(
+        self, message: str | None = None, *, renews_in: float | None = None, **kwargs: object
+    ) -> None:
+        super().__init__(message, **kwargs)  # type: ignore[arg-type]
+        self.renews_in = renews_in
 
 
 class TransientUpstreamError(OracleError):
@@ -120,3 +129,15 @@ class ConfigurationError(ValueError):
 
 class EndpointRefused(ConfigurationError):
     """The egress policy does not allow this endpoint (``adapters.egress``)."""
+
+
+def span(seconds: float) -> str:
+    """A duration in words for an error message: ``"45 s"``, ``"12 min"``, ``"5 h 3 min"``,
+    ``"22 d 14 h"`` (the two largest units)."""
+    left = max(0, round(seconds))
+    parts = []
+    for unit, size in (("d", 86400), ("h", 3600), ("min", 60), ("s", 1)):
+        if left >= size or (unit == "s" and not parts):
+            parts.append(f"{left // size} {unit}")
+            left %= size
+    return " ".join(parts[:2])

@@ -234,7 +234,9 @@ def predict(
         raise HTTPException(
             status.HTTP_503_SERVICE_UNAVAILABLE,
             f"oracle: {err}; try again later",
-            headers={"Retry-After": str(math.ceil(svc.settings.quota_wait_seconds))},
+            headers={
+                "Retry-After": str(math.ceil(err.renews_in or svc.settings.quota_wait_seconds))
+            },
         ) from err
     except (ConfigurationError, OracleError) as err:
         raise HTTPException(status.HTTP_502_BAD_GATEWAY, f"oracle: {err}") from err

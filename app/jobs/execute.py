@@ -140,22 +140,28 @@ def execute_job(
         log.exception("job %s crashed", job_id)
         error = err
     if isinstance(error, QuotaExhausted):
-        if _wait_for_quota(db, settings, job_id, lease, error):
+        wait = runner.quota_wait(error, settings)
+        if wait is None:
+            error = runner.quota_too_far(error, settings)
+        elif _wait_for_quota(db, settings, job_id, lease, error, wait):
             return Status.QUEUED
-        error = runner.quota_gave_up(error, settings.max_quota_waits, settings.quota_wait_seconds)
+        else:
+            error = runner.quota_gave_up(
+                error, settings.max_quota_waits, settings.quota_wait_seconds
+            )
     return _finish(db, settings, job_id, lease, prepared, error, time.monotonic() - start)
 
 
 def _wait_for_quota(
-    db: Database, settings: Settings, job_id: str, lease: str, error: QuotaExhausted
+    db: Database, settings: Settings, job_id: str, lease: str, error: QuotaExhausted, wait: float
 ) -> bool:
-    """Back to the queue until the quota may have renewed; False when the job has waited
-    ``max_quota_waits`` times in a row already."""
+    """Back to the queue for ``wait`` seconds, until the quota may have renewed; False when
+    the job has waited ``max_quota_waits`` times in a row already."""
     until = lifecycle.wait_for_quota(
         db,
         job_id,
         lease,
-        seconds=settings.quota_wait_seconds,
+        seconds=wait,
         max_waits=settings.max_quota_waits,
         reason=f"the oracle's quota is used up ({error}); the job resumes from its last checkpoint",
     )

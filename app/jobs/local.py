@@ -14,7 +14,7 @@ from typing import Any, TypeVar
 
 import numpy as np
 
-from adapters.errors import QuotaExhausted
+from adapters.errors import QuotaExhausted, span
 from app.config.settings import Settings
 from app.config.spec import JobSpec
 from app.data.loading import Dataset
@@ -136,11 +136,14 @@ def _waiting_for_quota(
         try:
             return step()
         except QuotaExhausted as err:
+            wait = runner.quota_wait(err, settings)
+            if wait is None:
+                raise runner.quota_too_far(err, settings) from err
             if waits == settings.max_quota_waits:
                 raise runner.quota_gave_up(err, waits, settings.quota_wait_seconds) from err
             waits += 1
-            log.warning("%s; waiting %g s for it to renew", err, settings.quota_wait_seconds)
-            sleep(settings.quota_wait_seconds)
+            log.warning("%s; waiting %s for it to renew", err, span(wait))
+            sleep(wait)
 
 
 def _run_waiting_for_quota(
@@ -150,20 +153,23 @@ def _run_waiting_for_quota(
     settings: Settings,
     sleep: Callable[[float], None],
 ) -> BaseException | None:
-    """``run_to_end``; when the oracle's quota for the period is used up, sleep
-    ``quota_wait_seconds`` and go on from the last tell (as the service's worker goes on from
-    its checkpoint), up to ``max_quota_waits`` times in a row without progress."""
+    """``run_to_end``; when the oracle's quota for the period is used up, sleep until it
+    renews (``runner.quota_wait``) and go on from the last tell (as the service's worker
+    goes on from its checkpoint), up to ``max_quota_waits`` times in a row without progress."""
     waits = 0
     while True:
         told = job.trainer.told
         error = runner.run_to_end(job.trainer, dispatcher, hooks)
         if not isinstance(error, QuotaExhausted) or hooks.checkpoint is None:
             return error
+        wait = runner.quota_wait(error, settings)
+        if wait is None:
+            return runner.quota_too_far(error, settings)
         waits = 1 if job.trainer.told > told else waits + 1
         if waits > settings.max_quota_waits:
             return runner.quota_gave_up(
                 error, settings.max_quota_waits, settings.quota_wait_seconds
             )
-        log.warning("%s; waiting %g s for it to renew", error, settings.quota_wait_seconds)
-        sleep(settings.quota_wait_seconds)
+        log.warning("%s; waiting %s for it to renew", error, span(wait))
+        sleep(wait)
         job.trainer.load_state(hooks.checkpoint)

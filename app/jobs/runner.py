@@ -16,8 +16,15 @@ import numpy as np
 
 from adapters.base import Oracle
 from adapters.dispatch import Dispatcher
-from adapters.errors import BudgetExceeded, ConfigurationError, OracleError, QuotaExhausted
+from adapters.errors import (
+    BudgetExceeded,
+    ConfigurationError,
+    OracleError,
+    QuotaExhausted,
+    span,
+)
 from app.config.defaults import SELECTION_P, Facts, resolve
+from app.config.settings import Settings
 from app.config.spec import JobSpec
 from app.data.loading import DataError, Dataset, split_indices, to_full, to_target
 from app.jobs.artifacts import program_arrays
@@ -340,6 +347,29 @@ def run_to_end(trainer: Trainer, dispatcher: Dispatcher, hooks: RunHooks) -> Bas
     except RUN_ERRORS as err:
         return err
     return None
+
+
+def quota_wait(error: QuotaExhausted, settings: Settings) -> float | None:
+    """How long a job waits for its oracle's quota to renew: until the provider said it
+    renews (a second more, so that it has), else ``quota_wait_seconds``; None when the
+    provider said it renews later than the job would wait in all (``quota_wait_seconds`` ×
+    ``max_quota_waits``): waiting days for a month's quota helps nobody, failing does."""
+    if error.renews_in is None:
+        return settings.quota_wait_seconds
+    if error.renews_in > settings.quota_wait_seconds * settings.max_quota_waits:
+        return None
+    return error.renews_in + 1.0
+
+
+def quota_too_far(error: QuotaExhausted, settings: Settings) -> QuotaExhausted:
+    """The error a job ends with at once when its oracle's quota renews too late."""
+    longest = settings.quota_wait_seconds * settings.max_quota_waits
+    return QuotaExhausted(
+        f"{error}: later than a job waits for its oracle's quota ({span(longest)}, "
+        "quota_wait_seconds × max_quota_waits)",
+        provider=error.provider,
+        renews_in=error.renews_in,
+    )
 
 
 def quota_gave_up(error: QuotaExhausted, waits: int, seconds: float) -> QuotaExhausted:

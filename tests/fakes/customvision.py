@@ -4,10 +4,11 @@ It serves ``POST /customvision/v3.{0,1}/prediction/{projectId}/classify/iteratio
 {publishedName}/image/nostore`` (multipart/form-data as the 3.1.1 SDK sends it, or a raw
 ``application/octet-stream`` body) and answers the real JSON, every tag, sorted by
 probability, with the bundled ImageNet model (``tests.fakes.model``) as its opinion. It
-checks ``Prediction-Key``, rate-limits each key (token bucket, images/s), refuses images
-over 4 MB or undecodable ones, and injects faults on demand. Counts per key and faults are
-reachable in-process (``counts()``, ``set_faults()``) and over admin paths on the same port,
-for tests in other processes:
+checks ``Prediction-Key``, rate-limits each key (token bucket, images/s), optionally holds
+it to a call-volume quota (``--quota``: the 403 "Quota Exceeded" of an F0 resource's monthly
+predictions), refuses images over 4 MB or undecodable ones, and injects faults on demand.
+Counts per key and faults are reachable in-process (``counts()``, ``set_faults()``) and
+over admin paths on the same port, for tests in other processes:
 
     GET  /_fake/counts[?key=K]   GET /_fake/faults   POST /_fake/faults {field: value, ...}
     POST /_fake/rate_limit {"rate_limit": R, "burst": B}   POST /_fake/reset
@@ -166,11 +167,16 @@ class FakeCustomVision(FakeServer):
         seed: int = 0,
         clock: Callable[[], float] = time.monotonic,
         model: ModelKind = "network",
+        quota: int | None = None,
+        quota_period_seconds: float = 30 * 86400.0,
     ) -> None:
         """``rate_limit``: images/s per key (None: unlimited); ``burst``: bucket size,
         default one second's worth, so clients pacing at exactly R by token bucket or by
         sliding window never see a 429. ``model``: the opinion, the bundled network or, for
-        benchmarks that measure the client, the microsecond-cheap ``CheapModel``."""
+        benchmarks that measure the client, the microsecond-cheap ``CheapModel``.
+        ``quota``: predictions per key in each period of ``quota_period_seconds`` (the F0
+        tier's 10,000 a month), the period opened by the key's first prediction; the rest
+        get the call-volume 403, saying when the period ends."""
         self.keys = frozenset(keys)
         self.projects = {p: dict(v) for p, v in (projects or DEFAULT_PROJECTS).items()}
         self.faults = faults or Faults()
@@ -182,6 +188,8 @@ class FakeCustomVision(FakeServer):
         self._models: dict[str | None, FakeModel | CheapModel] = {}
         self._admin = _admin_api(self)
         self._counts: dict[str, Counts] = {}
+        self.quota, self.quota_period_seconds = quota, quota_period_seconds
+        self._periods: dict[str, tuple[float, int]] = {}  # key → (opened, predictions)
         self._buckets: dict[str, _TokenBucket] = {}
         self._conns: set[socket.socket] = set()
         self._httpd: ThreadingHTTPServer | None = None
@@ -251,10 +259,11 @@ class FakeCustomVision(FakeServer):
             self._buckets.clear()
 
     def reset(self) -> None:
-        """Zero the counts, refill the buckets, clear the faults."""
+        """Zero the counts, refill the buckets and the quotas, clear the faults."""
         with self._lock:
             self._counts.clear()
             self._buckets.clear()
+            self._periods.clear()
             self.faults = Faults()
 
     # -- the prediction endpoint ----------------------------------------------------------
@@ -291,6 +300,20 @@ class FakeCustomVision(FakeServer):
                 f"have exceeded the rate limit of your pricing tier. Retry after {seconds} s.",
                 **{"Retry-After": str(seconds)},
             )
+        if (renews_in := self._over_quota(key)) is not None:
+            days, rest = divmod(math.ceil(renews_in), 86400)
+            clock = f"{days}.{rest // 3600:02d}:{rest % 3600 // 60:02d}:{rest % 60:02d}"
+            return Reply(
+                403,
+                {
+                    "error": {
+                        "code": "403",
+                        "message": "Out of call volume quota for CustomVision F0 pricing tier. "
+                        f"Quota will be replenished in {clock}.",
+                    }
+                },
+                reason="Quota Exceeded",
+            )
         with self._lock:
             faults, hang, error = self.faults, self._rng.random(), self._rng.random()
         if faults.latency_s:
@@ -317,6 +340,22 @@ class FakeCustomVision(FakeServer):
             return _service_error(400, "BadRequestImageFormat", "Bad Request Image Format")
         view = self.projects[project][published]
         return Reply(200, self._prediction(project, published, view, pixels, faults.drop_tags))
+
+    def _over_quota(self, key: str) -> float | None:
+        """None when one more prediction of ``key`` fits its period's quota (and count it),
+        else the seconds until the period ends."""
+        if self.quota is None:
+            return None
+        with self._lock:
+            now = self._clock()
+            opened, used = self._periods.get(key, (now, 0))
+            if now - opened >= self.quota_period_seconds:
+                opened, used = now, 0
+            if used >= self.quota:
+                self._periods[key] = (opened, used)
+                return opened + self.quota_period_seconds - now
+            self._periods[key] = (opened, used + 1)
+            return None
 
     def _throttle_wait(self, key: str) -> float:
         with self._lock:
@@ -447,6 +486,8 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--key", action="append", help="accepted Prediction-Key (repeatable)")
     parser.add_argument("--rate-limit", type=float, default=10.0, help="images/s per key")
     parser.add_argument("--burst", type=float, default=None)
+    parser.add_argument("--quota", type=int, default=None, help="predictions per key a period")
+    parser.add_argument("--quota-period-seconds", type=float, default=30 * 86400.0)
     add_model_option(parser)
     args = parser.parse_args(argv)
     fake = FakeCustomVision(
@@ -455,6 +496,8 @@ def main(argv: list[str] | None = None) -> None:
         rate_limit=args.rate_limit,
         burst=args.burst,
         model=args.model,
+        quota=args.quota,
+        quota_period_seconds=args.quota_period_seconds,
     )
     fake.warm_up()
     with fake:

@@ -156,3 +156,62 @@ def test_a_quota_that_never_renews_fails_the_job_naming_it(data, monkeypatch):
     assert "CONN_EXCEED_HOURLY_LIMIT" in run.result["error"]
     assert "still used up after 2 waits of 3600 s" in run.result["error"]
     assert run.result["queries"] == counts.billable
+
+
+def _run_with_monthly_quota(data, quota: int | None, period: float, sleeps: list[float]):
+    """A job through ``run_local`` on a Custom Vision fake holding the key to ``quota``
+    predictions a ``period``; each sleep moves the fake's clock on by as much."""
+    from app.config.settings import Settings
+    from app.config.spec import JobSpec
+    from app.data.loading import load_dataset
+    from app.jobs.local import run_local
+
+    now = [0.0]
+
+    def sleep(seconds: float) -> None:
+        sleeps.append(seconds)
+        now[0] += seconds
+
+    fake = FakeCustomVision(
+        keys=[KEY],
+        rate_limit=None,
+        quota=quota,
+        quota_period_seconds=period,
+        clock=lambda: now[0],
+        model="cheap",  # the answers' meaning does not matter here, their count does
+    )
+    with fake:
+        oracle = customvision_oracle(fake, api_key_env="FAKE_CV_KEY", rate_limit=1000)
+        spec = JobSpec.model_validate({"oracle": oracle, **RUN})
+        settings = Settings(quota_wait_seconds=3600, max_quota_waits=2)
+        run = run_local(spec, load_dataset(data), settings=settings, sleep=sleep)
+        return run, fake.counts(KEY)
+
+
+def test_a_custom_vision_quota_that_renews_in_time_is_waited_for_as_long_as_it_says(
+    data, monkeypatch
+):
+    monkeypatch.setenv("FAKE_CV_KEY", KEY)
+    free, _ = _run_with_monthly_quota(data, None, 0, [])
+    sleeps: list[float] = []
+    quota = free.result["queries"] // 3 + 1  # three periods' worth
+    limited, counts = _run_with_monthly_quota(data, quota, 5000.0, sleeps)
+    assert limited.result["status"] == "succeeded"
+    # each wait is as long as the 403 said (the clock stood still in between), plus a second
+    assert sleeps == [5001.0, 5001.0]
+    # the answers of a step the quota cut short were kept: asked again, none was paid twice
+    assert limited.result["queries"] == free.result["queries"] == counts["answered"]
+    assert limited.result["cache_hits"] > free.result["cache_hits"]
+    np.testing.assert_array_equal(limited.arrays["P"], free.arrays["P"])
+
+
+def test_a_custom_vision_quota_that_renews_too_late_fails_at_once_naming_when(data, monkeypatch):
+    monkeypatch.setenv("FAKE_CV_KEY", KEY)
+    sleeps: list[float] = []
+    run, counts = _run_with_monthly_quota(data, 100, 30 * 86400.0, sleeps)
+    assert run.result["status"] == "failed" and sleeps == []
+    error = run.result["error"]
+    assert error.startswith("QuotaExhausted: Custom Vision answered HTTP 403: the prediction quota")
+    assert "(renews in 30 d)" in error
+    assert "later than a job waits for its oracle's quota (2 h" in error
+    assert run.result["queries"] == counts["answered"] == 100

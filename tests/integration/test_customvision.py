@@ -28,6 +28,7 @@ from adapters.errors import (
     MalformedAnswer,
     NotFound,
     OracleError,
+    QuotaExhausted,
     Throttled,
     TransientUpstreamError,
 )
@@ -170,6 +171,43 @@ def test_throttled_with_retry_after_and_no_retry(fake, images):
     err = failure(fake, images[0], Throttled)
     assert err.status == 429 and err.retry_after == 2.0  # the fake's header: ceil(1/0.5)
     assert fake.counts(KEY) == dict(requests=2, images=1, answered=0, throttled=1, failed=1)
+
+
+def test_a_used_up_quota_is_waited_for_not_a_refused_key(images):
+    now = [0.0]
+    with FakeCustomVision(keys=[KEY], rate_limit=None, quota=1, clock=lambda: now[0]) as fake:
+        with oracle_for(fake) as oracle:
+            oracle.predict(images[0])  # the period's one prediction
+        now[0] = 1000.0
+        err = failure(fake, images[1], QuotaExhausted)
+        assert err.status == 403 and not err.retryable
+        assert err.renews_in == 30 * 86400 - 1000  # what the 403's words say, to the second
+        assert str(err).startswith(
+            "Custom Vision answered HTTP 403: the prediction quota is used up (renews in 29 d 23 h)"
+        )
+        assert "call volume" not in str(err)  # the endpoint's words stay out
+        now[0] = 30 * 86400.0  # the next period
+        with oracle_for(fake) as oracle:
+            assert oracle.predict(images[2]).probs.shape == (1, len(MODERATION))
+        assert fake.counts(KEY) == dict(requests=3, images=3, answered=2, throttled=0, failed=1)
+
+
+@pytest.mark.parametrize(
+    ("reason", "body", "renews_in"),
+    [
+        ("Quota Exceeded", {"code": "403"}, None),  # said by the reason phrase only
+        ("Forbidden", {"statusCode": 403, "message": "Out of call volume quota. Quota will "
+                       "be replenished in 2.03:04:05."}, 2 * 86400 + 3 * 3600 + 4 * 60 + 5),
+        ("Forbidden", {"error": {"code": "403", "message": "Out of call volume quota for "
+                       "CustomVision F0 pricing tier. Please retry after 6 days."}}, 6 * 86400),
+    ],
+)  # fmt: skip
+def test_every_wording_of_a_used_up_quota_is_read(images, reason, body, renews_in):
+    payload = json.dumps(body).encode()
+    listener = Listener(403, payload, {"Content-Type": "application/json"}, reason=reason)
+    with listener, pytest.raises(QuotaExhausted) as caught:
+        predict_at(listener.url, images)
+    assert caught.value.renews_in == renews_in
 
 
 @pytest.mark.parametrize("status", [500, 503])

@@ -1,7 +1,8 @@
 """A job whose oracle's hourly quota runs out waits for it in the queue instead of failing
 (adapters.errors.QuotaExhausted, app.jobs.lifecycle.wait_for_quota): the embedded runner
 through a Clarifai fake whose quota the test renews, and production's ``wake_waiting``
-task on PostgreSQL + procrastinate. The CLI's in-process wait is in test_cloud_training."""
+task on PostgreSQL + procrastinate; a Custom Vision quota that renews in days fails a job at
+once. The CLI's in-process wait is in test_cloud_training."""
 
 from __future__ import annotations
 
@@ -19,11 +20,13 @@ from app.storage.db import Database
 from app.storage.migrate import upgrade
 from app.storage.models import Job, Tenant, utcnow
 from tests.fakes.clarifai import FakeClarifai
+from tests.fakes.customvision import FakeCustomVision
 from tests.helpers import (
     CLOUD_RUN,
     FINAL,
     add_credential,
     clarifai_oracle,
+    customvision_oracle,
     png,
     post_job,
     seed_job,
@@ -31,6 +34,7 @@ from tests.helpers import (
     service_settings,
     start_workers,
     upload,
+    wait_final,
 )
 
 KEY = "quota-waits-key-77e1"
@@ -127,3 +131,34 @@ def test_production_wakes_a_due_job_onto_the_queue_once(pg_url, tmp_path):
         assert lifecycle.next_queued(db, set()) == due
     finally:
         db.dispose()
+
+
+def test_a_quota_that_renews_in_days_fails_a_service_job_at_once_and_predict_says_when(
+    tmp_path, small_npz
+):
+    """Custom Vision's call-volume 403 says when the month's quota renews: a job does not
+    sit queued for days, and a prediction's 503 carries the real Retry-After."""
+    with FakeCustomVision(keys=[KEY], rate_limit=None, model="cheap") as fake:
+        settings = service_settings(tmp_path, None, oracle_allowed_endpoints=[fake.endpoint])
+        with service(settings) as (client, headers):
+            ds = upload(client, headers, small_npz)
+            cred = add_credential(client, headers, KEY, "customvision")
+            oracle = customvision_oracle(fake, credential_id=cred, rate_limit=1000)
+            spec = {"dataset_id": ds["id"], "oracle": oracle} | RUN
+            done = wait_final(client, headers, post_job(client, headers, spec))
+            assert done["status"] == "succeeded", done["error"]
+            fake.quota = 0  # the month's predictions are used up from now on
+            pred = client.post(
+                f"/v1/jobs/{done['id']}/predict",
+                headers=headers,
+                files=[("files", ("x.png", png(20)))],
+            )
+            start = time.monotonic()
+            failed = wait_final(client, headers, post_job(client, headers, spec))
+            took = time.monotonic() - start
+    assert pred.status_code == 503 and KEY not in pred.text
+    assert int(pred.headers["retry-after"]) == 30 * 86400  # not the service's 600 s guess
+    assert "the prediction quota is used up (renews in 30 d)" in pred.json()["detail"]
+    assert failed["status"] == "failed" and failed["waiting"] is None and took < 60
+    assert failed["error"].startswith("QuotaExhausted: Custom Vision answered HTTP 403")
+    assert "later than a job waits for its oracle's quota (2 h" in failed["error"]

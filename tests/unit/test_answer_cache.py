@@ -8,7 +8,7 @@ import pytest
 
 from adapters.base import Answer, Oracle
 from adapters.dispatch import AnswerCache, Dispatcher
-from adapters.errors import BadInput
+from adapters.errors import BadInput, QuotaExhausted
 from app.jobs.accounting import MemoryLedger
 
 K = 5
@@ -112,6 +112,34 @@ def test_a_refused_image_is_named_by_its_place_in_the_query() -> None:
     with pytest.raises(BadInput) as err:
         d.query(a, "mapping")
     assert err.value.index == 3 and str(err.value).startswith("input 3 of the query")
+
+
+class Rationed(Counting):
+    """Answers ``quota`` requests, then refuses every one until ``renew()``."""
+
+    def __init__(self, quota: int) -> None:
+        super().__init__()
+        self.quota = quota
+
+    def predict(self, images: np.ndarray) -> Answer:
+        if self.quota == 0:
+            raise QuotaExhausted("used up")
+        self.quota -= 1
+        return super().predict(images)
+
+
+def test_answers_paid_for_by_a_query_that_failed_are_not_paid_for_again() -> None:
+    oracle, ledger = Rationed(quota=2), MemoryLedger(price=0.001, max_queries=1000)
+    d = Dispatcher(oracle, ledger=ledger)
+    a = frames(10)
+    with pytest.raises(QuotaExhausted):
+        d.query(a, "training")  # requests of 4, 4 answered, then 2 refused
+    assert len(oracle.received) == 8 and ledger.totals.queries == 8
+    oracle.quota = 1  # the quota renews: the same query again
+    answers = d.query(a, "training")
+    assert len(oracle.received) == 10 and ledger.totals.queries == 10
+    assert d.cache_hits == {"training": 8}
+    np.testing.assert_array_equal(answers, Dispatcher(Counting()).query(a, "training"))
 
 
 def test_images_are_encoded_before_a_rate_limit_slot_is_taken() -> None:
