@@ -128,6 +128,11 @@ class TrainerConfig:
     # Fixed extra views of every image whose answers the learned read-out sees next to the
     # programmed frame's (``VIEWS``); a default for the same reason as ``lr_race``.
     views: tuple[str, ...] = ()
+    # Looks at ``selection_p`` before the level is spent: the n-th evaluation point after
+    # the first (n > free_looks) tests a program at selection_p × free_looks / n, so that a
+    # long patience does not give a lucky program ever more chances to pass. 0: every look
+    # at ``selection_p`` (the default's way). A default for checkpoints, as above.
+    free_looks: int = 0
     chunk: int = 256  # largest number of frames asked at once in evaluation passes
 
     def __post_init__(self) -> None:
@@ -144,6 +149,8 @@ class TrainerConfig:
             raise ValueError(f"{self.validation} scores programs through the learned read-out")
         if self.patience < 0 or not 0.0 < self.selection_p <= 1.0:
             raise ValueError("patience must be ≥ 0 and selection_p in (0, 1]")
+        if self.free_looks < 0:
+            raise ValueError("free_looks must be ≥ 0")
         object.__setattr__(self, "lr_race", tuple(float(lr) for lr in self.lr_race))
         if self.lr_race and self.validation != "cross_fit":
             raise ValueError("lr_race races cross-fitted programs: validation must be 'cross_fit'")
@@ -359,6 +366,7 @@ class Trainer:
         # the validation answers together.
         self.train_answers: np.ndarray | None = None
         self.since_best = 0  # evaluation points since ``best`` last changed
+        self.looks = 0  # evaluation points after the first (``_selection_level``)
         self.stop_reason: str | None = None  # why the job stopped before its last iteration
         self.cursor = 0
         self.partial: list[np.ndarray] = []
@@ -708,7 +716,7 @@ class Trainer:
             if probe is not None and self._beats_best(correct, acc):
                 self.best = chosen(acc)
             self.since_best = 0
-        elif self._beats_best(correct, acc):
+        elif self._beat_best_at_next_look(correct, acc):
             self.best = chosen(acc)
             self.since_best = 0
         else:
@@ -763,7 +771,19 @@ class Trainer:
             return True
         wins = int((correct & ~self.reference).sum())
         losses = int((~correct & self.reference).sum())
-        return sign_test_p(wins, losses) <= self.config.selection_p
+        return sign_test_p(wins, losses) <= self._selection_level
+
+    def _beat_best_at_next_look(self, correct: np.ndarray, acc: float) -> bool:
+        self.looks += 1
+        return self._beats_best(correct, acc)
+
+    @property
+    def _selection_level(self) -> float:
+        """The sign test's level at this evaluation point (``TrainerConfig.free_looks``)."""
+        c = self.config
+        if not c.free_looks or self.looks <= c.free_looks:
+            return c.selection_p
+        return c.selection_p * c.free_looks / self.looks
 
     def _stop_reason(self) -> str | None:
         """Why to stop now, in words, or None to go on. With ``patience`` > 0 a job stops
@@ -949,6 +969,7 @@ class Trainer:
             "reference": self.reference,
             "train_answers": self.train_answers,
             "since_best": self.since_best,
+            "looks": self.looks,
             "stop_reason": self.stop_reason,
             "cursor": self.cursor,
             "partial": self.partial,
@@ -987,6 +1008,7 @@ class Trainer:
         self.reference = None if ref is None else np.asarray(ref, dtype=bool)
         self.train_answers = s.get("train_answers")
         self.since_best = int(s.get("since_best", 0))
+        self.looks = int(s.get("looks", 0))  # a checkpoint from before: none counted
         self.stop_reason = s.get("stop_reason")
         self.cursor, self.partial = int(s["cursor"]), list(s["partial"])
         self.results = dict(s["results"])

@@ -359,6 +359,25 @@ def test_a_program_must_pass_the_sign_test_against_the_probe() -> None:
     assert strict.results["test_accuracy"] == strict.results["baseline_frequency"]
 
 
+def test_looks_beyond_the_free_ones_spend_the_selection_level() -> None:
+    """free_looks 2: the first two evaluation points after the blank one test at
+    selection_p, the n-th after them at selection_p × 2 / n; a run that chose a program at
+    its free looks makes the same choice, one whose choice came later may not."""
+    t = make(mapping="frequency", iterations=30, lr=0.2, selection_p=0.05, free_looks=2)
+    levels = []
+    for looks in range(5):
+        t.looks = looks
+        levels.append(t._selection_level)
+    assert levels == [0.05, 0.05, 0.05, pytest.approx(0.1 / 3), pytest.approx(0.025)]
+    free = make(mapping="frequency", iterations=30, lr=0.2, selection_p=0.5)
+    drive(free)
+    spent = make(mapping="frequency", iterations=30, lr=0.2, selection_p=0.5, free_looks=1)
+    drive(spent)
+    np.testing.assert_array_equal(spent.theta, free.theta)  # selection draws nothing
+    assert spent.looks == free.looks == 30 // CONFIG["eval_every"]
+    assert spent.best.iteration <= free.best.iteration
+
+
 def test_a_job_that_cannot_beat_the_probe_returns_it_and_stops_spending() -> None:
     """The program cannot move (lr ≈ 0): with patience the job stops after that many
     evaluation points without a better program, returns the probe, and sends less than
@@ -448,6 +467,7 @@ def test_a_learned_readout_works_with_fewer_oracle_labels_than_classes() -> None
     [
         {"patience": 2, "selection_p": 0.2, "lr": 0.2, "iterations": 30},
         {"validation": "cross_validation", "patience": 3, "iterations": 30},
+        {"patience": 4, "selection_p": 0.3, "lr": 0.2, "iterations": 30, "free_looks": 1},
     ],
 )
 def test_resume_is_bit_identical_with_early_stopping_and_selection(variant: dict) -> None:
