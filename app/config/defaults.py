@@ -21,6 +21,8 @@ BUDGET_DECIDES = 1_000_000  # "as many iterations as the budget allows"
 # the two classify differently gives p ≤ this (docs/algorithm.md, "Validation").
 SELECTION_P = 0.05
 PATIENCE = 5  # evaluation points without a better program before a job stops
+# A job given a longer patience tests its programs at the sign test's level for the first
+# PATIENCE looks only, then spends it (engine TrainerConfig.free_looks; BENCHMARKS.md §8).
 # Step sizes raced against the default Adam step on cross-fitted programs (engine.cross_fit):
 # none until the race is measured to keep the worst case and raise the mean (BENCHMARKS.md §8).
 LR_RACE: list[float] = []
@@ -328,4 +330,11 @@ def resolve(spec: JobSpec, facts: Facts) -> tuple[JobSpec, list[str]]:
         "as the rest of the budget cannot change which program is returned; a budget is a "
         "ceiling, and what is not spent is reported",
     )
+    if (o.patience or 0) > PATIENCE:
+        notes.append(
+            f"selection: optimizer.patience {o.patience} gives programs more evaluation points "
+            f"than the default {PATIENCE}; after the first {PATIENCE}, the n-th tests at "
+            f"p ≤ {SELECTION_P:g} × {PATIENCE}/n, so that the extra looks do not let a lucky "
+            'program pass (BENCHMARKS.md §8, "Twice the patience")'
+        )
     return s, notes

@@ -156,7 +156,8 @@ class OptimizerSpec(Strict):
         ge=0,
         le=1_000_000,
         description="stop after this many evaluation points without a better program, or "
-        "sooner when the rest of the budget cannot change the choice; 0: never stop early",
+        "sooner when the rest of the budget cannot change the choice; 0: never stop early. "
+        "Above 5, programs are tested at a stricter level after the 5th evaluation point",
     )
     lr_race: list[Annotated[float, Field(gt=0, le=100)]] | None = Field(
         default=None,

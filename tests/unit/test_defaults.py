@@ -93,6 +93,15 @@ def test_patience_stops_a_budgeted_job_but_not_an_explicit_length() -> None:
     assert s.optimizer.patience == 3
 
 
+def test_a_patience_above_the_default_spends_the_selection_level_beyond_its_looks() -> None:
+    from app.jobs.runner import trainer_config
+
+    for patience, free in ((None, 0), (PATIENCE, 0), (3, 0), (0, 0), (PATIENCE + 5, PATIENCE)):
+        s, notes = resolve(spec(optimizer={"patience": patience}), TINY)
+        assert trainer_config(s).free_looks == free
+        assert any(n.startswith("selection: optimizer.patience") for n in notes) == bool(free)
+
+
 def test_evaluation_is_spaced_by_its_cost() -> None:
     """An evaluation point sends the validation and (learned read-out) training sets: about
     a tenth of training's queries, every 5 to 50 iterations."""
