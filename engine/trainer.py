@@ -716,11 +716,13 @@ class Trainer:
             if probe is not None and self._beats_best(correct, acc):
                 self.best = chosen(acc)
             self.since_best = 0
-        elif self._beat_best_at_next_look(correct, acc):
-            self.best = chosen(acc)
-            self.since_best = 0
         else:
-            self.since_best += 1
+            self.looks += 1
+            if self._beats_best(correct, acc):
+                self.best = chosen(acc)
+                self.since_best = 0
+            else:
+                self.since_best += 1
         self.stop_reason = self._stop_reason()
         more = self.iteration < self.config.iterations and self.stop_reason is None
         self.phase = self._training_phase if more else Phase.TEST
@@ -773,17 +775,16 @@ class Trainer:
         losses = int((~correct & self.reference).sum())
         return sign_test_p(wins, losses) <= self._selection_level
 
-    def _beat_best_at_next_look(self, correct: np.ndarray, acc: float) -> bool:
-        self.looks += 1
-        return self._beats_best(correct, acc)
-
     @property
     def _selection_level(self) -> float:
         """The sign test's level at this evaluation point (``TrainerConfig.free_looks``)."""
+        return self._level_at(self.looks)
+
+    def _level_at(self, look: int) -> float:
         c = self.config
-        if not c.free_looks or self.looks <= c.free_looks:
+        if not c.free_looks or look <= c.free_looks:
             return c.selection_p
-        return c.selection_p * c.free_looks / self.looks
+        return c.selection_p * c.free_looks / look
 
     def _stop_reason(self) -> str | None:
         """Why to stop now, in words, or None to go on. With ``patience`` > 0 a job stops
@@ -803,8 +804,10 @@ class Trainer:
         blank_best = not self.best.theta.any()
         if self.best.val_acc >= 1.0:
             return f"the best program is right on all {n} {what} images: nothing can beat it"
-        room, need = int((~self.reference).sum()), wins_needed(c.selection_p)
-        if blank_best and sign_test_p(room, 0) > c.selection_p:
+        # the next look's level: with free_looks spent it only falls, so no later one passes
+        level = self._level_at(self.looks + 1)
+        room, need = int((~self.reference).sum()), wins_needed(level)
+        if blank_best and sign_test_p(room, 0) > level:
             return (
                 f"the linear probe is wrong on only {room} of the {n} {what} images; "
                 f"a program would have to get at least {need} of those right, and none "

@@ -141,14 +141,12 @@ def execute_job(
         error = err
     if isinstance(error, QuotaExhausted):
         wait = runner.quota_wait(error, settings)
-        if wait is None:
-            error = runner.quota_too_far(error, settings)
+        if isinstance(wait, QuotaExhausted):
+            error = wait
         elif _wait_for_quota(db, settings, job_id, lease, error, wait):
             return Status.QUEUED
         else:
-            error = runner.quota_gave_up(
-                error, settings.max_quota_waits, settings.quota_wait_seconds
-            )
+            error = runner.quota_gave_up(error, settings.max_quota_waits, wait)
     return _finish(db, settings, job_id, lease, prepared, error, time.monotonic() - start)
 
 

@@ -137,10 +137,10 @@ def _waiting_for_quota(
             return step()
         except QuotaExhausted as err:
             wait = runner.quota_wait(err, settings)
-            if wait is None:
-                raise runner.quota_too_far(err, settings) from err
+            if isinstance(wait, QuotaExhausted):
+                raise wait from err
             if waits == settings.max_quota_waits:
-                raise runner.quota_gave_up(err, waits, settings.quota_wait_seconds) from err
+                raise runner.quota_gave_up(err, waits, wait) from err
             waits += 1
             log.warning("%s; waiting %s for it to renew", err, span(wait))
             sleep(wait)
@@ -163,13 +163,11 @@ def _run_waiting_for_quota(
         if not isinstance(error, QuotaExhausted) or hooks.checkpoint is None:
             return error
         wait = runner.quota_wait(error, settings)
-        if wait is None:
-            return runner.quota_too_far(error, settings)
+        if isinstance(wait, QuotaExhausted):
+            return wait
         waits = 1 if job.trainer.told > told else waits + 1
         if waits > settings.max_quota_waits:
-            return runner.quota_gave_up(
-                error, settings.max_quota_waits, settings.quota_wait_seconds
-            )
+            return runner.quota_gave_up(error, settings.max_quota_waits, wait)
         log.warning("%s; waiting %s for it to renew", error, span(wait))
         sleep(wait)
         job.trainer.load_state(hooks.checkpoint)

@@ -350,31 +350,28 @@ def run_to_end(trainer: Trainer, dispatcher: Dispatcher, hooks: RunHooks) -> Bas
     return None
 
 
-def quota_wait(error: QuotaExhausted, settings: Settings) -> float | None:
+def quota_wait(error: QuotaExhausted, settings: Settings) -> float | QuotaExhausted:
     """How long a job waits for its oracle's quota to renew: until the provider said it
-    renews (a second more, so that it has), else ``quota_wait_seconds``; None when the
-    provider said it renews later than the job would wait in all (``quota_wait_seconds`` ×
-    ``max_quota_waits``): waiting days for a month's quota helps nobody, failing does."""
+    renews (a second more, so that it has), else ``quota_wait_seconds``. When the provider
+    said it renews later than the job would wait in all (``quota_wait_seconds`` ×
+    ``max_quota_waits``), the error to fail with at once instead: waiting days for a month's
+    quota helps nobody, failing does."""
     if error.renews_in is None:
         return settings.quota_wait_seconds
-    if error.renews_in > settings.quota_wait_seconds * settings.max_quota_waits:
-        return None
+    longest = settings.quota_wait_seconds * settings.max_quota_waits
+    if error.renews_in > longest:
+        return QuotaExhausted(
+            f"{error}: later than a job waits for its oracle's quota ({span(longest)}, "
+            "quota_wait_seconds × max_quota_waits)",
+            provider=error.provider,
+            renews_in=error.renews_in,
+        )
     return error.renews_in + 1.0
 
 
-def quota_too_far(error: QuotaExhausted, settings: Settings) -> QuotaExhausted:
-    """The error a job ends with at once when its oracle's quota renews too late."""
-    longest = settings.quota_wait_seconds * settings.max_quota_waits
-    return QuotaExhausted(
-        f"{error}: later than a job waits for its oracle's quota ({span(longest)}, "
-        "quota_wait_seconds × max_quota_waits)",
-        provider=error.provider,
-        renews_in=error.renews_in,
-    )
-
-
 def quota_gave_up(error: QuotaExhausted, waits: int, seconds: float) -> QuotaExhausted:
-    """The error a job ends with when its oracle's quota did not come back in time."""
+    """The error a job ends with when its oracle's quota did not come back in time
+    (``waits`` waits, the last of ``seconds``)."""
     return QuotaExhausted(
         f"{error}: still used up after {waits} waits of {seconds:g} s without progress",
         provider=error.provider,
