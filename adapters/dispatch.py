@@ -24,6 +24,7 @@ from __future__ import annotations
 
 import dataclasses
 import hashlib
+import io
 import threading
 import time
 from collections import OrderedDict
@@ -38,6 +39,8 @@ from adapters.base import GradientOracle, Oracle
 from adapters.errors import BadInput, OracleError, PartialFailure, Throttled
 from adapters.ratelimit import SharedRateLimiter
 from adapters.retry import RetryPolicy
+
+_KEY_BYTES = 16  # an answer's cache key: a blake2b digest of its frame
 
 NOT_SENT = "not_sent"  # outcome of a request abandoned before it left (nothing billed)
 
@@ -110,18 +113,25 @@ def _input_refused(err: BadInput, index: int) -> BadInput:
 
 class AnswerCache:
     """Answers by the exact bytes of their frame, at most ``max_bytes`` of answers kept
-    (least recently used evicted first). Thread-safe."""
+    (least recently used evicted first). Thread-safe.
+
+    It also remembers which answers arrived since the last ``mark()`` (the service marks at
+    every checkpoint): those are the answers a job that stops before its next checkpoint has
+    paid for and its checkpoint does not hold. ``carry()`` packs them and ``restore()`` puts
+    them back in the next execution's cache, so a job that waits for its quota does not pay
+    for them twice."""
 
     def __init__(self, max_bytes: int) -> None:
         self.max_bytes = max_bytes
         self.bytes = 0
         self._rows: OrderedDict[bytes, np.ndarray] = OrderedDict()
+        self._since_mark: dict[bytes, None] = {}  # keys put since mark(), in order
         self._lock = threading.Lock()
 
     @staticmethod
     def key(frame: np.ndarray) -> bytes:
         """A digest of the frame's shape, dtype and bytes."""
-        h = hashlib.blake2b(digest_size=16)
+        h = hashlib.blake2b(digest_size=_KEY_BYTES)
         h.update(repr((frame.shape, frame.dtype.str)).encode())
         h.update(np.ascontiguousarray(frame).tobytes())
         return h.digest()
@@ -139,13 +149,46 @@ class AnswerCache:
             if key in self._rows or row.nbytes > self.max_bytes:
                 return
             self._rows[key] = row
+            self._since_mark[key] = None
             self.bytes += row.nbytes
             while self.bytes > self.max_bytes:
-                _, old = self._rows.popitem(last=False)
+                gone, old = self._rows.popitem(last=False)
+                self._since_mark.pop(gone, None)
                 self.bytes -= old.nbytes
 
     def __len__(self) -> int:
         return len(self._rows)
+
+    def mark(self) -> None:
+        """Everything answered so far is held elsewhere (a checkpoint): forget it as new."""
+        with self._lock:
+            self._since_mark.clear()
+
+    def carry(self) -> bytes | None:
+        """The answers put since the last ``mark()`` as one .npz (exact float64 rows, no
+        pickle), or None when there are none."""
+        with self._lock:
+            rows = [(k, self._rows[k]) for k in self._since_mark if k in self._rows]
+        if not rows:
+            return None
+        buf = io.BytesIO()
+        np.savez(
+            buf,
+            keys=np.array([k for k, _ in rows], dtype=f"S{_KEY_BYTES}"),
+            lengths=np.array([len(r) for _, r in rows], dtype=np.int64),
+            values=np.concatenate([r for _, r in rows]),
+        )
+        return buf.getvalue()
+
+    def restore(self, blob: bytes) -> int:
+        """Put back the answers ``carry()`` packed (as new since the mark: they stay carried
+        until a checkpoint holds their use); returns how many."""
+        with np.load(io.BytesIO(blob), allow_pickle=False) as z:
+            keys, lengths, values = z["keys"], z["lengths"], z["values"]
+        ends = np.cumsum(lengths)
+        for key, end, length in zip(keys, ends, lengths, strict=True):
+            self.put(bytes(key).ljust(_KEY_BYTES, b"\0"), values[end - length : end])
+        return len(keys)
 
 
 #: told each answer as it arrives: (its position among the images sent, its row)

@@ -15,6 +15,7 @@ import time
 from pathlib import Path
 from typing import Any
 
+from adapters.dispatch import AnswerCache
 from adapters.errors import QuotaExhausted
 from app.config.settings import Settings
 from app.config.spec import JobSpec
@@ -36,10 +37,21 @@ log = logging.getLogger("reprogram.worker")
 
 
 class _Hooks:
-    """Checkpoint + metrics + progress in one transaction per tell, under the lease."""
+    """Checkpoint + metrics + progress in one transaction per tell, under the lease; after
+    each, the answer cache forgets its answers as new (the checkpoint holds what they
+    taught), and the answers carried over a quota wait, once used, are dropped."""
 
-    def __init__(self, db: Database, job_id: str, lease: str, seq: int) -> None:
+    def __init__(
+        self,
+        db: Database,
+        job_id: str,
+        lease: str,
+        seq: int,
+        answers: AnswerCache | None,
+        carried: bool,
+    ) -> None:
         self.db, self.job_id, self.lease, self.seq = db, job_id, lease, seq
+        self.answers, self.carried = answers, carried
         self.metrics = runner.MetricRows()
         self._cancel: bool | None = None  # as of the last transaction that read it
 
@@ -59,7 +71,11 @@ class _Hooks:
             state=trainer.state_bytes(),
             metrics_row=row if event is not None else None,
             seq=self.seq,
+            drop_carried=self.carried,
         )
+        self.carried = False
+        if self.answers is not None:
+            self.answers.mark()
         if event is not None:
             self.seq += 1
 
@@ -84,6 +100,7 @@ def execute_job(
     start = time.monotonic()
     prepared: runner.PreparedJob | None = None
     error: BaseException | None = None
+    answers: AnswerCache | None = None  # the execution's answer cache, once it has one
     try:
         with lifecycle.Heartbeat(db, job_id, lease):
             spec = JobSpec.model_validate(job.resolved_spec or job.spec)
@@ -107,16 +124,24 @@ def execute_job(
                 secret=secret,
                 egress=settings.egress,  # checked again at every connection
             ) as (oracle, dispatcher):
+                learned = not oracle.labels_known
+                # before the carried answers: an answer from the cache teaches no labels
+                runner.discover_labels(oracle, dispatcher, size)
+                answers = dispatcher.cache
+                carried = lifecycle.carried_answers(db, job_id)
+                if carried is not None and answers is not None:
+                    n = answers.restore(carried)
+                    log.info("job %s: %d answers carried over its quota wait", job_id, n)
                 if state is None:
-                    runner.discover_labels(oracle, dispatcher, size)
                     prepared = runner.prepare(
                         spec, dataset, oracle, query_cap=job.query_cap, spent=job.queries
                     )
+                    resolved = runner.with_labels(prepared.spec, oracle) if learned else None
                     lifecycle.save_plan(
                         db,
                         job_id,
                         lease,
-                        resolved_spec=prepared.spec.model_dump(mode="json"),
+                        resolved_spec=(resolved or prepared.spec).model_dump(mode="json"),
                         choices=prepared.notes,
                         iterations=prepared.trainer.config.iterations,
                     )
@@ -126,7 +151,9 @@ def execute_job(
                     prepared.notes = job.choices or []
                     prepared.query_cap = job.query_cap
                     _fit_budget(prepared, job)
-                hooks = _Hooks(db, job_id, lease, _metric_count(db, job))
+                hooks = _Hooks(
+                    db, job_id, lease, _metric_count(db, job), answers, carried is not None
+                )
                 error = runner.run_to_end(prepared.trainer, dispatcher, hooks)
                 prepared.cache_hits = dict(dispatcher.cache_hits)  # this execution's
     except LeaseLost:
@@ -143,7 +170,7 @@ def execute_job(
         wait = runner.quota_wait(error, settings)
         if isinstance(wait, QuotaExhausted):
             error = wait
-        elif _wait_for_quota(db, settings, job_id, lease, error, wait):
+        elif _wait_for_quota(db, settings, job_id, lease, error, wait, answers):
             return Status.QUEUED
         else:
             error = runner.quota_gave_up(error, settings.max_quota_waits, wait)
@@ -151,10 +178,17 @@ def execute_job(
 
 
 def _wait_for_quota(
-    db: Database, settings: Settings, job_id: str, lease: str, error: QuotaExhausted, wait: float
+    db: Database,
+    settings: Settings,
+    job_id: str,
+    lease: str,
+    error: QuotaExhausted,
+    wait: float,
+    answers: AnswerCache | None,
 ) -> bool:
-    """Back to the queue for ``wait`` seconds, until the quota may have renewed; False when
-    the job has waited ``max_quota_waits`` times in a row already."""
+    """Back to the queue for ``wait`` seconds, until the quota may have renewed, carrying
+    the answers paid for since the last checkpoint; False when the job has waited
+    ``max_quota_waits`` times in a row already."""
     until = lifecycle.wait_for_quota(
         db,
         job_id,
@@ -162,6 +196,7 @@ def _wait_for_quota(
         seconds=wait,
         max_waits=settings.max_quota_waits,
         reason=f"the oracle's quota is used up ({error}); the job resumes from its last checkpoint",
+        answers=answers.carry() if answers is not None else None,
     )
     if until is not None:
         log.warning("job %s: %s; waiting until %s", job_id, error, until.isoformat())

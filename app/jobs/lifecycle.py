@@ -31,11 +31,11 @@ from datetime import UTC, datetime, timedelta
 from enum import StrEnum
 from typing import Any
 
-from sqlalchemy import case, select, update
+from sqlalchemy import case, delete, select, update
 from sqlalchemy.orm import Session
 
 from app.storage.db import Database
-from app.storage.models import Checkpoint, Job, MetricRow, utcnow
+from app.storage.models import CarriedAnswers, Checkpoint, Job, MetricRow, utcnow
 
 log = logging.getLogger("reprogram.lifecycle")
 
@@ -145,10 +145,12 @@ def record_progress(
     state: bytes,
     metrics_row: Callable[[Job], dict[str, Any]] | None,
     seq: int,
+    drop_carried: bool = False,
 ) -> bool:
     """One iteration's checkpoint, metrics row and progress in one transaction under the
-    lease; ``metrics_row`` builds the row from the job's spend as of this transaction.
-    Returns whether a cancel has been requested; raises LeaseLost."""
+    lease; ``metrics_row`` builds the row from the job's spend as of this transaction;
+    ``drop_carried``: the answers carried over a quota wait are used (the checkpoint is past
+    them). Returns whether a cancel has been requested; raises LeaseLost."""
     with db.session() as s:
         job = s.get(Job, job_id, with_for_update=not db.is_sqlite)
         if job is None or job.lease != lease:
@@ -161,6 +163,8 @@ def record_progress(
         job.iteration, job.iterations = iteration, iterations
         job.heartbeat_at = utcnow()
         job.quota_waits = 0  # it progressed: the quota it waited for came back
+        if drop_carried:
+            s.execute(delete(CarriedAnswers).where(CarriedAnswers.job_id == job_id))
         if metrics_row is not None:
             row = metrics_row(job)
             s.add(MetricRow(job_id=job_id, seq=seq, row=row))
@@ -215,13 +219,14 @@ def finish(db: Database, job_id: str, lease: str, status: Status, **values: Any)
     """The final status (with result, error, program) written under the lease."""
     assert status in FINAL
     with db.session() as s:
-        return bool(
-            s.execute(
-                update(Job)
-                .where(Job.id == job_id, Job.lease == lease)
-                .values(status=status, finished_at=utcnow(), reserved_queries=0, **values)
-            ).rowcount
-        )
+        won = s.execute(
+            update(Job)
+            .where(Job.id == job_id, Job.lease == lease)
+            .values(status=status, finished_at=utcnow(), reserved_queries=0, **values)
+        ).rowcount
+        if won:
+            s.execute(delete(CarriedAnswers).where(CarriedAnswers.job_id == job_id))
+        return bool(won)
 
 
 def process_exited(db: Database, job_id: str, exitcode: int | None, *, requeue: bool) -> None:
@@ -270,12 +275,21 @@ def _due(job: Job) -> bool:
 
 
 def wait_for_quota(
-    db: Database, job_id: str, lease: str, *, seconds: float, max_waits: int, reason: str
+    db: Database,
+    job_id: str,
+    lease: str,
+    *,
+    seconds: float,
+    max_waits: int,
+    reason: str,
+    answers: bytes | None = None,
 ) -> datetime | None:
     """Put a running job back in the queue until ``seconds`` from now, because its oracle's
     quota is used up (``reason``, in words); its checkpoint stays, so it resumes where it
-    was. Returns when it may run again, or None when it has already waited ``max_waits``
-    times without progress (then the caller fails it)."""
+    was, and so do ``answers`` (``AnswerCache.carry``: those paid for since the checkpoint,
+    which the next execution takes from ``carried_answers``). Returns when it may run again,
+    or None when it has already waited ``max_waits`` times without progress (then the
+    caller fails it)."""
     until = utcnow() + timedelta(seconds=seconds)
     with db.session() as s:
         won = s.execute(
@@ -290,7 +304,19 @@ def wait_for_quota(
                 quota_waits=Job.quota_waits + 1,
             )
         ).rowcount
+        if won and answers is not None:
+            carried = s.get(CarriedAnswers, job_id)
+            if carried is None:
+                s.add(CarriedAnswers(job_id=job_id, answers=answers))
+            else:
+                carried.answers, carried.created_at = answers, utcnow()
     return until if won else None
+
+
+def carried_answers(db: Database, job_id: str) -> bytes | None:
+    """The answers the job's last execution carried over its wait for the quota, if any."""
+    with db.session() as s:
+        return s.scalar(select(CarriedAnswers.answers).where(CarriedAnswers.job_id == job_id))
 
 
 def due_waiting(db: Database) -> list[tuple[str, datetime]]:

@@ -162,6 +162,18 @@ class Checkpoint(Base):
     updated_at: Mapped[datetime] = _ts()
 
 
+class CarriedAnswers(Base):
+    """Answers a job paid for after its last checkpoint and before it went back to the
+    queue to wait for its oracle's quota (``AnswerCache.carry``): its next execution starts
+    with them in its answer cache instead of paying for them again. Gone at the next
+    checkpoint, and when the job ends."""
+
+    __tablename__ = "carried_answers"
+    job_id: Mapped[str] = mapped_column(ForeignKey("jobs.id"), primary_key=True)
+    answers: Mapped[bytes] = mapped_column(LargeBinary)
+    created_at: Mapped[datetime] = _ts()
+
+
 class MetricRow(Base):
     __tablename__ = "metrics"
     id: Mapped[int] = mapped_column(

@@ -18,7 +18,7 @@ from app.jobs import lifecycle
 from app.jobs.queue import make_queue_app
 from app.storage.db import Database
 from app.storage.migrate import upgrade
-from app.storage.models import Job, Tenant, utcnow
+from app.storage.models import CarriedAnswers, Job, Tenant, utcnow
 from tests.fakes.clarifai import FakeClarifai
 from tests.fakes.customvision import FakeCustomVision
 from tests.helpers import (
@@ -99,6 +99,7 @@ def test_a_service_job_out_of_quota_waits_queued_then_resumes(
         with db.session() as s:
             row = s.get(Job, job_id)
             assert row.attempts >= 2 and row.not_before is None and row.quota_waits == 0
+            assert s.get(CarriedAnswers, job_id) is None  # the job is over: nothing kept
     finally:
         db.dispose()
 
@@ -162,3 +163,41 @@ def test_a_quota_that_renews_in_days_fails_a_service_job_at_once_and_predict_say
     assert failed["status"] == "failed" and failed["waiting"] is None and took < 60
     assert failed["error"].startswith("QuotaExhausted: Custom Vision answered HTTP 403")
     assert "later than a job waits for its oracle's quota (2 h" in failed["error"]
+
+
+def test_a_service_job_pays_once_for_the_answers_it_had_when_its_quota_ran_out(tmp_path, small_npz):
+    """Custom Vision answers one image per request, so the quota cuts a step short with
+    some of its answers paid for: the job carries them over its wait in the queue
+    (``carried_answers``), and costs what the same job with no quota costs, to the query."""
+    now = [0.0]  # the fake's clock: the test moves it on to renew the quota
+    fake = FakeCustomVision(
+        keys=[KEY], rate_limit=None, model="cheap", quota_period_seconds=2.0, clock=lambda: now[0]
+    )
+    with fake:
+        settings = service_settings(
+            tmp_path, None, oracle_allowed_endpoints=[fake.endpoint], quota_wait_seconds=1.0
+        )
+        with service(settings) as (client, headers):
+            ds = upload(client, headers, small_npz)
+            cred = add_credential(client, headers, KEY, "customvision")
+            oracle = customvision_oracle(fake, credential_id=cred, rate_limit=1000)
+            spec = {"dataset_id": ds["id"], "oracle": oracle} | RUN
+            free = wait_final(client, headers, post_job(client, headers, spec))
+            fake.reset()
+            fake.quota = free["spend"]["queries"] // 3 + 5  # three periods' worth, mid-step
+            job_id = post_job(client, headers, spec)
+            waits: set[str] = set()
+            deadline = time.monotonic() + 240
+            while time.monotonic() < deadline:
+                job = client.get(f"/v1/jobs/{job_id}", headers=headers).json()
+                if job["waiting"] is not None and job["waiting"]["until"] not in waits:
+                    waits.add(job["waiting"]["until"])
+                    now[0] += 2.0  # the period ends: the quota renews
+                if job["status"] in FINAL:
+                    break
+                time.sleep(0.05)
+            counts = fake.counts(KEY)
+    assert free["status"] == job["status"] == "succeeded", job["error"]
+    assert len(waits) == 2 and counts["failed"] >= 2  # the 403s
+    assert job["spend"]["queries"] == free["spend"]["queries"] == counts["answered"]
+    assert job["result"]["test_accuracy"] == free["result"]["test_accuracy"]

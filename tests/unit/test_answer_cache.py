@@ -142,6 +142,31 @@ def test_answers_paid_for_by_a_query_that_failed_are_not_paid_for_again() -> Non
     np.testing.assert_array_equal(answers, Dispatcher(Counting()).query(a, "training"))
 
 
+def test_answers_since_the_mark_are_carried_into_a_new_dispatcher_exactly() -> None:
+    """What the service keeps over a quota wait (``AnswerCache.carry``): the answers paid
+    for since the last checkpoint (the mark), bit for bit, and none from before it."""
+    a, b = frames(4), frames(6, seed=1)
+    d = Dispatcher(Rationed(quota=2))  # requests of 4: a takes one, b's first the other
+    assert d.cache.carry() is None
+    d.query(a, "training")  # before the checkpoint
+    d.cache.mark()
+    assert d.cache.carry() is None
+    with pytest.raises(QuotaExhausted):
+        d.query(b, "training")  # 4 answered, then the quota is used up
+    blob = d.cache.carry()
+    fresh, ledger = Counting(), MemoryLedger(price=0.001, max_queries=1000)
+    resumed = Dispatcher(fresh, ledger=ledger)
+    assert resumed.cache.restore(blob) == 4
+    answers = resumed.query(b, "training")
+    assert ledger.totals.queries == 2 and resumed.cache_hits == {"training": 4}
+    np.testing.assert_array_equal(answers, Dispatcher(Counting()).query(b, "training"))
+    # carried again until the next mark: a second wait before a checkpoint loses nothing
+    again = AnswerCache(max_bytes=10**6)
+    assert again.restore(resumed.cache.carry()) == 6
+    resumed.query(a, "training")  # never carried: sent
+    assert ledger.totals.queries == 2 + 4
+
+
 def test_images_are_encoded_before_a_rate_limit_slot_is_taken() -> None:
     """A slot is spent sending, not encoding: the oracle's encode runs before the limiter
     is asked, and predict_encoded gets what encode made."""
