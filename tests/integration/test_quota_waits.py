@@ -134,6 +134,14 @@ def test_production_wakes_a_due_job_onto_the_queue_once(pg_url, tmp_path):
         db.dispose()
 
 
+def _customvision_job(client, headers, fake: FakeCustomVision, small_npz) -> dict:
+    """The spec of a small job on the Custom Vision ``fake``, its data and key stored."""
+    ds = upload(client, headers, small_npz)
+    cred = add_credential(client, headers, KEY, "customvision")
+    oracle = customvision_oracle(fake, credential_id=cred, rate_limit=1000)
+    return {"dataset_id": ds["id"], "oracle": oracle} | RUN
+
+
 def test_a_quota_that_renews_in_days_fails_a_service_job_at_once_and_predict_says_when(
     tmp_path, small_npz
 ):
@@ -142,10 +150,7 @@ def test_a_quota_that_renews_in_days_fails_a_service_job_at_once_and_predict_say
     with FakeCustomVision(keys=[KEY], rate_limit=None, model="cheap") as fake:
         settings = service_settings(tmp_path, None, oracle_allowed_endpoints=[fake.endpoint])
         with service(settings) as (client, headers):
-            ds = upload(client, headers, small_npz)
-            cred = add_credential(client, headers, KEY, "customvision")
-            oracle = customvision_oracle(fake, credential_id=cred, rate_limit=1000)
-            spec = {"dataset_id": ds["id"], "oracle": oracle} | RUN
+            spec = _customvision_job(client, headers, fake, small_npz)
             done = wait_final(client, headers, post_job(client, headers, spec))
             assert done["status"] == "succeeded", done["error"]
             fake.quota = 0  # the month's predictions are used up from now on
@@ -178,10 +183,7 @@ def test_a_service_job_pays_once_for_the_answers_it_had_when_its_quota_ran_out(t
             tmp_path, None, oracle_allowed_endpoints=[fake.endpoint], quota_wait_seconds=1.0
         )
         with service(settings) as (client, headers):
-            ds = upload(client, headers, small_npz)
-            cred = add_credential(client, headers, KEY, "customvision")
-            oracle = customvision_oracle(fake, credential_id=cred, rate_limit=1000)
-            spec = {"dataset_id": ds["id"], "oracle": oracle} | RUN
+            spec = _customvision_job(client, headers, fake, small_npz)
             free = wait_final(client, headers, post_job(client, headers, spec))
             fake.reset()
             fake.quota = free["spend"]["queries"] // 3 + 5  # three periods' worth, mid-step
