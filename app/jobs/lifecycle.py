@@ -363,6 +363,8 @@ def request_cancel(session: Session, job: Job) -> None:
     if job.status == Status.QUEUED or (job.status == Status.RUNNING and _is_stale(job)):
         for key, value in _cancelled_values().items():
             setattr(job, key, value)
+        # a job cancelled while it waits for its quota will not use what it carried
+        session.execute(delete(CarriedAnswers).where(CarriedAnswers.job_id == job.id))
 
 
 def release_reservation(held: int) -> Any:

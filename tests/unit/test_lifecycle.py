@@ -159,3 +159,56 @@ def test_quota_waits_are_counted_until_the_job_progresses(db):
         lifecycle.request_cancel(s, s.get(Job, "job_a"))
     job = get(db)
     assert job.status == Status.CANCELLED and job.not_before is None and job.waiting is None
+
+
+def test_answers_carried_over_a_wait_live_until_progress_or_the_end(db):
+    def wait(lease: str, answers: bytes | None) -> object:
+        return lifecycle.wait_for_quota(
+            db, "job_a", lease, seconds=0, max_waits=5, reason="r", answers=answers
+        )
+
+    def progress(lease: str, drop: bool) -> None:
+        lifecycle.record_progress(
+            db,
+            "job_a",
+            lease,
+            iteration=1,
+            iterations=2,
+            state=b"",
+            metrics_row=None,
+            seq=0,
+            drop_carried=drop,
+        )
+
+    lifecycle.claim(db, "job_a", "one")
+    assert wait("one", b"first") is not None
+    assert lifecycle.carried_answers(db, "job_a") == b"first"
+    lifecycle.claim(db, "job_a", "two")
+    assert (
+        lifecycle.wait_for_quota(  # a lost lease carries nothing
+            db, "job_a", "one", seconds=0, max_waits=5, reason="r", answers=b"stale"
+        )
+        is None
+    )
+    assert wait("two", b"second") is not None  # replaced, not added
+    assert lifecycle.carried_answers(db, "job_a") == b"second"
+    lifecycle.claim(db, "job_a", "three")
+    progress("three", drop=False)
+    assert lifecycle.carried_answers(db, "job_a") == b"second"
+    progress("three", drop=True)  # the checkpoint is past them
+    assert lifecycle.carried_answers(db, "job_a") is None
+    assert wait("three", b"third") is not None
+    lifecycle.claim(db, "job_a", "four")
+    assert lifecycle.finish(db, "job_a", "four", Status.FAILED, error="e")
+    assert lifecycle.carried_answers(db, "job_a") is None  # the job is over
+
+
+def test_a_job_cancelled_while_it_waits_drops_what_it_carried(db):
+    lifecycle.claim(db, "job_a", "one")
+    lifecycle.wait_for_quota(
+        db, "job_a", "one", seconds=600, max_waits=5, reason="r", answers=b"carried"
+    )
+    with db.session() as s:
+        lifecycle.request_cancel(s, s.get(Job, "job_a"))
+    assert get(db).status == Status.CANCELLED
+    assert lifecycle.carried_answers(db, "job_a") is None
