@@ -111,7 +111,7 @@ PHASES: list[tuple[str, tuple[str, ...], tuple[str, ...], tuple[int, ...], tuple
     ("cross_fit", ALL_PAIRS, ("cross_fit",), SEEDS, (20_000, 5_000)),
     ("lr_race", ALL_PAIRS, ("lr_race",), SEEDS, (20_000, 5_000)),
     ("patience", ALL_PAIRS, ("patience10",), SEEDS, (60_000,)),
-    ("looks", ALL_PAIRS, ("patience10_looks",), SEEDS, (60_000, 20_000, 5_000)),
+    ("looks", ALL_PAIRS, ("patience10_looks",), SEEDS, (60_000, 20_000, 5_000, 15_000)),
     ("views", ALL_PAIRS, ("views",), SEEDS, (5_000, 20_000)),
     ("views_prob", ALL_PAIRS, ("views_prob",), SEEDS, (20_000, 5_000)),
     ("cma", FEW_CONCEPT_PAIRS, ("cma",), SEEDS, (20_000, 5_000)),
