@@ -164,7 +164,7 @@ def record_progress(
         job.heartbeat_at = utcnow()
         job.quota_waits = 0  # it progressed: the quota it waited for came back
         if drop_carried:
-            s.execute(delete(CarriedAnswers).where(CarriedAnswers.job_id == job_id))
+            drop_carried_answers(s, job_id)
         if metrics_row is not None:
             row = metrics_row(job)
             s.add(MetricRow(job_id=job_id, seq=seq, row=row))
@@ -225,7 +225,7 @@ def finish(db: Database, job_id: str, lease: str, status: Status, **values: Any)
             .values(status=status, finished_at=utcnow(), reserved_queries=0, **values)
         ).rowcount
         if won:
-            s.execute(delete(CarriedAnswers).where(CarriedAnswers.job_id == job_id))
+            drop_carried_answers(s, job_id)
         return bool(won)
 
 
@@ -304,13 +304,14 @@ def wait_for_quota(
                 quota_waits=Job.quota_waits + 1,
             )
         ).rowcount
-        if won and answers is not None:
-            carried = s.get(CarriedAnswers, job_id)
-            if carried is None:
-                s.add(CarriedAnswers(job_id=job_id, answers=answers))
-            else:
-                carried.answers, carried.created_at = answers, utcnow()
+        if won and answers is not None:  # the last wait's, if any, replaced
+            s.merge(CarriedAnswers(job_id=job_id, answers=answers, created_at=utcnow()))
     return until if won else None
+
+
+def drop_carried_answers(session: Session, job_id: str) -> None:
+    """The answers carried over a quota wait are used, or will never be: gone."""
+    session.execute(delete(CarriedAnswers).where(CarriedAnswers.job_id == job_id))
 
 
 def carried_answers(db: Database, job_id: str) -> bytes | None:
@@ -364,7 +365,7 @@ def request_cancel(session: Session, job: Job) -> None:
         for key, value in _cancelled_values().items():
             setattr(job, key, value)
         # a job cancelled while it waits for its quota will not use what it carried
-        session.execute(delete(CarriedAnswers).where(CarriedAnswers.job_id == job.id))
+        drop_carried_answers(session, job.id)
 
 
 def release_reservation(held: int) -> Any:
