@@ -282,6 +282,7 @@ def main() -> None:
     p.add_argument("--pairs", nargs="+", help="only these pairs (task:oracle)")
     p.add_argument("--configs", nargs="+", choices=list(CONFIGS), help="only these configs")
     p.add_argument("--seeds", nargs="+", type=int, help="only these seeds")
+    p.add_argument("--budgets", nargs="+", type=int, help="only these budgets")
     p.add_argument("--quick", action="store_true", help="a smoke test: 2 pairs, 3k queries")
     p.add_argument("--list", action="store_true", help="print what is left and stop")
     p.add_argument("--redo-stale", action="store_true", help="rerun rows of older code")
@@ -298,6 +299,7 @@ def main() -> None:
         if (not a.pairs or c[0] in a.pairs)
         and (not a.configs or c[1] in a.configs)
         and (a.seeds is None or c[2] in a.seeds)
+        and (a.budgets is None or c[3] in a.budgets)
     ]
     code_fingerprint()  # before the first job imports the training code
     left = todo(cells, load_rows(out), a.redo_stale)

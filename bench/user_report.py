@@ -356,7 +356,7 @@ def ablation_table(r: Rows, pair: str, budget: int = 20_000) -> list[str]:
 #: Phases of candidate defaults, whose rows are written to this file with ``--out`` and
 #: compared with the default's by bench/holdout_compare.py, not reported here.
 VARIANT_ROWS = Path("bench/results/user_grid_holdout.jsonl")
-VARIANT_PHASES = ("cross_fit", "lr_race", "patience", "views", "views_prob", "cma")
+VARIANT_PHASES = ("cross_fit", "lr_race", "patience", "looks", "views", "views_prob", "cma")
 
 
 def missing(r: Rows) -> list[str]:
@@ -384,7 +384,9 @@ def missing(r: Rows) -> list[str]:
 def provenance(r: Rows) -> list[str]:
     by: dict[str, list[dict]] = defaultdict(list)
     for x in r.rows:
-        by[x.get("code", "?")].append(x)
+        origin = x.get("adopted_from")  # bench/adopt_rows.py
+        adopted = f" ({origin} rows, adopted as the default's)" if origin else ""
+        by[x.get("code", "?") + adopted].append(x)
     out = [
         "| training code | git HEAD | rows | dates | machine |",
         "| --- | --- | ---: | --- | --- |",

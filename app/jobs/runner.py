@@ -23,7 +23,7 @@ from adapters.errors import (
     QuotaExhausted,
     span,
 )
-from app.config.defaults import PATIENCE, SELECTION_P, Facts, resolve
+from app.config.defaults import FREE_LOOKS, SELECTION_P, Facts, resolve
 from app.config.settings import Settings
 from app.config.spec import JobSpec
 from app.data.loading import DataError, Dataset, split_indices, to_full, to_target
@@ -90,7 +90,7 @@ def trainer_config(spec: JobSpec) -> TrainerConfig:
         validation=spec.data.validation,
         patience=o.patience,
         selection_p=SELECTION_P,
-        free_looks=PATIENCE if (o.patience or 0) > PATIENCE else 0,
+        free_looks=FREE_LOOKS if (o.patience or 0) > FREE_LOOKS else 0,
         lr_race=tuple(o.lr_race or ()),
         views=tuple(m.views or ()),
     )  # type: ignore[arg-type]

@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import pytest
 
-from app.config.defaults import BUDGET_DECIDES, PATIENCE, Facts, resolve
+from app.config.defaults import BUDGET_DECIDES, FREE_LOOKS, PATIENCE, Facts, resolve
 from app.config.spec import JobSpec
 
 TINY = Facts(n_labels=1000, n_classes=3, n_train=30, provider="torch", train_per_class=(10,) * 3)
@@ -93,10 +93,14 @@ def test_patience_stops_a_budgeted_job_but_not_an_explicit_length() -> None:
     assert s.optimizer.patience == 3
 
 
-def test_a_patience_above_the_default_spends_the_selection_level_beyond_its_looks() -> None:
+def test_a_patience_beyond_the_free_looks_spends_the_selection_level() -> None:
+    """The default patience (10) spends the level after 5 looks; a job given 5 or less (the
+    cheaper stop) tests every look at the full level, as every job did before."""
     from app.jobs.runner import trainer_config
 
-    for patience, free in ((None, 0), (PATIENCE, 0), (3, 0), (0, 0), (PATIENCE + 5, PATIENCE)):
+    assert PATIENCE > FREE_LOOKS
+    cases = ((None, FREE_LOOKS), (PATIENCE, FREE_LOOKS), (FREE_LOOKS, 0), (3, 0), (0, 0))
+    for patience, free in (*cases, (PATIENCE + 5, FREE_LOOKS)):
         s, notes = resolve(spec(optimizer={"patience": patience}), TINY)
         assert trainer_config(s).free_looks == free
         assert any(n.startswith("selection: optimizer.patience") for n in notes) == bool(free)

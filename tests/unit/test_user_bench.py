@@ -3,6 +3,8 @@ in tests."""
 
 from __future__ import annotations
 
+import json
+
 import numpy as np
 import pytest
 
@@ -106,3 +108,24 @@ def test_gap_closed_compares_the_same_seeds_and_caps_each_pair() -> None:
     assert user_report.gap_closed(r, pair) == pytest.approx(0.5)  # seed 0 only: 0.1 / 0.2
     rows[0] = _row(pair, "default", 0, 60_000, 0.95, 0.60)  # the default beats the white box
     assert user_report.gap_closed(user_report.Rows(rows), pair) == 1.0
+
+
+def test_adopted_rows_become_the_defaults_once_and_say_where_they_came_from(tmp_path) -> None:
+    from bench.adopt_rows import adopt
+
+    source, into = tmp_path / "variants.jsonl", tmp_path / "grid.jsonl"
+    old = _row("mnist5:moderation", "default", 1, 20_000, 0.59, 0.59)
+    new = {**_row("mnist5:moderation", "patience10_looks", 1, 20_000, 0.71, 0.59),
+           "date": "2026-12-04 00:00 UTC"}  # fmt: skip
+    other = _row("mnist5:moderation", "cma", 1, 20_000, 0.50, 0.59)
+    source.write_text("".join(json.dumps(r) + "\n" for r in (new, other)))
+    into.write_text(json.dumps(old) + "\n")
+    assert adopt("patience10_looks", source, into) == 1
+    assert adopt("patience10_looks", source, into) == 0  # not twice
+    rows = user_grid.load_rows(into)
+    assert [r["config"] for r in rows] == ["default", "default"]
+    assert rows[1]["adopted_from"] == "patience10_looks" and rows[1]["test_accuracy"] == 0.71
+    # the report reads the newest row of a cell: the adopted one, and names its origin
+    r = user_report.Rows(user_report.newest_code(rows))
+    assert r.acc("mnist5:moderation", "default", 20_000) == [0.71]
+    assert "patience10_looks" in "\n".join(user_report.provenance(r))
