@@ -9,7 +9,7 @@ hours of CPU. The rows keep their own code fingerprint and date, so the report's
 provenance table still says which code made them, and the change's BENCHMARKS entry
 reruns a sample of cells on the new default to show they are the same.
 
-    python -m bench.adopt_rows --config patience10_looks
+    python -m bench.adopt_rows --config patience10_looks --budgets 5000 15000 20000
 """
 
 from __future__ import annotations
@@ -23,9 +23,10 @@ from bench.user_grid import OUT, load_rows
 SOURCE = Path("bench/results/user_grid_holdout.jsonl")
 
 
-def adopt(config: str, source: Path, into: Path) -> int:
-    """Append ``config``'s rows from ``source`` to ``into`` as the default's; rows already
-    adopted (same cell and date) are not appended twice. Returns how many were appended."""
+def adopt(config: str, source: Path, into: Path, budgets: set[int] | None = None) -> int:
+    """Append ``config``'s rows from ``source`` (at ``budgets``, default all) to ``into`` as
+    the default's; rows already adopted (same cell and date) are not appended twice. Returns
+    how many were appended."""
     have = {
         (r["pair"], r["seed"], r["budget"], r["date"])
         for r in load_rows(into)
@@ -34,7 +35,9 @@ def adopt(config: str, source: Path, into: Path) -> int:
     new = [
         {**r, "config": "default", "adopted_from": config}
         for r in load_rows(source)
-        if r["config"] == config and (r["pair"], r["seed"], r["budget"], r["date"]) not in have
+        if r["config"] == config
+        and (budgets is None or r["budget"] in budgets)
+        and (r["pair"], r["seed"], r["budget"], r["date"]) not in have
     ]
     if not new:
         return 0
@@ -49,8 +52,10 @@ def main() -> None:
     p.add_argument("--config", required=True, help="the configuration that became the default")
     p.add_argument("--source", type=Path, default=SOURCE)
     p.add_argument("--into", type=Path, default=OUT)
+    p.add_argument("--budgets", nargs="+", type=int, help="only these budgets")
     a = p.parse_args()
-    print(f"{adopt(a.config, a.source, a.into)} rows of {a.config} adopted into {a.into}")
+    n = adopt(a.config, a.source, a.into, set(a.budgets) if a.budgets else None)
+    print(f"{n} rows of {a.config} adopted into {a.into}")
 
 
 if __name__ == "__main__":
