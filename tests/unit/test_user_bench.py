@@ -120,6 +120,7 @@ def test_adopted_rows_become_the_defaults_once_and_say_where_they_came_from(tmp_
     other = _row("mnist5:moderation", "cma", 1, 20_000, 0.50, 0.59)
     source.write_text("".join(json.dumps(r) + "\n" for r in (new, other)))
     into.write_text(json.dumps(old) + "\n")
+    assert adopt("patience10_looks", source, into, budgets={60_000}) == 0
     assert adopt("patience10_looks", source, into) == 1
     assert adopt("patience10_looks", source, into) == 0  # not twice
     rows = user_grid.load_rows(into)
