@@ -20,12 +20,14 @@ BUDGET_DECIDES = 1_000_000  # "as many iterations as the budget allows"
 # A program replaces the linear probe only if a one-sided sign test on the validation images
 # the two classify differently gives p ≤ this (docs/algorithm.md, "Validation").
 SELECTION_P = 0.05
-# Evaluation points without a better program before a job stops. 10 since 2026-12-04: on the
-# user benchmark's 108 jobs (9 pairs x 3 seeds x 5k/15k/20k/60k) it was never below the
-# probe and raised the mean margin at 15k-60k by 0.5-0.9 points over 5, at 21-94 % more
-# queries (BENCHMARKS.md §8, "Patience 10 becomes the default"). A user who prefers the
-# cheaper stop sets optimizer.patience: 5.
+# Evaluation points without a better program before a job stops. 10 on cross-fitted jobs
+# since 2026-12-04: on the user benchmark's 108 jobs (9 pairs x 3 seeds x 5k/15k/20k/60k) it
+# was never below the probe and raised the mean margin at 15k-60k by 0.5-0.9 points over 5,
+# at 21-94 % more queries. 5 on jobs validated on held-out images (their own val/ or a
+# hold-out): there 10 changed no result in 25 jobs and cost a third more queries
+# (BENCHMARKS.md §8, "Patience 10 becomes the default").
 PATIENCE = 10
+PATIENCE_HELD_OUT = 5
 # Programs are tested at the sign test's level for the first FREE_LOOKS evaluation points
 # only; after them the level is spent (engine TrainerConfig.free_looks), so that a longer
 # patience does not buy more lucky passes: with patience 10 and the level unspent a wine3
@@ -328,13 +330,14 @@ def resolve(spec: JobSpec, facts: Facts) -> tuple[JobSpec, list[str]]:
         f"p ≤ {SELECTION_P:g}",
     )
     explicit = spec.optimizer.iterations is not None
+    patience = PATIENCE if d.validation == "cross_fit" else PATIENCE_HELD_OUT
     choose(
         o,
         "patience",
-        0 if explicit else PATIENCE,
+        0 if explicit else patience,
         "optimizer.iterations was given, so all of them run (set optimizer.patience to stop early)"
         if explicit
-        else f"stop after {PATIENCE} evaluation points without a better program, or as soon "
+        else f"stop after {patience} evaluation points without a better program, or as soon "
         "as the rest of the budget cannot change which program is returned; a budget is a "
         "ceiling, and what is not spent is reported",
     )

@@ -5,7 +5,14 @@ from __future__ import annotations
 
 import pytest
 
-from app.config.defaults import BUDGET_DECIDES, FREE_LOOKS, PATIENCE, Facts, resolve
+from app.config.defaults import (
+    BUDGET_DECIDES,
+    FREE_LOOKS,
+    PATIENCE,
+    PATIENCE_HELD_OUT,
+    Facts,
+    resolve,
+)
 from app.config.spec import JobSpec
 
 TINY = Facts(n_labels=1000, n_classes=3, n_train=30, provider="torch", train_per_class=(10,) * 3)
@@ -91,6 +98,18 @@ def test_patience_stops_a_budgeted_job_but_not_an_explicit_length() -> None:
     assert s.optimizer.patience == 0 and any("all of them run" in n for n in notes)
     s, _ = resolve(spec(optimizer={"iterations": 40, "patience": 3}), TINY)
     assert s.optimizer.patience == 3
+
+
+def test_a_job_validated_on_held_out_images_stops_after_the_shorter_patience() -> None:
+    """Cross-fitted jobs (no val/) wait 10 points; a job scored on its own val/ or on a
+    hold-out waits 5, where 10 only cost queries (BENCHMARKS.md §8)."""
+    s, _ = resolve(spec(), TINY)
+    assert s.data.validation == "cross_fit" and s.optimizer.patience == PATIENCE == 10
+    own_val = Facts(n_labels=1000, n_classes=3, n_train=30, provider="torch", n_val=15)
+    for sp, facts in ((spec(), own_val), (spec(data={"validation": "holdout"}), TINY)):
+        s, notes = resolve(sp, facts)
+        assert s.data.validation == "holdout" and s.optimizer.patience == PATIENCE_HELD_OUT == 5
+        assert not any(n.startswith("selection: optimizer.patience") for n in notes)
 
 
 def test_a_patience_beyond_the_free_looks_spends_the_selection_level() -> None:
