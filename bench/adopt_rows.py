@@ -18,7 +18,8 @@ import argparse
 import json
 from pathlib import Path
 
-from bench.user_grid import OUT, load_rows
+from bench.rows import load_rows
+from bench.user_grid import OUT
 
 SOURCE = Path("bench/results/user_grid_holdout.jsonl")
 

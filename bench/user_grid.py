@@ -43,6 +43,7 @@ from functools import cache
 from pathlib import Path
 from typing import Any
 
+from bench.rows import load_rows
 from bench.user_tasks import ORACLES, PAIR_BY_NAME, PAIRS
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -231,12 +232,6 @@ def _device() -> str:
 
 def key(row: dict[str, Any]) -> tuple:
     return (row["pair"], row["config"], row["seed"], row["budget"])
-
-
-def load_rows(path: Path) -> list[dict[str, Any]]:
-    if not path.exists():
-        return []
-    return [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
 
 
 def plan(phases: list, only: set[str] | None = None) -> list[tuple[str, str, int, int]]:

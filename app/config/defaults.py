@@ -23,8 +23,9 @@ SELECTION_P = 0.05
 # Evaluation points without a better program before a job stops. 10 on cross-fitted jobs
 # since 2026-12-04: on the user benchmark's 108 jobs (9 pairs x 3 seeds x 5k/15k/20k/60k) it
 # was never below the probe and raised the mean margin at 15k-60k by 0.5-0.9 points over 5,
-# at 21-94 % more queries. 5 on jobs validated on held-out images (their own val/ or a
-# hold-out): there 10 changed no result in 25 jobs and cost a third more queries
+# at 21-94 % more queries. 5 on every other job (its own val/, a hold-out, or
+# cross_validation): on held-out images 10 changed no result in 25 jobs and cost a third more
+# queries; cross_validation was not measured, so it keeps the old default
 # (BENCHMARKS.md §8, "Patience 10 becomes the default").
 PATIENCE = 10
 PATIENCE_HELD_OUT = 5
