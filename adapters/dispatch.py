@@ -25,6 +25,7 @@ from __future__ import annotations
 import dataclasses
 import hashlib
 import io
+import logging
 import threading
 import time
 from collections import OrderedDict
@@ -41,6 +42,8 @@ from adapters.ratelimit import SharedRateLimiter
 from adapters.retry import RetryPolicy
 
 _KEY_BYTES = 16  # an answer's cache key: a blake2b digest of its frame
+
+log = logging.getLogger("reprogram.dispatch")
 
 NOT_SENT = "not_sent"  # outcome of a request abandoned before it left (nothing billed)
 
@@ -115,17 +118,20 @@ class AnswerCache:
     """Answers by the exact bytes of their frame, at most ``max_bytes`` of answers kept
     (least recently used evicted first). Thread-safe.
 
-    It also remembers which answers arrived since the last ``mark()`` (the service marks at
-    every checkpoint): those are the answers a job that stops before its next checkpoint has
-    paid for and its checkpoint does not hold. ``carry()`` packs them and ``restore()`` puts
-    them back in the next execution's cache, so a job that waits for its quota does not pay
-    for them twice."""
+    With a ``journal`` (the service's table ``paid_answers``), it also hands each answer on
+    as soon as its request is settled: ``flush()`` (the dispatcher's, after every request)
+    packs the answers put since the last flush as one .npz and gives it to the journal.
+    ``restore()`` puts a journal's packs back in a new execution's cache, so a job whose
+    process dies mid-step, or that waits in the queue for its quota, does not pay again for
+    what it had received. ``mark()`` (the service's, at every checkpoint: the checkpoint
+    holds what those answers taught) forgets the answers not yet handed on."""
 
-    def __init__(self, max_bytes: int) -> None:
+    def __init__(self, max_bytes: int, journal: Callable[[bytes], None] | None = None) -> None:
         self.max_bytes = max_bytes
+        self.journal = journal
         self.bytes = 0
         self._rows: OrderedDict[bytes, np.ndarray] = OrderedDict()
-        self._since_mark: dict[bytes, None] = {}  # keys put since mark(), in order
+        self._unsaved: dict[bytes, None] = {}  # keys put since the last flush or mark
         self._lock = threading.Lock()
 
     @staticmethod
@@ -143,52 +149,69 @@ class AnswerCache:
                 self._rows.move_to_end(key)
             return row
 
-    def put(self, key: bytes, row: np.ndarray) -> None:
+    def put(self, key: bytes, row: np.ndarray, *, saved: bool = False) -> None:
+        """``saved``: the journal holds it already (a restored answer)."""
         row = np.array(row, dtype=np.float64)  # a copy: the caller may change its own
         with self._lock:
             if key in self._rows or row.nbytes > self.max_bytes:
                 return
             self._rows[key] = row
-            self._since_mark[key] = None
+            if self.journal is not None and not saved:
+                self._unsaved[key] = None
             self.bytes += row.nbytes
             while self.bytes > self.max_bytes:
                 gone, old = self._rows.popitem(last=False)
-                self._since_mark.pop(gone, None)
+                self._unsaved.pop(gone, None)
                 self.bytes -= old.nbytes
 
     def __len__(self) -> int:
         return len(self._rows)
 
     def mark(self) -> None:
-        """Everything answered so far is held elsewhere (a checkpoint): forget it as new."""
+        """Everything answered so far is held elsewhere (a checkpoint): hand none of it on."""
         with self._lock:
-            self._since_mark.clear()
+            self._unsaved.clear()
 
-    def carry(self) -> bytes | None:
-        """The answers put since the last ``mark()`` as one .npz (exact float64 rows, no
-        pickle), or None when there are none."""
+    def flush(self) -> int:
+        """Hand the answers put since the last flush to the journal; how many. A journal
+        that fails (a database hiccup) gets them again at the next flush: the job goes on,
+        and at worst a crash before then pays for them once more."""
+        if self.journal is None:
+            return 0
         with self._lock:
-            rows = [(k, self._rows[k]) for k in self._since_mark if k in self._rows]
+            rows = [(k, self._rows[k]) for k in self._unsaved if k in self._rows]
+            self._unsaved.clear()
         if not rows:
-            return None
-        buf = io.BytesIO()
-        np.savez(
-            buf,
-            keys=np.array([k for k, _ in rows], dtype=f"S{_KEY_BYTES}"),
-            lengths=np.array([len(r) for _, r in rows], dtype=np.int64),
-            values=np.concatenate([r for _, r in rows]),
-        )
-        return buf.getvalue()
+            return 0
+        try:
+            self.journal(pack_answers(rows))
+        except Exception:
+            log.warning("could not save %d answers; trying again at the next flush", len(rows))
+            with self._lock:
+                self._unsaved.update(dict.fromkeys(k for k, _ in rows))
+            return 0
+        return len(rows)
 
     def restore(self, blob: bytes) -> int:
-        """Put back the answers ``carry()`` packed (as new since the mark: they stay carried
-        until a checkpoint holds their use); returns how many."""
+        """Put back the answers of one pack (``pack_answers``) as saved; returns how many."""
         with np.load(io.BytesIO(blob), allow_pickle=False) as z:
             keys, lengths, values = z["keys"], z["lengths"], z["values"]
         ends = np.cumsum(lengths)
         for key, end, length in zip(keys, ends, lengths, strict=True):
-            self.put(bytes(key).ljust(_KEY_BYTES, b"\0"), values[end - length : end])
+            self.put(bytes(key).ljust(_KEY_BYTES, b"\0"), values[end - length : end], saved=True)
         return len(keys)
+
+
+def pack_answers(rows: list[tuple[bytes, np.ndarray]]) -> bytes:
+    """Answers (cache key, row) as one .npz: exact float64 rows, no pickle."""
+    buf = io.BytesIO()
+    np.savez(
+        buf,
+        keys=np.array([k for k, _ in rows], dtype=f"S{_KEY_BYTES}"),
+        lengths=np.array([len(r) for _, r in rows], dtype=np.int64),
+        values=np.concatenate([r for _, r in rows]),
+    )
+    return buf.getvalue()
 
 
 #: told each answer as it arrives: (its position among the images sent, its row)
@@ -290,6 +313,12 @@ class Dispatcher:
         reservation.settle(_record(purpose, len(images), len(images), "ok", None, start))
         return probs, grad
 
+    def _flush(self) -> None:
+        # after the ledger has recorded the payment: a crash in between pays again (the
+        # ledger never undercounts), one the other way round would not be counted
+        if self.cache is not None:
+            self.cache.flush()
+
     def close(self) -> None:
         """Wait for requests in flight and release the thread pool."""
         if self._pool is not None:
@@ -361,6 +390,7 @@ class Dispatcher:
                     keep(offset + pending[pos], rows[pending[pos]])
                 record = _record(purpose, len(batch), len(err.answered), "partial", err, start)
                 reservation.settle(record)
+                self._flush()
                 failed = {pending[pos]: e for pos, e in err.failed.items()}
                 pending = sorted(failed)
                 if not err.retryable:
@@ -379,6 +409,7 @@ class Dispatcher:
             for pos, row in zip(pending, answer.probs, strict=True):
                 rows[pos] = row
                 keep(offset + pos, row)
+            self._flush()
             pending = []
 
         def before_sleep(err: BaseException, seconds: float) -> None:

@@ -78,6 +78,9 @@ CONFIGS: dict[str, dict[str, Any]] = {
     # the same, with the sign test's level spent beyond the default's 5 looks
     # (``TrainerConfig.free_looks``, set through TRAINER_OVERRIDES: no spec field)
     "patience10_looks": {"optimizer": {"patience": 10}},
+    # no early stop at all: what the default's program reaches with the whole budget, on the
+    # few-concept views where the white box's best program came after 450-2,400 iterations
+    "patience0": {"optimizer": {"patience": 0}},
     # the full view of each image as read-out features (issue 9, item 5): 2 queries/prediction
     "views": {"mapping": {"views": ["full"]}},
     # the same spec on the code whose view choice tests each image's out-of-fold probability
@@ -116,6 +119,7 @@ PHASES: list[tuple[str, tuple[str, ...], tuple[str, ...], tuple[int, ...], tuple
     ("views", ALL_PAIRS, ("views",), SEEDS, (5_000, 20_000)),
     ("views_prob", ALL_PAIRS, ("views_prob",), SEEDS, (20_000, 5_000)),
     ("cma", FEW_CONCEPT_PAIRS, ("cma",), SEEDS, (20_000, 5_000)),
+    ("full_budget", FEW_CONCEPT_PAIRS, ("patience0",), SEEDS, (60_000,)),
 ]
 QUICK_PAIRS = ("mnist5:moderation", "faces2:nsfw")
 QUICK = [("quick", QUICK_PAIRS, ("default", "bar", "wb_r8"), (0,), (3000,))]

@@ -356,7 +356,16 @@ def ablation_table(r: Rows, pair: str, budget: int = 20_000) -> list[str]:
 #: Phases of candidate defaults, whose rows are written to this file with ``--out`` and
 #: compared with the default's by bench/holdout_compare.py, not reported here.
 VARIANT_ROWS = Path("bench/results/user_grid_holdout.jsonl")
-VARIANT_PHASES = ("cross_fit", "lr_race", "patience", "looks", "views", "views_prob", "cma")
+VARIANT_PHASES = (
+    "cross_fit",
+    "lr_race",
+    "patience",
+    "looks",
+    "views",
+    "views_prob",
+    "cma",
+    "full_budget",
+)
 
 
 def missing(r: Rows) -> list[str]:

@@ -37,21 +37,15 @@ log = logging.getLogger("reprogram.worker")
 
 
 class _Hooks:
-    """Checkpoint + metrics + progress in one transaction per tell, under the lease; after
-    each, the answer cache forgets its answers as new (the checkpoint holds what they
-    taught), and the answers carried over a quota wait, once used, are dropped."""
+    """Checkpoint + metrics + progress in one transaction per tell, under the lease, which
+    drops the answers saved since the last one (``paid_answers``: the checkpoint holds what
+    they taught); after each, the answer cache hands none of them on any more."""
 
     def __init__(
-        self,
-        db: Database,
-        job_id: str,
-        lease: str,
-        seq: int,
-        answers: AnswerCache | None,
-        carried: bool,
+        self, db: Database, job_id: str, lease: str, seq: int, answers: AnswerCache | None
     ) -> None:
         self.db, self.job_id, self.lease, self.seq = db, job_id, lease, seq
-        self.answers, self.carried = answers, carried
+        self.answers = answers
         self.metrics = runner.MetricRows()
         self._cancel: bool | None = None  # as of the last transaction that read it
 
@@ -71,9 +65,7 @@ class _Hooks:
             state=trainer.state_bytes(),
             metrics_row=row if event is not None else None,
             seq=self.seq,
-            drop_carried=self.carried,
         )
-        self.carried = False
         if self.answers is not None:
             self.answers.mark()
         if event is not None:
@@ -125,13 +117,11 @@ def execute_job(
                 egress=settings.egress,  # checked again at every connection
             ) as (oracle, dispatcher):
                 learned = not oracle.labels_known
-                # before the carried answers: an answer from the cache teaches no labels
+                # before the saved answers: an answer from the cache teaches no labels
                 runner.discover_labels(oracle, dispatcher, size)
                 answers = dispatcher.cache
-                carried = lifecycle.carried_answers(db, job_id)
-                if carried is not None and answers is not None:
-                    n = answers.restore(carried)
-                    log.info("job %s: %d answers carried over its quota wait", job_id, n)
+                if answers is not None:
+                    _keep_paid_answers(db, job_id, lease, answers)
                 if state is None:
                     prepared = runner.prepare(
                         spec, dataset, oracle, query_cap=job.query_cap, spent=job.queries
@@ -151,9 +141,7 @@ def execute_job(
                     prepared.notes = job.choices or []
                     prepared.query_cap = job.query_cap
                     _fit_budget(prepared, job)
-                hooks = _Hooks(
-                    db, job_id, lease, _metric_count(db, job), answers, carried is not None
-                )
+                hooks = _Hooks(db, job_id, lease, _metric_count(db, job), answers)
                 error = runner.run_to_end(prepared.trainer, dispatcher, hooks)
                 prepared.cache_hits = dict(dispatcher.cache_hits)  # this execution's
     except LeaseLost:
@@ -170,7 +158,7 @@ def execute_job(
         wait = runner.quota_wait(error, settings)
         if isinstance(wait, QuotaExhausted):
             error = wait
-        elif _wait_for_quota(db, settings, job_id, lease, error, wait, answers):
+        elif _wait_for_quota(db, settings, job_id, lease, error, wait):
             return Status.QUEUED
         else:
             error = runner.quota_gave_up(error, settings.max_quota_waits, wait)
@@ -184,11 +172,10 @@ def _wait_for_quota(
     lease: str,
     error: QuotaExhausted,
     wait: float,
-    answers: AnswerCache | None,
 ) -> bool:
-    """Back to the queue for ``wait`` seconds, until the quota may have renewed, carrying
-    the answers paid for since the last checkpoint; False when the job has waited
-    ``max_quota_waits`` times in a row already."""
+    """Back to the queue for ``wait`` seconds, until the quota may have renewed (the answers
+    paid for since the last checkpoint stay saved for the next execution); False when the
+    job has waited ``max_quota_waits`` times in a row already."""
     until = lifecycle.wait_for_quota(
         db,
         job_id,
@@ -196,11 +183,25 @@ def _wait_for_quota(
         seconds=wait,
         max_waits=settings.max_quota_waits,
         reason=f"the oracle's quota is used up ({error}); the job resumes from its last checkpoint",
-        answers=answers.carry() if answers is not None else None,
     )
     if until is not None:
         log.warning("job %s: %s; waiting until %s", job_id, error, until.isoformat())
     return until is not None
+
+
+def _keep_paid_answers(db: Database, job_id: str, lease: str, answers: AnswerCache) -> None:
+    """Start with the answers earlier executions paid for since the checkpoint (one that
+    died mid-step, or went back to the queue for the quota), then save each request's as it
+    is settled. After the label discovery: an answer from the cache teaches no labels."""
+    n = sum(answers.restore(pack) for pack in lifecycle.paid_answers(db, job_id))
+    if n:
+        log.info("job %s: %d answers paid for since its checkpoint, not paid again", job_id, n)
+    answers.journal = lambda pack: _save(db, job_id, lease, pack)
+
+
+def _save(db: Database, job_id: str, lease: str, pack: bytes) -> None:
+    if not lifecycle.save_answers(db, job_id, lease, pack):
+        raise LeaseLost(job_id)  # caught by the cache's flush: kept, never written
 
 
 def _load(db: Database, settings: Settings, job: Job) -> tuple[Any, Credential | None, Any]:

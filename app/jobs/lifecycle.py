@@ -35,7 +35,7 @@ from sqlalchemy import case, delete, select, update
 from sqlalchemy.orm import Session
 
 from app.storage.db import Database
-from app.storage.models import CarriedAnswers, Checkpoint, Job, MetricRow, utcnow
+from app.storage.models import Checkpoint, Job, MetricRow, PaidAnswers, utcnow
 
 log = logging.getLogger("reprogram.lifecycle")
 
@@ -145,12 +145,11 @@ def record_progress(
     state: bytes,
     metrics_row: Callable[[Job], dict[str, Any]] | None,
     seq: int,
-    drop_carried: bool = False,
 ) -> bool:
     """One iteration's checkpoint, metrics row and progress in one transaction under the
-    lease; ``metrics_row`` builds the row from the job's spend as of this transaction;
-    ``drop_carried``: the answers carried over a quota wait are used (the checkpoint is past
-    them). Returns whether a cancel has been requested; raises LeaseLost."""
+    lease; ``metrics_row`` builds the row from the job's spend as of this transaction. The
+    answers paid for since the last checkpoint go: this one holds what they taught. Returns
+    whether a cancel has been requested; raises LeaseLost."""
     with db.session() as s:
         job = s.get(Job, job_id, with_for_update=not db.is_sqlite)
         if job is None or job.lease != lease:
@@ -163,8 +162,7 @@ def record_progress(
         job.iteration, job.iterations = iteration, iterations
         job.heartbeat_at = utcnow()
         job.quota_waits = 0  # it progressed: the quota it waited for came back
-        if drop_carried:
-            drop_carried_answers(s, job_id)
+        drop_paid_answers(s, job_id)
         if metrics_row is not None:
             row = metrics_row(job)
             s.add(MetricRow(job_id=job_id, seq=seq, row=row))
@@ -225,7 +223,7 @@ def finish(db: Database, job_id: str, lease: str, status: Status, **values: Any)
             .values(status=status, finished_at=utcnow(), reserved_queries=0, **values)
         ).rowcount
         if won:
-            drop_carried_answers(s, job_id)
+            drop_paid_answers(s, job_id)
         return bool(won)
 
 
@@ -282,13 +280,11 @@ def wait_for_quota(
     seconds: float,
     max_waits: int,
     reason: str,
-    answers: bytes | None = None,
 ) -> datetime | None:
     """Put a running job back in the queue until ``seconds`` from now, because its oracle's
     quota is used up (``reason``, in words); its checkpoint stays, so it resumes where it
-    was, and so do ``answers`` (``AnswerCache.carry``: those paid for since the checkpoint,
-    which the next execution takes from ``carried_answers``). Returns when it may run again,
-    or None when it has already waited ``max_waits`` times without progress (then the
+    was, and so do the answers it paid for since (``paid_answers``). Returns when it may run
+    again, or None when it has already waited ``max_waits`` times without progress (then the
     caller fails it)."""
     until = utcnow() + timedelta(seconds=seconds)
     with db.session() as s:
@@ -304,20 +300,41 @@ def wait_for_quota(
                 quota_waits=Job.quota_waits + 1,
             )
         ).rowcount
-        if won and answers is not None:  # the last wait's, if any, replaced
-            s.merge(CarriedAnswers(job_id=job_id, answers=answers, created_at=utcnow()))
     return until if won else None
 
 
-def drop_carried_answers(session: Session, job_id: str) -> None:
-    """The answers carried over a quota wait are used, or will never be: gone."""
-    session.execute(delete(CarriedAnswers).where(CarriedAnswers.job_id == job_id))
-
-
-def carried_answers(db: Database, job_id: str) -> bytes | None:
-    """The answers the job's last execution carried over its wait for the quota, if any."""
+def save_answers(db: Database, job_id: str, lease: str, pack: bytes) -> bool:
+    """Keep one request's answers (``pack_answers``) until the job's next checkpoint, while
+    the lease is ours (the job row locked meanwhile, so that no finish or takeover leaves
+    them behind); False when it is not."""
     with db.session() as s:
-        return s.scalar(select(CarriedAnswers.answers).where(CarriedAnswers.job_id == job_id))
+        held = s.scalar(
+            select(Job.id)
+            .where(Job.id == job_id, Job.lease == lease, Job.status == Status.RUNNING)
+            .with_for_update()
+        )
+        if held is not None:
+            s.add(PaidAnswers(job_id=job_id, answers=pack, created_at=utcnow()))
+        return held is not None
+
+
+def drop_paid_answers(session: Session, job_id: str) -> None:
+    """The answers paid for since the last checkpoint are held by a newer one, or will
+    never be used: gone."""
+    session.execute(delete(PaidAnswers).where(PaidAnswers.job_id == job_id))
+
+
+def paid_answers(db: Database, job_id: str) -> list[bytes]:
+    """The packs of answers the job's earlier executions paid for since its checkpoint, in
+    the order they came."""
+    with db.session() as s:
+        return list(
+            s.scalars(
+                select(PaidAnswers.answers)
+                .where(PaidAnswers.job_id == job_id)
+                .order_by(PaidAnswers.id)
+            )
+        )
 
 
 def due_waiting(db: Database) -> list[tuple[str, datetime]]:
@@ -364,8 +381,8 @@ def request_cancel(session: Session, job: Job) -> None:
     if job.status == Status.QUEUED or (job.status == Status.RUNNING and _is_stale(job)):
         for key, value in _cancelled_values().items():
             setattr(job, key, value)
-        # a job cancelled while it waits for its quota will not use what it carried
-        drop_carried_answers(session, job.id)
+        # a job cancelled while it waits for its quota will not use what it paid for
+        drop_paid_answers(session, job.id)
 
 
 def release_reservation(held: int) -> Any:

@@ -401,8 +401,8 @@ def discover_labels(oracle: Oracle, dispatcher: Dispatcher, input_size: int) -> 
 def with_labels(spec: JobSpec, oracle: Oracle) -> JobSpec:
     """``spec`` naming the labels ``oracle`` learned from its first answer (Custom Vision
     cannot list a project's tags): the spec a job resumes from, so that a later execution
-    knows them before any answer (a resumed one may take its first answers from the answers
-    carried over a quota wait, which teach the adapter nothing) and in the same order."""
+    knows them before any answer (a resumed one may take its first answers from those an
+    earlier execution saved, which teach the adapter nothing) and in the same order."""
     oracle_spec = spec.oracle.model_copy(update={"labels": list(oracle.labels)})
     return spec.model_copy(update={"oracle": oracle_spec})
 

@@ -16,7 +16,7 @@ from adapters.torch_local import BUNDLED_MODELS
 from app.config.settings import Settings
 from app.config.spec import CloudCredential, JobSpec
 from app.jobs.accounting import query_cap
-from app.jobs.lifecycle import FINAL, drop_carried_answers
+from app.jobs.lifecycle import FINAL, drop_paid_answers
 from app.storage.models import Base, Checkpoint, Credential, Dataset, Job, MetricRow, utcnow
 
 M = TypeVar("M", bound=Base)
@@ -141,7 +141,7 @@ def delete_job(session: Session, job: Job) -> Path:
     if job.status not in FINAL:
         raise Conflict(f"job {job.id} is {job.status}; cancel it first, then delete it")
     session.execute(delete(Checkpoint).where(Checkpoint.job_id == job.id))
-    drop_carried_answers(session, job.id)
+    drop_paid_answers(session, job.id)
     session.execute(delete(MetricRow).where(MetricRow.job_id == job.id))
     job.spec, job.resolved_spec, job.choices = {}, None, None
     job.metrics, job.result, job.error = None, None, None

@@ -162,14 +162,18 @@ class Checkpoint(Base):
     updated_at: Mapped[datetime] = _ts()
 
 
-class CarriedAnswers(Base):
-    """Answers a job paid for after its last checkpoint and before it went back to the
-    queue to wait for its oracle's quota (``AnswerCache.carry``): its next execution starts
-    with them in its answer cache instead of paying for them again. Gone at the next
-    checkpoint, and when the job ends."""
+class PaidAnswers(Base):
+    """Answers a job has paid for since its last checkpoint, one pack (``pack_answers``) per
+    provider request, written as each request is settled: an execution that dies mid-step,
+    or that goes back to the queue to wait for its oracle's quota, leaves them to the next,
+    which starts with them in its answer cache instead of paying for them again. Gone at the
+    next checkpoint, and when the job ends."""
 
-    __tablename__ = "carried_answers"
-    job_id: Mapped[str] = mapped_column(ForeignKey("jobs.id"), primary_key=True)
+    __tablename__ = "paid_answers"
+    id: Mapped[int] = mapped_column(
+        BigInteger().with_variant(Integer, "sqlite"), primary_key=True, autoincrement=True
+    )
+    job_id: Mapped[str] = mapped_column(ForeignKey("jobs.id"), index=True)
     answers: Mapped[bytes] = mapped_column(LargeBinary)
     created_at: Mapped[datetime] = _ts()
 

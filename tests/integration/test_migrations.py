@@ -16,7 +16,7 @@ TABLES = {
     "credentials",
     "jobs",
     "checkpoints",
-    "carried_answers",
+    "paid_answers",
     "ledger",
 }
 
@@ -41,7 +41,7 @@ def test_chain_round_trip(backend: str, tmp_path: Path, request: pytest.FixtureR
 
 
 @pytest.mark.parametrize(
-    ("table", "column"), [("checkpoints", "state"), ("carried_answers", "answers")]
+    ("table", "column"), [("checkpoints", "state"), ("paid_answers", "answers")]
 )
 def test_float_blobs_are_stored_uncompressed_on_postgres(
     pg_url: str, table: str, column: str
@@ -70,7 +70,7 @@ def test_deletion_tombstones_come_and_go(
         engine = sa.create_engine(url)
         try:
             inspector = sa.inspect(engine)
-            present = TABLES & set(inspector.get_table_names())  # 0003 has no carried_answers
+            present = TABLES & set(inspector.get_table_names())  # 0003 has no paid_answers
             return {
                 t for t in present if "deleted_at" in {c["name"] for c in inspector.get_columns(t)}
             }

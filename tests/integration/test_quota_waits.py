@@ -18,7 +18,7 @@ from app.jobs import lifecycle
 from app.jobs.queue import make_queue_app
 from app.storage.db import Database
 from app.storage.migrate import upgrade
-from app.storage.models import CarriedAnswers, Job, Tenant, utcnow
+from app.storage.models import Job, PaidAnswers, Tenant, utcnow
 from tests.fakes.clarifai import FakeClarifai
 from tests.fakes.customvision import FakeCustomVision
 from tests.helpers import (
@@ -99,7 +99,8 @@ def test_a_service_job_out_of_quota_waits_queued_then_resumes(
         with db.session() as s:
             row = s.get(Job, job_id)
             assert row.attempts >= 2 and row.not_before is None and row.quota_waits == 0
-            assert s.get(CarriedAnswers, job_id) is None  # the job is over: nothing kept
+            kept = s.scalars(select(PaidAnswers).where(PaidAnswers.job_id == job_id)).all()
+            assert kept == []  # the job is over: nothing kept
     finally:
         db.dispose()
 
@@ -173,7 +174,7 @@ def test_a_quota_that_renews_in_days_fails_a_service_job_at_once_and_predict_say
 def test_a_service_job_pays_once_for_the_answers_it_had_when_its_quota_ran_out(tmp_path, small_npz):
     """Custom Vision answers one image per request, so the quota cuts a step short with
     some of its answers paid for: the job carries them over its wait in the queue
-    (``carried_answers``), and costs what the same job with no quota costs, to the query."""
+    (``paid_answers``), and costs what the same job with no quota costs, to the query."""
     now = [0.0]  # the fake's clock: the test moves it on to renew the quota
     fake = FakeCustomVision(
         keys=[KEY], rate_limit=None, model="cheap", quota_period_seconds=2.0, clock=lambda: now[0]

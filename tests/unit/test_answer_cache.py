@@ -142,29 +142,62 @@ def test_answers_paid_for_by_a_query_that_failed_are_not_paid_for_again() -> Non
     np.testing.assert_array_equal(answers, Dispatcher(Counting()).query(a, "training"))
 
 
-def test_answers_since_the_mark_are_carried_into_a_new_dispatcher_exactly() -> None:
-    """What the service keeps over a quota wait (``AnswerCache.carry``): the answers paid
-    for since the last checkpoint (the mark), bit for bit, and none from before it."""
+def _rows(pack: bytes) -> int:
+    probe = AnswerCache(max_bytes=10**6)
+    return probe.restore(pack)
+
+
+def test_each_request_s_answers_reach_the_journal_once_paid_and_restore_exactly() -> None:
+    """What the service saves as it pays (``paid_answers``): each request's answers once,
+    after the ledger has counted them, none from before the mark; a new dispatcher that
+    restores the packs pays for none of them, and does not save them again."""
     a, b = frames(4), frames(6, seed=1)
-    d = Dispatcher(Rationed(quota=2))  # requests of 4: a takes one, b's first the other
-    assert d.cache.carry() is None
-    d.query(a, "training")  # before the checkpoint
-    d.cache.mark()
-    assert d.cache.carry() is None
+    ledger = MemoryLedger(price=0.001, max_queries=1000)
+    saved: list[tuple[bytes, int]] = []  # (pack, queries the ledger had counted by then)
+    d = Dispatcher(Rationed(quota=2), ledger=ledger)  # requests of 4: a takes one, b's first
+    d.cache.journal = lambda pack: saved.append((pack, ledger.totals.queries))
+    d.query(a, "training")
+    assert [(_rows(p), q) for p, q in saved] == [(4, 4)]
+    d.cache.mark()  # a checkpoint: what a taught is held there
+    assert d.cache.flush() == 0
     with pytest.raises(QuotaExhausted):
         d.query(b, "training")  # 4 answered, then the quota is used up
-    blob = d.cache.carry()
-    fresh, ledger = Counting(), MemoryLedger(price=0.001, max_queries=1000)
-    resumed = Dispatcher(fresh, ledger=ledger)
-    assert resumed.cache.restore(blob) == 4
+    assert [(_rows(p), q) for p, q in saved] == [(4, 4), (4, 8)]
+    fresh, again = Counting(), MemoryLedger(price=0.001, max_queries=1000)
+    resumed = Dispatcher(fresh, ledger=again)
+    resaved: list[bytes] = []
+    resumed.cache.journal = resaved.append
+    assert resumed.cache.restore(saved[1][0]) == 4  # what the service restores: since the mark
     answers = resumed.query(b, "training")
-    assert ledger.totals.queries == 2 and resumed.cache_hits == {"training": 4}
+    assert again.totals.queries == 2 and resumed.cache_hits == {"training": 4}
     np.testing.assert_array_equal(answers, Dispatcher(Counting()).query(b, "training"))
-    # carried again until the next mark: a second wait before a checkpoint loses nothing
-    again = AnswerCache(max_bytes=10**6)
-    assert again.restore(resumed.cache.carry()) == 6
-    resumed.query(a, "training")  # never carried: sent
-    assert ledger.totals.queries == 2 + 4
+    assert [_rows(p) for p in resaved] == [2]  # only what it paid for itself
+    resumed.query(a, "training")  # from before the mark, never restored: sent
+    assert again.totals.queries == 2 + 4
+
+
+def test_answers_a_failing_journal_missed_are_handed_on_at_the_next_flush() -> None:
+    """A database hiccup does not fail the query; what it missed goes with the next
+    request's answers, unless a checkpoint (the mark) holds them by then."""
+    saved: list[bytes] = []
+    fail = [True]
+
+    def journal(pack: bytes) -> None:
+        if fail.pop(0) if fail else False:
+            raise OSError("database unreachable")
+        saved.append(pack)
+
+    d = Dispatcher(Counting())
+    d.cache.journal = journal
+    d.query(frames(3), "training")  # one request: its save fails, the answers stand
+    assert saved == []
+    d.query(frames(2, seed=1), "training")
+    assert [_rows(p) for p in saved] == [3 + 2]
+    fail.append(True)
+    d.query(frames(4, seed=2), "training")  # missed again ...
+    d.cache.mark()  # ... and then held by a checkpoint: never handed on
+    d.query(frames(1, seed=3), "training")
+    assert [_rows(p) for p in saved] == [5, 1]
 
 
 def test_images_are_encoded_before_a_rate_limit_slot_is_taken() -> None:

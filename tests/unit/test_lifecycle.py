@@ -161,13 +161,11 @@ def test_quota_waits_are_counted_until_the_job_progresses(db):
     assert job.status == Status.CANCELLED and job.not_before is None and job.waiting is None
 
 
-def test_answers_carried_over_a_wait_live_until_progress_or_the_end(db):
-    def wait(lease: str, answers: bytes | None) -> object:
-        return lifecycle.wait_for_quota(
-            db, "job_a", lease, seconds=0, max_waits=5, reason="r", answers=answers
-        )
+def test_paid_answers_live_under_the_lease_until_the_next_checkpoint_or_the_end(db):
+    def save(lease: str, pack: bytes) -> bool:
+        return lifecycle.save_answers(db, "job_a", lease, pack)
 
-    def progress(lease: str, drop: bool) -> None:
+    def progress(lease: str) -> None:
         lifecycle.record_progress(
             db,
             "job_a",
@@ -177,38 +175,36 @@ def test_answers_carried_over_a_wait_live_until_progress_or_the_end(db):
             state=b"",
             metrics_row=None,
             seq=0,
-            drop_carried=drop,
         )
 
+    assert not save("one", b"unclaimed")  # nobody holds the job: nothing kept
     lifecycle.claim(db, "job_a", "one")
-    assert wait("one", b"first") is not None
-    assert lifecycle.carried_answers(db, "job_a") == b"first"
-    lifecycle.claim(db, "job_a", "two")
-    assert (
-        lifecycle.wait_for_quota(  # a lost lease carries nothing
-            db, "job_a", "one", seconds=0, max_waits=5, reason="r", answers=b"stale"
-        )
-        is None
-    )
-    assert wait("two", b"second") is not None  # replaced, not added
-    assert lifecycle.carried_answers(db, "job_a") == b"second"
+    assert save("one", b"first") and save("one", b"second")
+    assert lifecycle.paid_answers(db, "job_a") == [b"first", b"second"]  # in their order
+    # the execution dies; the next takes the job over and finds them
+    with db.session() as s:
+        s.execute(update(Job).values(heartbeat_at=utcnow() - timedelta(minutes=5)))
+    assert lifecycle.claim(db, "job_a", "two") is not None
+    assert not save("one", b"stale")  # a lost lease writes nothing
+    assert lifecycle.paid_answers(db, "job_a") == [b"first", b"second"]
+    assert save("two", b"third")
+    # a wait for the quota keeps them for the next execution
+    assert lifecycle.wait_for_quota(db, "job_a", "two", seconds=0, max_waits=5, reason="r")
+    assert not save("two", b"while queued")
+    assert lifecycle.paid_answers(db, "job_a") == [b"first", b"second", b"third"]
     lifecycle.claim(db, "job_a", "three")
-    progress("three", drop=False)
-    assert lifecycle.carried_answers(db, "job_a") == b"second"
-    progress("three", drop=True)  # the checkpoint is past them
-    assert lifecycle.carried_answers(db, "job_a") is None
-    assert wait("three", b"third") is not None
-    lifecycle.claim(db, "job_a", "four")
-    assert lifecycle.finish(db, "job_a", "four", Status.FAILED, error="e")
-    assert lifecycle.carried_answers(db, "job_a") is None  # the job is over
+    progress("three")  # the checkpoint holds what they taught
+    assert lifecycle.paid_answers(db, "job_a") == []
+    assert save("three", b"fourth")
+    assert lifecycle.finish(db, "job_a", "three", Status.FAILED, error="e")
+    assert lifecycle.paid_answers(db, "job_a") == []  # the job is over
 
 
-def test_a_job_cancelled_while_it_waits_drops_what_it_carried(db):
+def test_a_job_cancelled_while_it_waits_drops_what_it_paid_for(db):
     lifecycle.claim(db, "job_a", "one")
-    lifecycle.wait_for_quota(
-        db, "job_a", "one", seconds=600, max_waits=5, reason="r", answers=b"carried"
-    )
+    assert lifecycle.save_answers(db, "job_a", "one", b"paid")
+    lifecycle.wait_for_quota(db, "job_a", "one", seconds=600, max_waits=5, reason="r")
     with db.session() as s:
         lifecycle.request_cancel(s, s.get(Job, "job_a"))
     assert get(db).status == Status.CANCELLED
-    assert lifecycle.carried_answers(db, "job_a") is None
+    assert lifecycle.paid_answers(db, "job_a") == []
