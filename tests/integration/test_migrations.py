@@ -7,7 +7,11 @@ from pathlib import Path
 import pytest
 import sqlalchemy as sa
 
+from app.jobs import lifecycle
+from app.storage.db import Database
 from app.storage.migrate import downgrade, upgrade
+from app.storage.models import Tenant
+from tests.helpers import seed_job
 
 TABLES = {
     "tenants",
@@ -83,3 +87,38 @@ def test_deletion_tombstones_come_and_go(
     assert tombstoned() == set()
     upgrade(url)
     assert tombstoned() == {"datasets", "credentials", "jobs"}
+
+
+@pytest.mark.parametrize("backend", ["sqlite", "postgres"])
+def test_answers_a_waiting_job_carried_become_its_first_paid_pack(
+    backend: str, tmp_path: Path, request: pytest.FixtureRequest
+) -> None:
+    """0009 moves a job's ``carried_answers`` row (kept over a wait for the quota) into
+    ``paid_answers``, bytes unchanged, so the job does not pay for them after the upgrade."""
+    url = f"sqlite:///{tmp_path}/m.db" if backend == "sqlite" else request.getfixturevalue("pg_url")
+    upgrade(url)
+    db = Database(url)
+    with db.session() as s:
+        s.add(Tenant(id="tn_a", name="a"))
+    seed_job(db, "a", id="job_w", provider="customvision", query_cap=100)
+    db.dispose()
+    downgrade(url, "0008")
+    engine = sa.create_engine(url)
+    try:
+        with engine.begin() as c:
+            c.execute(
+                sa.text(
+                    "INSERT INTO carried_answers (job_id, answers, created_at) "
+                    "VALUES ('job_w', :a, CURRENT_TIMESTAMP)"
+                ),
+                {"a": b"\x00packed answers\xff"},
+            )
+    finally:
+        engine.dispose()
+    upgrade(url)
+    db = Database(url)
+    try:
+        assert lifecycle.paid_answers(db, "job_w") == [b"\x00packed answers\xff"]
+    finally:
+        db.dispose()
+    assert "carried_answers" not in tables(url)
