@@ -3,7 +3,9 @@
 # H100/H200), after bench/gpu_user_prep.sh here, with run(carry=[".whl", "bench/out/tasks"]).
 # The rows already in bench/results/user_grid.jsonl are copied to $OUT/user_grid.jsonl first,
 # so the cells they hold are skipped; each finished job appends its row there.
-#   bash bench/gpu_user_grid.sh --phase white_box         # the ceilings of seed 0: 36 jobs
+#   bash bench/gpu_user_grid.sh --phase white_box_seeds   # the ceilings of seeds 1-2: 72 jobs
+# Seen on an H200 (2026-12-04): 14 jobs at once took 350-530 s each, 6 at once 197-215 s, so
+# about 2 white-box jobs a minute; give GRID_SECONDS the call's limit less a minute.
 set -u
 python3 -c "import numpy, torch; print('torch', torch.__version__, torch.cuda.is_available())" \
   || exit 1
