@@ -126,7 +126,7 @@ class AnswerCache:
     what it had received. ``mark()`` (the service's, at every checkpoint: the checkpoint
     holds what those answers taught) forgets the answers not yet handed on."""
 
-    def __init__(self, max_bytes: int, journal: Callable[[bytes], None] | None = None) -> None:
+    def __init__(self, max_bytes: int, journal: Callable[[bytes], object] | None = None) -> None:
         self.max_bytes = max_bytes
         self.journal = journal
         self.bytes = 0

@@ -79,7 +79,7 @@ CONFIGS: dict[str, dict[str, Any]] = {
     # (``TrainerConfig.free_looks``, set through TRAINER_OVERRIDES: no spec field)
     "patience10_looks": {"optimizer": {"patience": 10}},
     # no early stop at all: what the default's program reaches with the whole budget, on the
-    # few-concept views where the white box's best program came after 450-2,400 iterations
+    # 5-concept views, where the white box's best programs came after 450-1,700 iterations
     "patience0": {"optimizer": {"patience": 0}},
     # the full view of each image as read-out features (issue 9, item 5): 2 queries/prediction
     "views": {"mapping": {"views": ["full"]}},

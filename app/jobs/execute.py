@@ -196,12 +196,9 @@ def _keep_paid_answers(db: Database, job_id: str, lease: str, answers: AnswerCac
     n = sum(answers.restore(pack) for pack in lifecycle.paid_answers(db, job_id))
     if n:
         log.info("job %s: %d answers paid for since its checkpoint, not paid again", job_id, n)
-    answers.journal = lambda pack: _save(db, job_id, lease, pack)
-
-
-def _save(db: Database, job_id: str, lease: str, pack: bytes) -> None:
-    if not lifecycle.save_answers(db, job_id, lease, pack):
-        raise LeaseLost(job_id)  # caught by the cache's flush: kept, never written
+    # A lost lease saves nothing (the new holder resumed from the checkpoint without them)
+    # and this execution stops at its next tell, which raises LeaseLost.
+    answers.journal = lambda pack: lifecycle.save_answers(db, job_id, lease, pack)
 
 
 def _load(db: Database, settings: Settings, job: Job) -> tuple[Any, Credential | None, Any]:
