@@ -56,7 +56,11 @@ def test_whole_flow_over_http(backend, request, tmp_path, small_npz, fakes, capf
     url = request.getfixturevalue("pg_url") if backend == "postgres" else None
     # The fakes listen on loopback: only the operator's allowlist lets tenants' jobs reach them.
     allowed = [clarifai.endpoint, cv.endpoint]
-    settings = service_settings(tmp_path, url, oracle_allowed_endpoints=allowed)
+    # Custom Vision's default limit (10 images a second) would make its job most of this
+    # test's minute; the limits themselves are tested in test_shared_limit and test_dispatch.
+    settings = service_settings(
+        tmp_path, url, oracle_allowed_endpoints=allowed, rate_limit_customvision=100.0
+    )
     workers = start_workers(settings, 1, tmp_path) if backend == "postgres" else []
     try:
         with service(settings) as (client, headers):
