@@ -34,6 +34,7 @@ CONFIG_VERSIONS = {
     "views": "cross-fitted, with the full view",
     "views_prob": "cross-fitted, the full view chosen by probabilities",
     "cma": "cross-fitted, CMA-ES",
+    "q2": "cross-fitted, q 2",
 }
 
 #: The default with the probability-chosen full view on the oracles of 1,000 labels only

@@ -365,6 +365,7 @@ VARIANT_PHASES = (
     "views_prob",
     "cma",
     "full_budget",
+    "q2",
 )
 
 
