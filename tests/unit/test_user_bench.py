@@ -63,6 +63,8 @@ def test_every_cell_is_a_valid_job_spec() -> None:
     bar = JobSpec.model_validate(user_grid.job_spec("mnist10:lite0", "bar_q55", 0, 20_000))
     assert bar.optimizer.estimator == "bar" and bar.optimizer.q == 55
     assert bar.mapping.method == "frequency"
+    q2 = JobSpec.model_validate(user_grid.job_spec("mnist5:moderation", "q2", 0, 20_000))
+    assert q2.optimizer.q == 2 and q2.optimizer.estimator is None  # SPSA: the default's
 
 
 def _row(pair: str, config: str, seed: int, budget: int, acc: float, probe: float) -> dict:
