@@ -7,7 +7,8 @@ benchmark through its whole budget (``optimizer.patience`` 0) and keeps every ha
 as its validation pass saw it; afterwards each is scored as the job would return it were it
 chosen: its answers on all labelled images refit the read-out (the engine's cross-fitted
 L2), which then reads its answers on the test images. Scoring is free (not in the job's
-queries): it is the benchmark looking, not the job.
+queries): it is the benchmark looking, not the job. Cross-fitted jobs without views only
+(the few-concept views' default), since the scoring reads the programmed frame alone.
 
     python -m bench.zo_progress mnist5:moderation --seed 0 --budget 60000 \
         --spec '{"optimizer": {"q": 2}}'
@@ -32,6 +33,7 @@ from app.config.spec import JobSpec
 from app.jobs.local import run_local
 from bench.user_grid import merge
 from bench.user_tasks import ORACLES, PAIR_BY_NAME, load_task
+from engine.cross_fit import CrossFitTrainer
 from engine.mapping import cross_fit_readout
 
 
@@ -41,6 +43,12 @@ def run(pair: str, seed: int, budget: int, extra: dict[str, Any], every: int = 1
     raw = merge(merge(raw, {"optimizer": {"patience": 0}}), extra)
     seen: list[dict[str, Any]] = []
     jobs: list[Any] = []
+
+    def check(job: Any) -> None:
+        # the scoring below reads the programmed frame only, and takes the half-programs
+        if not isinstance(job.trainer, CrossFitTrainer) or job.trainer.config.views:
+            raise SystemExit("zo_progress scores cross-fitted jobs without views only")
+        jobs.append(job)
 
     passes = 0
 
@@ -54,11 +62,10 @@ def run(pair: str, seed: int, budget: int, extra: dict[str, Any], every: int = 1
         trainer = job.trainer
         for half, fold in enumerate(trainer.folds[2 * trainer.racer : 2 * trainer.racer + 2]):
             seen.append({**row, "half": half, "theta": fold.theta.copy()})
-        if not jobs:
-            jobs.append(job)
 
     start = time.monotonic()
-    res = run_local(JobSpec.model_validate(raw), load_task(p.task, seed=seed), on_row=keep).result
+    data = load_task(p.task, seed=seed)
+    res = run_local(JobSpec.model_validate(raw), data, on_prepared=check, on_row=keep).result
     seconds = time.monotonic() - start
     trainer = jobs[0].trainer
     program, train, test = trainer.program, trainer.train, trainer.test
