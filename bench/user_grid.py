@@ -37,6 +37,7 @@ import platform
 import socket
 import subprocess
 import time
+from collections.abc import Callable
 from concurrent.futures import FIRST_COMPLETED, ProcessPoolExecutor, wait
 from datetime import UTC, datetime
 from functools import cache
@@ -176,8 +177,15 @@ def job_spec(pair: str, config: str, seed: int, budget: int) -> dict[str, Any]:
     return spec
 
 
-def run_job(pair: str, config: str, seed: int, budget: int) -> dict[str, Any]:
-    """One cell: the task's data set for ``seed`` (train/ and test/, no val/), one job."""
+def run_job(
+    pair: str,
+    config: str,
+    seed: int,
+    budget: int,
+    prepared: Callable[[Any], None] | None = None,
+) -> dict[str, Any]:
+    """One cell: the task's data set for ``seed`` (train/ and test/, no val/), one job
+    (``prepared`` sees the job before its first query: a benchmark's own instruments)."""
     from app.config.spec import JobSpec
     from app.jobs.local import run_local
     from bench.user_tasks import load_task
@@ -189,10 +197,13 @@ def run_job(pair: str, config: str, seed: int, budget: int) -> dict[str, Any]:
     start = time.monotonic()
     overrides = TRAINER_OVERRIDES.get(config, {})
 
-    def override(job: Any) -> None:
-        job.trainer.config = dataclasses.replace(job.trainer.config, **overrides)
+    def on_prepared(job: Any) -> None:
+        if overrides:
+            job.trainer.config = dataclasses.replace(job.trainer.config, **overrides)
+        if prepared is not None:
+            prepared(job)
 
-    res = run_local(spec, data, on_prepared=override if overrides else None).result
+    res = run_local(spec, data, on_prepared=on_prepared).result
     base = res.get("baselines", {})
     return {
         "pair": pair,
