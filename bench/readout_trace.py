@@ -103,6 +103,29 @@ def trace_job(pair: str, config: str, seed: int, budget: int) -> dict[str, Any]:
     return row
 
 
+def summarise(rows: list[dict[str, Any]], config: str) -> str:
+    """The rule's counts for one configuration: margins over the probe in points, the job's
+    read-out against ``cold`` and ``cv`` (a cell that returned the blank program counts the
+    same for all three)."""
+    rows = [r for r in rows if r["config"] == config]
+    if not rows:
+        return f"{config}: no rows"
+    margins: dict[str, list[float]] = {"job": [], "cold": [], "cv": []}
+    for r in rows:
+        for name, got in margins.items():
+            acc = r["trace"]["acc"][name] if r["chosen"] else r["test_accuracy"]
+            got.append(100 * (acc - r["probe"]))
+    lines = [f"{config}: {len(rows)} cells, {sum(r['chosen'] for r in rows)} chose a program"]
+    for name, m in margins.items():
+        d = np.array(m) - np.array(margins["job"])
+        lines.append(
+            f"  {name:>4}: mean margin {np.mean(m):+.2f}, worst {min(m):+.1f}, "
+            f"below -0.5: {sum(x < -0.5 for x in m)}, better than the job's in "
+            f"{int((d > 1e-9).sum())}, worse in {int((d < -1e-9).sum())}"
+        )
+    return "\n".join(lines)
+
+
 def main() -> None:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     p.add_argument("--pairs", nargs="+", default=list(ALL_PAIRS))
@@ -112,7 +135,11 @@ def main() -> None:
     p.add_argument("--workers", type=int, default=1)
     p.add_argument("--threads", type=int, default=1, help="torch threads per job")
     p.add_argument("--out", type=Path, default=OUT)
+    p.add_argument("--summary", action="store_true", help="summarise --out's rows and stop")
     a = p.parse_args()
+    if a.summary:
+        print("\n".join(summarise(load_rows(a.out), c) for c in a.configs))
+        return
     cells = [
         (pair, config, seed, budget)
         for budget in a.budgets

@@ -7,9 +7,10 @@ benchmark through its whole budget (``optimizer.patience`` 0) and keeps every ha
 as its validation pass saw it; afterwards each is scored on the test images with a read-out
 fitted on its answers to all labelled images, the L2 chosen again by cross-validation
 (``cross_fit_readout``). That is not quite how a job returns a chosen program: the job refits
-warm at the half-program's own L2, and on scenes5/moderation seed 0 the two differed by 6-10
-points (BENCHMARKS.md §8). Scoring is free (not in the job's
-queries): it is the benchmark looking, not the job. Cross-fitted jobs without views only
+warm at the half-program's own L2, and on scenes5/moderation seed 0 (q = 2) the two differed
+by 6-10 points; over the default's 54 cells neither is better (``bench/readout_trace.py``,
+BENCHMARKS.md §8). Scoring is free (not in the job's queries): it is the benchmark looking,
+not the job. Cross-fitted jobs without views only
 (the few-concept views' default), since the scoring reads the programmed frame alone.
 
     python -m bench.zo_progress mnist5:moderation --seed 0 --budget 60000 \

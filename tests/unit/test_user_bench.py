@@ -132,3 +132,59 @@ def test_adopted_rows_become_the_defaults_once_and_say_where_they_came_from(tmp_
     r = user_report.Rows(user_report.newest_code(rows))
     assert r.acc("mnist5:moderation", "default", 20_000) == [0.71]
     assert "patience10_looks" in "\n".join(user_report.provenance(r))
+
+
+def test_readout_trace_scores_the_returned_readout_and_its_alternatives() -> None:
+    """The instrument leaves the job's result alone, scores the read-out the job returned
+    exactly as the job did, and fits the two alternatives on the same answers."""
+    from types import SimpleNamespace
+
+    from bench import readout_trace
+    from engine.cross_fit import CrossFitTrainer
+    from engine.program import Program
+    from engine.trainer import TrainerConfig
+    from tests.unit.test_cross_fit import CF, NO_VAL
+    from tests.unit.test_trainer import K, data, drive
+
+    cfg = TrainerConfig(**(CF | {"iterations": 40, "lr": 0.2, "selection_p": 1.0}))
+    for seed in range(6):
+
+        def build(seed: int = seed) -> CrossFitTrainer:
+            hard = [data(n, s, signal=0.15, noise=0.6) for n, s in ((30, 0), (15, 2))]
+            prog = Program(16, 8, "bilinear", 4)
+            return CrossFitTrainer(cfg, prog, 3, K, hard[0], NO_VAL, hard[1], seed=seed)
+
+        plain, traced = build(), build()
+        got = readout_trace._instrument(SimpleNamespace(trainer=traced))
+        drive(plain)
+        drive(traced)
+        assert traced.results == plain.results  # looking changes nothing
+        if got:
+            break
+    assert got, "no seed chose a program"
+    assert got["acc"]["job"] == traced.results["test_accuracy"]
+    assert got["iteration"] == traced.best.iteration > 0
+    assert got["kept_l2"] == traced.best_program()[1].l2
+    assert {"cold", "cv"} <= set(got["acc"]) and got["cv_l2"] in (1e-3, 1e-2, 1e-1, 1.0)
+
+
+def test_readout_trace_summary_counts_the_rule() -> None:
+    from bench.readout_trace import summarise
+
+    def row(acc: float, cv: float | None) -> dict:
+        trace = None if cv is None else {"acc": {"job": acc, "cold": acc, "cv": cv}}
+        return {
+            "config": "default",
+            "probe": 0.5,
+            "test_accuracy": acc,
+            "chosen": bool(trace),
+            "trace": trace,
+        }
+
+    text = summarise([row(0.6, 0.55), row(0.5, None), row(0.52, 0.49)], "default")
+    assert "3 cells, 2 chose a program" in text
+    assert (
+        "cv: mean margin +1.33, worst -1.0, below -0.5: 1, better than the job's in 0, worse in 2"
+        in text
+    )
+    assert "job: mean margin +4.00, worst +0.0, below -0.5: 0" in text
